@@ -1,0 +1,25 @@
+# Two commands on a fresh machine:
+#   make study   -- create the Python environment if missing, then run the default (toy) study
+#   make test    -- the same environment, then lint and the test suite
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+SNAKEMAKE_ARGS ?=
+
+.PHONY: study test env lint
+study: $(VENV)/.installed
+	snakemake --workflow-profile workflow/profiles/default --configfile config.yaml $(SNAKEMAKE_ARGS)
+
+test: $(VENV)/.installed
+	ruff check src tests
+	snakemake --lint --configfile config.yaml
+	pytest -q
+
+env: $(VENV)/.installed
+
+# torch is pinned to the CPU build that pip finds locally (and on a GPU node, the CUDA build).
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@

@@ -1,0 +1,29 @@
+"""ptft: fine-tune every pre-training checkpoint on every task, evaluate, aggregate.
+
+    snakemake --workflow-profile workflow/profiles/default            # the default (toy) study
+    snakemake --workflow-profile workflow/profiles/default --configfile workflow/studies/X.yaml
+"""
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml", set_default=True)
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/checkpoints.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/finetune.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/aggregate.smk"
+
+
+rule all:
+    input:
+        get_final_output(),
+    default_target: True

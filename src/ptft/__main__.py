@@ -1,0 +1,5 @@
+import sys
+
+from ptft.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Aggregation: per-example predictions → performance table, derived tables and figures."""

@@ -1,0 +1,207 @@
+"""Figures of the performance and change tables (PNG, 150 dpi, one style for the whole paper)."""
+
+from __future__ import annotations
+
+import math
+import os
+from contextlib import contextmanager
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
+
+from ptft.io import atomic_path  # noqa: E402
+
+DPI = 150
+STYLE = {
+    "font.size": 9,
+    "axes.titlesize": 10,
+    "axes.labelsize": 9,
+    "xtick.labelsize": 9,
+    "ytick.labelsize": 9,
+    "legend.fontsize": 9,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "lines.linewidth": 1.5,
+    "lines.markersize": 4,
+}
+PANEL_SIZE = (3.0, 2.3)  # inches per grid panel; two panels fit a two-column paper's text width
+SINGLE_SIZE = (4.0, 3.2)  # one-panel figure, legend below the axes
+MAX_COLUMNS = 4
+BAND_ALPHA = 0.18
+RELATION_COLORS = {
+    "in-domain": "tab:blue",
+    "ood": "tab:orange",
+    "cross-task": "tab:green",
+    "pretraining": "black",
+}
+# Color says the train task, line style the fine-tuning method (base: black dashed).
+METHOD_LINESTYLES = {"full": "-", "lora": ":", "lpft": "-.", "instruct": (0, (5, 1))}
+
+
+def plot_base_vs_finetuned(perf: pd.DataFrame, eval_set: str, format: str, path: str | os.PathLike) -> None:
+    """Metric value per pre-training step on ``eval_set``: base checkpoint vs each fine-tuning task.
+
+    The base model is a black dashed line; each train task (and method, if several) is a colored
+    line, averaged over lrs and seeds, with its 95 % interval as a band (mean of the runs' bounds).
+    Rows without a step are not drawn.
+    """
+    colors = _task_colors(perf)
+    with _figure(figsize=SINGLE_SIZE) as (fig, ax):
+        metric = _draw_base_vs_finetuned(ax, perf, eval_set, format, colors)
+        ax.set_xlabel("pre-training step")
+        ax.set_ylabel(metric)
+        _legend_below(fig, *ax.get_legend_handles_labels(), max_columns=2)
+        _save(fig, path)
+
+
+def plot_base_vs_finetuned_grid(
+    perf: pd.DataFrame, eval_sets: list[str], format: str, path: str | os.PathLike
+) -> None:
+    """:func:`plot_base_vs_finetuned` for several eval sets, one small panel each, shared legend."""
+    if not eval_sets:
+        raise ValueError("plot_base_vs_finetuned_grid: no eval sets given")
+    colors = _task_colors(perf)
+    ncols = min(MAX_COLUMNS, len(eval_sets))
+    nrows = math.ceil(len(eval_sets) / ncols)
+    size = (PANEL_SIZE[0] * ncols, PANEL_SIZE[1] * nrows + 0.4)
+    with _figure(nrows=nrows, ncols=ncols, figsize=size, squeeze=False) as (fig, axes):
+        legend = {}
+        for i, ax in enumerate(axes.flat):
+            if i >= len(eval_sets):
+                ax.set_visible(False)
+                continue
+            metric = _draw_base_vs_finetuned(ax, perf, eval_sets[i], format, colors)
+            ax.set_ylabel(metric)
+            if i + ncols >= len(eval_sets):  # lowest panel of its column
+                ax.set_xlabel("pre-training step")
+            for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+                # The shared legend names tasks only: the relation differs from panel to panel.
+                legend.setdefault(_task_label(label), handle)
+        _legend_below(fig, list(legend.values()), list(legend), max_columns=5)
+        _save(fig, path)
+
+
+def plot_average_change(change_df: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Average raw change after fine-tuning (``avg_diff``) per pre-training step, one line per relation."""
+    rows = change_df[change_df["step"].notna()]
+    if rows.empty:
+        raise ValueError("plot_average_change: no rows with a pre-training step")
+    with _figure(figsize=SINGLE_SIZE) as (fig, ax):
+        ax.axhline(0.0, color="0.4", linewidth=0.8)
+        for relation, group in rows.groupby("relation", sort=True):
+            group = group.sort_values("step")
+            ax.plot(
+                group["step"].to_numpy(dtype=float),
+                group["avg_diff"].to_numpy(dtype=float),
+                marker="o",
+                color=RELATION_COLORS.get(relation),
+                label=relation,
+            )
+        ax.set_title("Average change after fine-tuning")
+        ax.set_xlabel("pre-training step")
+        ax.set_ylabel("fine-tuned − base")
+        _format_step_axis(ax)
+        _legend_below(fig, *ax.get_legend_handles_labels())
+        _save(fig, path)
+
+
+def _draw_base_vs_finetuned(ax, perf: pd.DataFrame, eval_set: str, format: str, colors: dict) -> str:
+    rows = perf[(perf["eval_set"] == eval_set) & (perf["format"] == format) & perf["step"].notna()]
+    if rows.empty:
+        raise ValueError(f"no performance rows with a step for eval_set {eval_set!r}, format {format!r}")
+    metrics = sorted(rows["metric"].unique())
+    if len(metrics) > 1:
+        raise ValueError(f"eval_set {eval_set!r} has several metrics {metrics}; filter perf to one")
+    metric = metrics[0]
+
+    base = rows[rows["method"] == "base"]
+    if not base.empty:
+        _line(ax, base, color="black", linestyle="--", marker="s", label="base")
+    finetuned = rows[rows["method"] != "base"]
+    several_methods = finetuned["method"].nunique() > 1
+    for (task, method), group in finetuned.groupby(["train_task", "method"], sort=True):
+        relation = group["relation"].iloc[0]
+        name = f"{task} ({method})" if several_methods else task
+        style = METHOD_LINESTYLES.get(method, "-")
+        _line(ax, group, color=colors[task], linestyle=style, marker="o", label=f"{name} [{relation}]")
+
+    title = eval_set if format == "default" else f"{eval_set} ({format})"
+    ax.set_title(f"{title} · {metric}")
+    _format_step_axis(ax)
+    return metric
+
+
+def _line(ax, rows: pd.DataFrame, color, linestyle: str, marker: str, label: str) -> None:
+    # Several lrs/seeds of one task collapse to their mean; their bands to the mean bounds.
+    by_step = rows.groupby("step", sort=True)[["value", "ci_low", "ci_high"]].mean()
+    steps = by_step.index.to_numpy(dtype=float)
+    ax.fill_between(
+        steps,
+        by_step["ci_low"].to_numpy(dtype=float),
+        by_step["ci_high"].to_numpy(dtype=float),
+        color=color,
+        alpha=BAND_ALPHA,
+        linewidth=0,
+    )
+    ax.plot(
+        steps,
+        by_step["value"].to_numpy(dtype=float),
+        color=color,
+        linestyle=linestyle,
+        marker=marker,
+        label=label,
+    )
+
+
+def _legend_below(fig, handles, labels, max_columns: int = 3) -> None:
+    # Below the axes, outside them: it never covers data and keeps the panel width.
+    fig.legend(
+        handles, labels, loc="outside lower center", ncols=min(len(labels), max_columns), frameon=False
+    )
+
+
+def _task_label(label: str) -> str:
+    return label.split(" [", 1)[0]
+
+
+def _task_colors(perf: pd.DataFrame) -> dict:
+    # One color per train task across every panel and figure of a study.
+    tasks = sorted(t for t in perf.loc[perf["method"] != "base", "train_task"].unique())
+    cycle = plt.get_cmap("tab10").colors
+    return {task: cycle[i % len(cycle)] for i, task in enumerate(tasks)}
+
+
+def _format_step_axis(ax) -> None:
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=4, integer=True))
+    ax.xaxis.set_major_formatter(FuncFormatter(_step_label))
+
+
+def _step_label(x: float, _pos) -> str:
+    if abs(x) >= 1e6:
+        return f"{x / 1e6:g}M"
+    if abs(x) >= 1e3:
+        return f"{x / 1e3:g}k"
+    return f"{x:g}"
+
+
+@contextmanager
+def _figure(**subplots_kw):
+    """Yield ``(fig, axes)`` in the house style; the figure is closed even if drawing fails."""
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(layout="constrained", **subplots_kw)
+        try:
+            yield fig, axes
+        finally:
+            plt.close(fig)
+
+
+def _save(fig, path: str | os.PathLike) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight")

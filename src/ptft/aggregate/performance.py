@@ -1,0 +1,184 @@
+"""The performance table: one row per (model, eval set, format, metric), the public contract.
+
+Columns and meaning are specified in DESIGN.md ("Result tables"). Each row is the mean of the
+per-example scores of one model on one eval set in one prompt format, with a seeded percentile
+bootstrap interval (see :func:`ptft.aggregate.bootstrap.percentile_ci`).
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterable
+
+import numpy as np
+import pandas as pd
+
+from ptft.aggregate.bootstrap import percentile_ci
+
+PERFORMANCE_COLUMNS = (
+    "study",
+    "checkpoint",
+    "step",
+    "tokens",
+    "train_task",
+    "method",
+    "lr",
+    "seed",
+    "eval_set",
+    "eval_task",
+    "format",
+    "shots",
+    "relation",
+    "metric",
+    "value",
+    "ci_low",
+    "ci_high",
+    "n",
+)
+
+METHODS = ("base", "full", "lora", "lpft", "instruct")
+FORMATS = ("default", "instruct", "io")
+RELATIONS = ("in-domain", "ood", "cross-task", "pretraining")
+
+# What one row of the table is about; every other predictions column must be constant within it.
+GROUP_KEYS = ["model", "eval_set", "format", "metric"]
+META_COLUMNS = ["checkpoint", "train_task", "method", "lr", "seed", "shots", "eval_task", "relation"]
+REQUIRED_PREDICTION_COLUMNS = (*GROUP_KEYS, *META_COLUMNS, "example_id", "score")
+# lr and seed are null for base models; nothing else may be.
+NULLABLE_PREDICTION_COLUMNS = ("lr", "seed")
+
+_DTYPES = {
+    "study": "str",
+    "checkpoint": "str",
+    "step": "Int64",
+    "tokens": "Int64",
+    "train_task": "str",
+    "method": "str",
+    "lr": "float64",
+    "seed": "Int64",
+    "eval_set": "str",
+    "eval_task": "str",
+    "format": "str",
+    "shots": "int64",
+    "relation": "str",
+    "metric": "str",
+    "value": "float64",
+    "ci_low": "float64",
+    "ci_high": "float64",
+    "n": "int64",
+}
+_SORT_COLUMNS = ["method", "train_task", "step", "checkpoint", "lr", "seed", "eval_set", "format", "metric"]
+
+
+def read_predictions(paths: Iterable) -> pd.DataFrame:
+    """Concatenate per-example prediction Parquet files into one DataFrame."""
+    frames = [pd.read_parquet(p) for p in paths]
+    if not frames:
+        raise ValueError("read_predictions: no prediction files given")
+    return pd.concat(frames, ignore_index=True)
+
+
+def row_seed(seed: int, model: str, eval_set: str, format: str, metric: str) -> int:
+    """Bootstrap seed of one table row: CRC-32 of ``"seed|model|eval_set|format|metric"``.
+
+    Deriving it from the row's key (not from a shared generator) makes every row reproducible
+    on its own, whatever other models are in the table.
+    """
+    return zlib.crc32("|".join([str(seed), model, eval_set, format, metric]).encode("utf-8"))
+
+
+def performance_table(
+    predictions: pd.DataFrame,
+    manifest: dict,
+    study: str,
+    resamples: int,
+    confidence: float,
+    seed: int,
+) -> pd.DataFrame:
+    """Aggregate per-example predictions into the performance table.
+
+    One row per (model, eval_set, format, metric): ``value`` is the mean of ``score``, ``n`` the
+    number of examples, ``ci_low``/``ci_high`` the percentile bootstrap interval of the mean
+    (``resamples`` resamples at level ``confidence``, seeded per row by :func:`row_seed`).
+    ``step`` and ``tokens`` come from ``manifest["checkpoints"]`` by checkpoint name (null when the
+    checkpoint or the field is missing). Columns are in :data:`PERFORMANCE_COLUMNS` order; rows
+    are sorted by method, train_task, step, checkpoint, lr, seed, eval_set, format, metric.
+
+    Raises ``ValueError`` if a required column is missing, a non-nullable column has nulls, a
+    score is missing, an example appears twice in a group, or the metadata (checkpoint, method,
+    relation, …) of one group is not constant.
+    """
+    missing = [c for c in REQUIRED_PREDICTION_COLUMNS if c not in predictions.columns]
+    if missing:
+        raise ValueError(f"predictions: missing required column(s): {', '.join(missing)}")
+    pred = predictions[list(REQUIRED_PREDICTION_COLUMNS)]
+    _check_predictions(pred)
+
+    meta = pred[GROUP_KEYS + META_COLUMNS].drop_duplicates(GROUP_KEYS)
+    stats = []
+    for (model, eval_set, fmt, metric), scores in pred.groupby(GROUP_KEYS, sort=False)["score"]:
+        values = scores.to_numpy(dtype=np.float64)
+        low, high = percentile_ci(values, resamples, confidence, row_seed(seed, model, eval_set, fmt, metric))
+        stats.append((model, eval_set, fmt, metric, values.mean(), low, high, values.size))
+    stats = pd.DataFrame(stats, columns=[*GROUP_KEYS, "value", "ci_low", "ci_high", "n"])
+
+    table = meta.merge(stats, on=GROUP_KEYS, how="inner", validate="one_to_one")
+    checkpoints = {c["name"]: c for c in manifest.get("checkpoints", [])}
+    table["step"] = [checkpoints.get(c, {}).get("step") for c in table["checkpoint"]]
+    table["tokens"] = [checkpoints.get(c, {}).get("tokens") for c in table["checkpoint"]]
+    table["study"] = study
+    table = _cast(table[list(PERFORMANCE_COLUMNS)])
+    return table.sort_values(_SORT_COLUMNS, na_position="last", kind="mergesort").reset_index(drop=True)
+
+
+def validate_performance(df: pd.DataFrame) -> None:
+    """Check a performance table against the contract; raise ``ValueError`` naming what is wrong.
+
+    Checks the exact columns and their order, and that ``relation``, ``method`` and ``format``
+    only hold the allowed values (:data:`RELATIONS`, :data:`METHODS`, :data:`FORMATS`).
+    """
+    if list(df.columns) != list(PERFORMANCE_COLUMNS):
+        missing = [c for c in PERFORMANCE_COLUMNS if c not in df.columns]
+        extra = [c for c in df.columns if c not in PERFORMANCE_COLUMNS]
+        raise ValueError(
+            f"performance table: columns must be {list(PERFORMANCE_COLUMNS)}; "
+            f"missing {missing}, unexpected {extra}, got order {list(df.columns)}"
+        )
+    for column, allowed in (("relation", RELATIONS), ("method", METHODS), ("format", FORMATS)):
+        bad = [v for v in df[column].unique() if v not in allowed]
+        if bad:
+            raise ValueError(
+                f"performance table: column {column!r} has value {bad[0]!r}, allowed: {', '.join(allowed)}"
+            )
+
+
+def _check_predictions(pred: pd.DataFrame) -> None:
+    for column in pred.columns:
+        if column not in NULLABLE_PREDICTION_COLUMNS and pred[column].isna().any():
+            raise ValueError(
+                f"predictions: column {column!r} has {int(pred[column].isna().sum())} null value(s)"
+            )
+    dup = pred.duplicated([*GROUP_KEYS, "example_id"])
+    if dup.any():
+        first = pred.loc[dup, [*GROUP_KEYS, "example_id"]].iloc[0].to_dict()
+        raise ValueError(f"predictions: duplicate example (column 'example_id'): {first}")
+    meta = pred[GROUP_KEYS + META_COLUMNS].drop_duplicates()
+    clash = meta.duplicated(GROUP_KEYS, keep=False)
+    if clash.any():
+        first = meta.loc[clash, GROUP_KEYS].iloc[0]
+        rows = meta.loc[(meta[GROUP_KEYS] == first).all(axis=1)]
+        varying = [c for c in META_COLUMNS if rows[c].nunique(dropna=False) > 1]
+        raise ValueError(
+            f"predictions: column(s) {varying} not constant within model "
+            f"{rows['model'].iloc[0]!r}, eval_set {rows['eval_set'].iloc[0]!r}"
+        )
+
+
+def _cast(table: pd.DataFrame) -> pd.DataFrame:
+    table = table.copy()
+    for column, dtype in _DTYPES.items():
+        if dtype == "float64":
+            table[column] = pd.to_numeric(table[column]).astype("float64")
+        else:
+            table[column] = table[column].astype(dtype)
+    return table

@@ -1,0 +1,208 @@
+"""``ptft`` command line: one sub-command per workflow step; each rule calls exactly one."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+
+def _json(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {e}") from None
+
+
+def _threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(max(1, n))
+
+
+def cmd_toy_data(a) -> None:
+    from ptft.data.prepare import write_toy_dataset
+    from ptft.data.registry import get_dataset
+
+    write_toy_dataset(get_dataset(a.dataset), a.sizes, a.seed, a.out_dir)
+
+
+def cmd_pretrain_toy(a) -> None:
+    from ptft import io
+    from ptft.checkpoints.toy_pretrain import pretrain
+
+    _threads(a.threads)
+    manifest = pretrain(a.config, a.data_dir, a.out_dir, a.state_dir, a.seed)
+    io.write_json(a.manifest, manifest)
+
+
+def cmd_prepare_train(a) -> None:
+    from ptft import io
+    from ptft.data.prepare import subsample_train
+    from ptft.data.registry import get_dataset
+
+    io.write_parquet(a.out, subsample_train(get_dataset(a.dataset), a.raw_dir, a.size, a.seed))
+
+
+def cmd_prepare_eval(a) -> None:
+    from ptft import io
+    from ptft.data.prepare import eval_and_fewshot
+    from ptft.data.registry import get_dataset
+
+    scored, pool = eval_and_fewshot(get_dataset(a.dataset), a.raw_dir, a.max_examples, a.pool_size, a.seed)
+    io.write_parquet(a.out_eval, scored)
+    io.write_parquet(a.out_fewshot, pool)
+
+
+def cmd_finetune(a) -> None:
+    from ptft.finetune.train import finetune
+
+    _threads(a.threads)
+    finetune(a.checkpoint, a.train, a.task, a.config, a.lr, a.seed, a.out_dir, a.state_dir)
+
+
+def cmd_evaluate(a) -> None:
+    from ptft import io
+    from ptft.evaluate.run import evaluate_model
+
+    _threads(a.threads)
+    df = evaluate_model(a.model_dir, a.model, a.eval_sets, a.data_dir, a.config, a.seed)
+    io.write_parquet(a.out, df)
+
+
+def cmd_performance(a) -> None:
+    from ptft import io
+    from ptft.aggregate.performance import performance_table, read_predictions
+
+    b = a.config["bootstrap"]
+    perf = performance_table(
+        read_predictions(a.predictions),
+        io.read_json(a.manifest),
+        a.study,
+        b["resamples"],
+        b["confidence"],
+        b["seed"],
+    )
+    io.write_parquet(a.out, perf)
+
+
+def cmd_change(a) -> None:
+    import pandas as pd
+
+    from ptft import io
+    from ptft.aggregate.change import change_after_finetuning
+
+    perf = pd.read_parquet(a.performance)
+    io.write_parquet(a.out, change_after_finetuning(perf, format=a.format))
+
+
+def cmd_figures(a) -> None:
+    import pandas as pd
+
+    from ptft.aggregate import figures
+
+    perf = pd.read_parquet(a.performance)
+    out = Path(a.out_dir)
+    for eval_set in a.eval_sets:
+        figures.plot_base_vs_finetuned(perf, eval_set, a.format, out / f"base_vs_finetuned_{eval_set}.png")
+    figures.plot_base_vs_finetuned_grid(perf, a.eval_sets, a.format, out / "base_vs_finetuned.png")
+    figures.plot_average_change(pd.read_parquet(a.change), out / "average_change.png")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ptft", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("toy-data", help="generate one toy dataset's splits")
+    s.add_argument("--dataset", required=True)
+    s.add_argument("--sizes", type=_json, required=True, help='{"train": n, "validation": n, "test": n}')
+    s.add_argument("--seed", type=int, required=True)
+    s.add_argument("--out-dir", required=True)
+    s.set_defaults(func=cmd_toy_data)
+
+    s = sub.add_parser("pretrain-toy", help="pre-train the toy checkpoint suite")
+    s.add_argument("--config", type=_json, required=True)
+    s.add_argument("--seed", type=int, required=True)
+    s.add_argument("--data-dir", required=True, help="raw toy datasets, whose eval items the corpus excludes")
+    s.add_argument("--out-dir", required=True)
+    s.add_argument("--state-dir", required=True)
+    s.add_argument("--manifest", required=True)
+    s.add_argument("--threads", type=int, default=1)
+    s.set_defaults(func=cmd_pretrain_toy)
+
+    s = sub.add_parser("prepare-train", help="subsample one training set")
+    s.add_argument("--dataset", required=True)
+    s.add_argument("--raw-dir", required=True)
+    s.add_argument("--size", type=int, required=True)
+    s.add_argument("--seed", type=int, required=True)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_prepare_train)
+
+    s = sub.add_parser("prepare-eval", help="write one eval set's scored items and few-shot pool")
+    s.add_argument("--dataset", required=True)
+    s.add_argument("--raw-dir", required=True)
+    s.add_argument("--max-examples", type=_json, default=None)
+    s.add_argument("--pool-size", type=int, required=True)
+    s.add_argument("--seed", type=int, required=True)
+    s.add_argument("--out-eval", required=True)
+    s.add_argument("--out-fewshot", required=True)
+    s.set_defaults(func=cmd_prepare_eval)
+
+    s = sub.add_parser("finetune", help="fine-tune one checkpoint on one task")
+    s.add_argument("--checkpoint", required=True)
+    s.add_argument("--train", required=True)
+    s.add_argument("--task", required=True)
+    s.add_argument("--config", type=_json, required=True)
+    s.add_argument("--lr", type=float, required=True)
+    s.add_argument("--seed", type=int, required=True)
+    s.add_argument("--out-dir", required=True)
+    s.add_argument("--state-dir", required=True)
+    s.add_argument("--threads", type=int, default=1)
+    s.set_defaults(func=cmd_finetune)
+
+    s = sub.add_parser("evaluate", help="score one model on its eval sets and formats")
+    s.add_argument("--model-dir", required=True)
+    s.add_argument("--model", type=_json, required=True, help="model metadata (plan.Model.metadata)")
+    s.add_argument("--eval-sets", nargs="+", required=True)
+    s.add_argument("--data-dir", required=True)
+    s.add_argument("--config", type=_json, required=True)
+    s.add_argument("--seed", type=int, required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--threads", type=int, default=1)
+    s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("performance", help="per-example predictions -> performance.parquet")
+    s.add_argument("--predictions", nargs="+", required=True)
+    s.add_argument("--manifest", required=True)
+    s.add_argument("--study", required=True)
+    s.add_argument("--config", type=_json, required=True)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_performance)
+
+    s = sub.add_parser("change", help="average change after fine-tuning per checkpoint")
+    s.add_argument("--performance", required=True)
+    s.add_argument("--format", default="default")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_change)
+
+    s = sub.add_parser("figures", help="figures of base vs fine-tuned and of the average change")
+    s.add_argument("--performance", required=True)
+    s.add_argument("--change", required=True)
+    s.add_argument("--eval-sets", nargs="+", required=True)
+    s.add_argument("--format", default="default")
+    s.add_argument("--out-dir", required=True)
+    s.set_defaults(func=cmd_figures)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    args.func(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

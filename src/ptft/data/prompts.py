@@ -1,0 +1,49 @@
+"""Rendering records into (prompt, completion) pairs and few-shot prompts."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ptft.data.tasks import TaskType
+
+SHOT_SEPARATOR = "\n\n"
+
+
+def render_prompt(task: TaskType, record: dict, fmt: str) -> str:
+    try:
+        template = task.formats[fmt]
+    except KeyError:
+        raise KeyError(f"task type {task.name!r} has no prompt format {fmt!r}") from None
+    return template.format(**{f: record[f] for f in task.fields})
+
+
+def completion(task: TaskType, record: dict) -> str:
+    if task.kind == "classification":
+        return task.labels[int(record["label"])]
+    return str(record[task.target])
+
+
+def join_prompt_completion(prompt: str, target: str) -> tuple[str, str]:
+    """Move the boundary whitespace onto the completion, inserting a space if neither side has one.
+
+    Prompts end in a space ("### Inference: "), which a byte-level BPE would make a token of
+    its own that never precedes a word in running text. Moving it onto the completion keeps
+    the prompt's tokens identical at training and scoring time (as lm-evaluation-harness does
+    with its target delimiter) and makes the label a single " word" token.
+    """
+    stripped = prompt.rstrip()
+    gap = prompt[len(stripped) :]
+    if not gap and not target[:1].isspace():
+        gap = " "
+    return stripped, gap + target
+
+
+def few_shot_prompt(task: TaskType, shots: Sequence[dict], query: dict, fmt: str) -> str:
+    """k solved examples then the query, separated by blank lines; the result is stripped on the right."""
+    parts = []
+    for shot in shots:
+        prompt, target = join_prompt_completion(render_prompt(task, shot, fmt), completion(task, shot))
+        parts.append(prompt + target)
+    prompt, _ = join_prompt_completion(render_prompt(task, query, fmt), completion(task, query))
+    parts.append(prompt)
+    return SHOT_SEPARATOR.join(parts)

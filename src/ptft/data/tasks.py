@@ -1,0 +1,79 @@
+"""Task types: what a task's fields are, how its prompt formats read, what it predicts.
+
+The format strings are those of Amuro & Char (Table 4, see shared/reference/studies.md);
+``{field}`` placeholders name canonical fields, which each dataset maps its columns onto.
+Adding a task type is one entry in ``TASK_TYPES``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class TaskType:
+    name: str
+    kind: str  # "classification" or "generation"
+    fields: tuple[str, ...]  # canonical input fields
+    formats: dict[str, str]
+    labels: tuple[str, ...] = ()  # label words, classification only
+    target: str = "label"  # canonical field holding the completion
+    metric: str = field(default="")
+
+    def __post_init__(self):
+        metric = self.metric or ("accuracy" if self.kind == "classification" else "rougeL")
+        object.__setattr__(self, "metric", metric)
+
+
+TASK_TYPES = {
+    "nli": TaskType(
+        name="nli",
+        kind="classification",
+        fields=("premise", "hypothesis"),
+        labels=("entailment", "neutral", "contradiction"),
+        formats={
+            "default": "### Input_1: {premise}\n ### Input_2: {hypothesis}\n ### Inference: ",
+            "instruct": "Consider the following texts: Text 1: {premise} Text 2: {hypothesis} The relation is ",
+            "io": "{premise} {hypothesis}",
+        },
+    ),
+    "paraphrase": TaskType(
+        name="paraphrase",
+        kind="classification",
+        fields=("sentence1", "sentence2"),
+        labels=("no", "yes"),
+        formats={
+            "default": "### Input_1: {sentence1}\n ### Input_2: {sentence2}\n ### Paraphrase Classification: ",
+            "instruct": "Let's compare the two sentences: Sentence_1: {sentence1} Sentence_2: {sentence2} "
+            "Are they paraphrasing?: ",
+            "io": "{sentence1} {sentence2}",
+        },
+    ),
+    "summary": TaskType(
+        name="summary",
+        kind="generation",
+        fields=("document",),
+        target="summary",
+        formats={
+            "default": "### Input: {document}\n ### Summary: ",
+            "instruct": "Please read the following text: {document} Provide a summary: ",
+            "io": "{document}",
+        },
+    ),
+    "question_generation": TaskType(
+        name="question_generation",
+        kind="generation",
+        fields=("context", "answerA", "answerB", "answerC"),
+        target="question",
+        formats={
+            # "{answerB}Answer C" without a space is the paper's string, kept exact.
+            "default": "### Input: {context}\n ### Answer: Answer A: {answerA} Answer B: {answerB}"
+            "Answer C: {answerC}\n ### Question: ",
+            "instruct": "Given the context: {context} And the answer: Answer A: {answerA} Answer B: {answerB} "
+            "Answer C: {answerC} Generate a suitable question: ",
+            "io": "{context} {answerA} {answerB} {answerC}",
+        },
+    ),
+}
+
+FORMATS = ("default", "instruct", "io")

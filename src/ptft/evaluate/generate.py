@@ -1,0 +1,40 @@
+"""Greedy generation: batched, left-padded, with the KV cache, stopping at EOS or a stop string."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from ptft.evaluate.batching import left_pad, length_sorted_batches
+
+
+def cut_at_stop(text: str, stop: str) -> str:
+    if stop and stop in text:
+        text = text[: text.index(stop)]
+    return text.strip()
+
+
+@torch.no_grad()
+def generate_greedy(
+    model, tokenizer, prompts: Sequence[str], max_new_tokens: int, stop: str, batch_size: int
+) -> list[str]:
+    """The greedy continuation of each prompt, cut at the first ``stop`` and stripped."""
+    encoded = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    outputs: list[str] = [""] * len(prompts)
+    for batch in length_sorted_batches([len(e) for e in encoded], batch_size):
+        inputs = left_pad([encoded[i] for i in batch], tokenizer.pad_token_id)
+        inputs.pop("position_ids")  # generate() derives them from the attention mask
+        generated = model.generate(
+            **inputs,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            stop_strings=[stop] if stop else None,
+            tokenizer=tokenizer if stop else None,
+        )
+        new_tokens = generated[:, inputs["input_ids"].shape[1] :]
+        for row, i in enumerate(batch):
+            outputs[i] = cut_at_stop(tokenizer.decode(new_tokens[row], skip_special_tokens=True), stop)
+    return outputs

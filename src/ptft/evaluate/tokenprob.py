@@ -1,0 +1,48 @@
+"""TokenProb classification (Amuro & Char, §1 of studies.md).
+
+At the last prompt position the next-token distribution is restricted to the token ids of
+the acceptable label strings, and the label owning the most probable of those ids wins.
+
+Definition used here, exactly:
+- a label's token set is every token id in the tokenization of ``label`` and of
+  ``" " + label`` (every sub-token, as the paper's lenient matching);
+- a label's score is the largest log-probability (log-softmax over the whole vocabulary)
+  among its token ids;
+- the prediction is the label with the largest score; ties go to the earlier label.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from ptft.evaluate.batching import left_pad, length_sorted_batches
+
+
+def label_token_sets(tokenizer, labels: Sequence[str]) -> list[list[int]]:
+    sets = []
+    for label in labels:
+        ids: set[int] = set()
+        for variant in (label, " " + label):
+            ids.update(tokenizer(variant, add_special_tokens=False)["input_ids"])
+        sets.append(sorted(ids))
+    return sets
+
+
+@torch.no_grad()
+def score_token_prob(
+    model, tokenizer, prompts: Sequence[str], labels: Sequence[str], batch_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return (predicted label index per prompt, label log-probabilities [n_prompts, n_labels])."""
+    sets = label_token_sets(tokenizer, labels)
+    encoded = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    scores = np.zeros((len(prompts), len(labels)), dtype=np.float64)
+    for batch in length_sorted_batches([len(e) for e in encoded], batch_size):
+        inputs = left_pad([encoded[i] for i in batch], tokenizer.pad_token_id)
+        logits = model(**inputs).logits[:, -1, :].float()
+        logp = torch.log_softmax(logits, dim=-1)
+        per_label = torch.stack([logp[:, ids].max(dim=-1).values for ids in sets], dim=-1)
+        scores[batch] = per_label.double().numpy()
+    return scores.argmax(axis=1), scores

@@ -1,0 +1,38 @@
+import os
+import sys
+from itertools import chain, islice
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# The workflow's shell commands call `ptft`; make the test interpreter's bin directory visible.
+os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A tiny random-init LLaMA model and toy tokenizer saved in the hub's folder layout."""
+    import torch
+
+    from ptft.checkpoints.tokenizer import train_tokenizer
+    from ptft.checkpoints.toy_pretrain import build_model
+    from ptft.toy.corpus import documents, tokenizer_extra_texts
+
+    torch.manual_seed(0)
+    docs = documents({"story": 1, "nli": 1, "summary": 1}, 0, {})
+    tok = train_tokenizer(chain(islice(docs, 300), tokenizer_extra_texts()), 1024)
+    cfg = {
+        "model": {
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "layers": 2,
+            "heads": 2,
+            "max_position_embeddings": 1024,
+        }
+    }
+    model = build_model(cfg, tok)
+    out = tmp_path_factory.mktemp("tiny_model")
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out

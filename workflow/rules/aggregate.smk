@@ -1,0 +1,72 @@
+rule performance_table:
+    input:
+        predictions=get_all_predictions,
+        manifest=f"{RESULTS}/checkpoints/manifest.json",
+    output:
+        report(
+            f"{RESULTS}/tables/performance.parquet",
+            caption="../report/performance.rst",
+            category="Tables",
+        ),
+    log:
+        f"{RESULTS}/logs/aggregate/performance.log",
+    params:
+        config=as_json(config["aggregate"]),
+        study=config["study"],
+    conda:
+        "../../envs/ptft.yaml"
+    shell:
+        "ptft performance --predictions {input.predictions} --manifest {input.manifest} "
+        "--study {params.study} --config {params.config:q} --out {output} > {log} 2>&1"
+
+
+rule change_table:
+    input:
+        f"{RESULTS}/tables/performance.parquet",
+    output:
+        report(
+            f"{RESULTS}/tables/change_per_checkpoint.parquet",
+            caption="../report/change.rst",
+            category="Tables",
+        ),
+    log:
+        f"{RESULTS}/logs/aggregate/change.log",
+    params:
+        format=config["aggregate"]["figure_format"],
+    conda:
+        "../../envs/ptft.yaml"
+    shell:
+        "ptft change --performance {input} --format {params.format} --out {output} > {log} 2>&1"
+
+
+rule figures:
+    input:
+        performance=f"{RESULTS}/tables/performance.parquet",
+        change=f"{RESULTS}/tables/change_per_checkpoint.parquet",
+    output:
+        report(
+            f"{RESULTS}/figures/base_vs_finetuned.png",
+            caption="../report/base_vs_finetuned.rst",
+            category="Figures",
+        ),
+        report(
+            expand(f"{RESULTS}/figures/base_vs_finetuned_{{name}}.png", name=PLAN.eval_sets),
+            caption="../report/base_vs_finetuned.rst",
+            category="Figures",
+        ),
+        report(
+            f"{RESULTS}/figures/average_change.png",
+            caption="../report/average_change.rst",
+            category="Figures",
+        ),
+    log:
+        f"{RESULTS}/logs/aggregate/figures.log",
+    params:
+        eval_sets=PLAN.eval_sets,
+        format=config["aggregate"]["figure_format"],
+        out_dir=f"{RESULTS}/figures",
+    conda:
+        "../../envs/ptft.yaml"
+    shell:
+        "ptft figures --performance {input.performance} --change {input.change} "
+        "--eval-sets {params.eval_sets} --format {params.format} --out-dir {params.out_dir} > {log} 2>&1"
