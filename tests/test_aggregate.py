@@ -227,9 +227,7 @@ def test_performance_rows_are_reproducible_alone(perf):
 
 
 def test_performance_table_unknown_checkpoint_has_null_step():
-    table = performance_table(
-        make_predictions(), {"checkpoints": MANIFEST["checkpoints"][:1]}, "toy", 50, 0.95, 0
-    )
+    table = performance_table(make_predictions(), {"checkpoints": MANIFEST["checkpoints"][:1]}, "toy", 50, 0.95, 0)
     assert table.loc[table["checkpoint"] == "step40", "step"].isna().all()
     assert table.loc[table["checkpoint"] == "step20", "step"].eq(20).all()
 

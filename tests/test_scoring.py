@@ -12,9 +12,7 @@ from ptft.evaluate.tokenprob import label_token_sets, score_token_prob
 @pytest.fixture(scope="module")
 def model_and_tokenizer(tiny_model_dir):
     torch.manual_seed(0)
-    return AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval(), AutoTokenizer.from_pretrained(
-        tiny_model_dir
-    )
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval(), AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
 PROMPTS = [

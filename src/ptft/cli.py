@@ -34,7 +34,7 @@ def cmd_pretrain_toy(a) -> None:
     from ptft.checkpoints.toy_pretrain import pretrain
 
     _threads(a.threads)
-    manifest = pretrain(a.config, a.data_dir, a.out_dir, a.state_dir, a.seed)
+    manifest = pretrain(a.config, a.data_dirs, a.out_dir, a.state_dir, a.seed)
     io.write_json(a.manifest, manifest)
 
 
@@ -43,7 +43,7 @@ def cmd_prepare_train(a) -> None:
     from ptft.data.prepare import subsample_train
     from ptft.data.registry import get_dataset
 
-    io.write_parquet(a.out, subsample_train(get_dataset(a.dataset), a.raw_dir, a.size, a.seed))
+    io.write_parquet(a.out, subsample_train(get_dataset(a.dataset), a.dataset_dir, a.size, a.seed))
 
 
 def cmd_prepare_eval(a) -> None:
@@ -51,7 +51,7 @@ def cmd_prepare_eval(a) -> None:
     from ptft.data.prepare import eval_and_fewshot
     from ptft.data.registry import get_dataset
 
-    scored, pool = eval_and_fewshot(get_dataset(a.dataset), a.raw_dir, a.max_examples, a.pool_size, a.seed)
+    scored, pool = eval_and_fewshot(get_dataset(a.dataset), a.dataset_dir, a.max_examples, a.pool_size, a.seed)
     io.write_parquet(a.out_eval, scored)
     io.write_parquet(a.out_fewshot, pool)
 
@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("pretrain-toy", help="pre-train the toy checkpoint suite")
     s.add_argument("--config", type=_json, required=True)
     s.add_argument("--seed", type=int, required=True)
-    s.add_argument("--data-dir", required=True, help="raw toy datasets, whose eval items the corpus excludes")
+    s.add_argument("--data-dirs", nargs="+", required=True, help="raw toy dataset folders (held out of the corpus)")
     s.add_argument("--out-dir", required=True)
     s.add_argument("--state-dir", required=True)
     s.add_argument("--manifest", required=True)
@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("prepare-train", help="subsample one training set")
     s.add_argument("--dataset", required=True)
-    s.add_argument("--raw-dir", required=True)
+    s.add_argument("--dataset-dir", required=True, help="folder of the dataset's split files")
     s.add_argument("--size", type=int, required=True)
     s.add_argument("--seed", type=int, required=True)
     s.add_argument("--out", required=True)
@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("prepare-eval", help="write one eval set's scored items and few-shot pool")
     s.add_argument("--dataset", required=True)
-    s.add_argument("--raw-dir", required=True)
+    s.add_argument("--dataset-dir", required=True, help="folder of the dataset's split files")
     s.add_argument("--max-examples", type=_json, default=None)
     s.add_argument("--pool-size", type=int, required=True)
     s.add_argument("--seed", type=int, required=True)

@@ -90,14 +90,12 @@ class Plan:
 
 
 def checkpoint_names(config: dict) -> tuple[str, ...]:
-    from ptft.checkpoints.toy_pretrain import checkpoint_name, save_steps
+    from ptft.checkpoints.suite import checkpoint_name, save_steps
 
     ck = config["checkpoints"]
     if ck["suite"] == "toy":
         toy = ck["toy"]
-        return tuple(
-            checkpoint_name(s) for s in save_steps(toy["steps"], toy["n_checkpoints"], toy["first_step"])
-        )
+        return tuple(checkpoint_name(s) for s in save_steps(toy["steps"], toy["n_checkpoints"], toy["first_step"]))
     raise ValueError(f"checkpoints.suite: unknown suite {ck['suite']!r}")
 
 

@@ -64,7 +64,7 @@ rule figures:
     params:
         eval_sets=PLAN.eval_sets,
         format=config["aggregate"]["figure_format"],
-        out_dir=f"{RESULTS}/figures",
+        out_dir=get_parent_dir,
     conda:
         "../../envs/ptft.yaml"
     shell:

@@ -25,6 +25,7 @@ rule pretrain_toy:
         config=as_json(config["checkpoints"]["toy"]),
         seed=config["seed"],
         state=f"{STATE}/pretrain",
+        out_dir=get_parent_dir,
     threads: 2
     resources:
         mem_mb=4000,
@@ -32,6 +33,6 @@ rule pretrain_toy:
     conda:
         "../../envs/ptft.yaml"
     shell:
-        "ptft pretrain-toy --config {params.config:q} --seed {params.seed} --data-dir {RESULTS}/raw "
-        "--out-dir {RESULTS}/checkpoints --state-dir {params.state} --manifest {output.manifest} "
+        "ptft pretrain-toy --config {params.config:q} --seed {params.seed} --data-dirs {input} "
+        "--out-dir {params.out_dir} --state-dir {params.state} --manifest {output.manifest} "
         "--threads {threads} > {log} 2>&1"

@@ -1,4 +1,5 @@
 import json
+import os
 
 from ptft.plan import build_plan, format_lr
 
@@ -55,6 +56,16 @@ def get_finetuned_model_meta(wildcards):
 
     model = Model(wildcards.checkpoint, wildcards.task, wildcards.method, float(wildcards.lr), int(wildcards.seed))
     return as_json(model.metadata(0))
+
+
+def get_parent_dir(_wildcards, output):
+    """The folder of a rule's first output, for commands that write several files into it."""
+    return os.path.dirname(output[0])
+
+
+def get_data_dir(_wildcards, input):
+    """results/<study>/data, the parent of the eval/ and fewshot/ folders of the inputs."""
+    return os.path.dirname(os.path.dirname(input.eval[0]))
 
 
 def get_all_predictions(_wildcards):

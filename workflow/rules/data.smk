@@ -11,7 +11,7 @@ rule prepare_train:
     conda:
         "../../envs/ptft.yaml"
     shell:
-        "ptft prepare-train --dataset {wildcards.dataset} --raw-dir {RESULTS}/raw --size {params.size} "
+        "ptft prepare-train --dataset {wildcards.dataset} --dataset-dir {input} --size {params.size} "
         "--seed {params.seed} --out {output} > {log} 2>&1"
 
 
@@ -30,6 +30,6 @@ rule prepare_eval:
     conda:
         "../../envs/ptft.yaml"
     shell:
-        "ptft prepare-eval --dataset {wildcards.dataset} --raw-dir {RESULTS}/raw "
+        "ptft prepare-eval --dataset {wildcards.dataset} --dataset-dir {input} "
         "--max-examples {params.max_examples:q} --pool-size {params.pool} --seed {params.seed} "
         "--out-eval {output.scored} --out-fewshot {output.fewshot} > {log} 2>&1"

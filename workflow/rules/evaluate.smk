@@ -11,6 +11,7 @@ rule evaluate_base:
         config=as_json(config["evaluate"]),
         eval_sets=PLAN.eval_sets,
         seed=config["seed"],
+        data_dir=get_data_dir,
     threads: 1
     resources:
         mem_mb=4000,
@@ -19,7 +20,7 @@ rule evaluate_base:
         "../../envs/ptft.yaml"
     shell:
         "ptft evaluate --model-dir {input.model} --model {params.meta:q} --eval-sets {params.eval_sets} "
-        "--data-dir {RESULTS}/data --config {params.config:q} --seed {params.seed} --out {output} "
+        "--data-dir {params.data_dir} --config {params.config:q} --seed {params.seed} --out {output} "
         "--threads {threads} > {log} 2>&1"
 
 
@@ -36,6 +37,7 @@ rule evaluate_finetuned:
         config=as_json(config["evaluate"]),
         eval_sets=PLAN.eval_sets,
         seed=config["seed"],
+        data_dir=get_data_dir,
     threads: 1
     resources:
         mem_mb=4000,
@@ -44,5 +46,5 @@ rule evaluate_finetuned:
         "../../envs/ptft.yaml"
     shell:
         "ptft evaluate --model-dir {input.model} --model {params.meta:q} --eval-sets {params.eval_sets} "
-        "--data-dir {RESULTS}/data --config {params.config:q} --seed {params.seed} --out {output} "
+        "--data-dir {params.data_dir} --config {params.config:q} --seed {params.seed} --out {output} "
         "--threads {threads} > {log} 2>&1"

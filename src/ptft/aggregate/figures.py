@@ -61,9 +61,7 @@ def plot_base_vs_finetuned(perf: pd.DataFrame, eval_set: str, format: str, path:
         _save(fig, path)
 
 
-def plot_base_vs_finetuned_grid(
-    perf: pd.DataFrame, eval_sets: list[str], format: str, path: str | os.PathLike
-) -> None:
+def plot_base_vs_finetuned_grid(perf: pd.DataFrame, eval_sets: list[str], format: str, path: str | os.PathLike) -> None:
     """:func:`plot_base_vs_finetuned` for several eval sets, one small panel each, shared legend."""
     if not eval_sets:
         raise ValueError("plot_base_vs_finetuned_grid: no eval sets given")
@@ -162,9 +160,7 @@ def _line(ax, rows: pd.DataFrame, color, linestyle: str, marker: str, label: str
 
 def _legend_below(fig, handles, labels, max_columns: int = 3) -> None:
     # Below the axes, outside them: it never covers data and keeps the panel width.
-    fig.legend(
-        handles, labels, loc="outside lower center", ncols=min(len(labels), max_columns), frameon=False
-    )
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), max_columns), frameon=False)
 
 
 def _task_label(label: str) -> str:

@@ -155,9 +155,7 @@ def validate_performance(df: pd.DataFrame) -> None:
 def _check_predictions(pred: pd.DataFrame) -> None:
     for column in pred.columns:
         if column not in NULLABLE_PREDICTION_COLUMNS and pred[column].isna().any():
-            raise ValueError(
-                f"predictions: column {column!r} has {int(pred[column].isna().sum())} null value(s)"
-            )
+            raise ValueError(f"predictions: column {column!r} has {int(pred[column].isna().sum())} null value(s)")
     dup = pred.duplicated([*GROUP_KEYS, "example_id"])
     if dup.any():
         first = pred.loc[dup, [*GROUP_KEYS, "example_id"]].iloc[0].to_dict()

@@ -4,7 +4,7 @@ This is what OLMo's and Pythia's released checkpoints are to real studies: a ser
 ``save_pretrained`` folders of one run at increasing steps, with a manifest of their steps
 and tokens seen. The run resumes from its last saved checkpoint after an interruption.
 
-    ptft pretrain-toy --config '<json>' --data-dir results/toy/raw --out-dir results/toy/checkpoints
+    ptft pretrain-toy --config '<json>' --data-dirs results/toy/raw/* --out-dir results/toy/checkpoints
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ import shutil
 from itertools import chain, islice
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from ptft import io
+from ptft.checkpoints.suite import checkpoint_name, save_steps
 from ptft.checkpoints.tokenizer import train_tokenizer
 from ptft.data.registry import DATASETS
 from ptft.toy.corpus import documents, tokenizer_extra_texts
@@ -30,35 +30,20 @@ from ptft.toy.generate import record_key
 log = logging.getLogger(__name__)
 
 
-def save_steps(total: int, n: int, first: int) -> list[int]:
-    """``n`` checkpoint steps: ``first``, uniformly spaced ones, and the final step."""
-    if n < 2 or not 0 < first < total:
-        raise ValueError(f"need n >= 2 and 0 < first ({first}) < total ({total})")
-    steps = sorted({round(x) for x in np.linspace(first, total, n)})
-    if len(steps) != n:
-        raise ValueError(f"cannot place {n} distinct checkpoints between steps {first} and {total}")
-    return steps
-
-
-def checkpoint_name(step: int) -> str:
-    return f"step{step}"
-
-
-def held_out_keys(data_dir: Path) -> dict[str, set[tuple]]:
+def held_out_keys(dataset_dirs) -> dict[str, set[tuple]]:
     """Record keys of every scored and few-shot split of the toy datasets, by task type."""
     import pandas as pd
 
     keys: dict[str, set[tuple]] = {}
-    for spec in DATASETS.values():
-        if spec.source != "toy":
+    for folder in map(Path, dataset_dirs):
+        spec = DATASETS.get(folder.name)
+        if spec is None or spec.source != "toy":
             continue
         for split in (spec.eval_split, spec.fewshot_split):
-            path = data_dir / spec.name / f"{split}.parquet"
+            path = folder / f"{split}.parquet"
             if path.exists():
                 df = pd.read_parquet(path)
-                keys.setdefault(spec.task_type, set()).update(
-                    record_key(spec, r) for r in df.to_dict("records")
-                )
+                keys.setdefault(spec.task_type, set()).update(record_key(spec, r) for r in df.to_dict("records"))
     return keys
 
 
@@ -101,7 +86,7 @@ def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def pretrain(cfg: dict, data_dir: Path, out_dir: Path, state_dir: Path, seed: int) -> dict:
+def pretrain(cfg: dict, dataset_dirs, out_dir: Path, state_dir: Path, seed: int) -> dict:
     """Run (or resume) pre-training; write the checkpoints and the manifest; return the manifest."""
     out_dir, state_dir = Path(out_dir), Path(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -110,7 +95,7 @@ def pretrain(cfg: dict, data_dir: Path, out_dir: Path, state_dir: Path, seed: in
     random.seed(seed)
 
     tok_dir = state_dir / "tokenizer"
-    exclude = held_out_keys(Path(data_dir))
+    exclude = held_out_keys(dataset_dirs)
     docs = documents(cfg["corpus_mix"], seed, exclude)
     if (tok_dir / "tokenizer.json").exists():
         tokenizer = PreTrainedTokenizerFast.from_pretrained(tok_dir)
@@ -122,9 +107,7 @@ def pretrain(cfg: dict, data_dir: Path, out_dir: Path, state_dir: Path, seed: in
     blocks = token_blocks(docs, tokenizer, cfg["steps"] * cfg["batch_size"], cfg["seq_len"])
 
     model = build_model(cfg, tokenizer)
-    opt = torch.optim.AdamW(
-        model.parameters(), lr=cfg["lr"], betas=(0.9, 0.95), weight_decay=cfg["weight_decay"]
-    )
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], betas=(0.9, 0.95), weight_decay=cfg["weight_decay"])
     start = 0
     state_path = state_dir / "state.pt"
     if state_path.exists():

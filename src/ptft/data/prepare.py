@@ -28,9 +28,9 @@ def write_toy_dataset(spec: DatasetSpec, sizes: dict[str, int], seed: int, out_d
         io.write_parquet(Path(out_dir) / f"{split}.parquet", pd.DataFrame(records))
 
 
-def load_split(spec: DatasetSpec, split: str, raw_dir: str | Path) -> datasets.Dataset:
-    """A split through ``datasets``, from local Parquet files in the hub schema."""
-    path = Path(raw_dir) / spec.name / f"{split}.parquet"
+def load_split(spec: DatasetSpec, split: str, dataset_dir: str | Path) -> datasets.Dataset:
+    """A split through ``datasets``, from a folder of Parquet files in the hub schema."""
+    path = Path(dataset_dir) / f"{split}.parquet"
     if not path.exists():
         raise FileNotFoundError(f"dataset {spec.name!r}: split {split!r} not found at {path}")
     ds = datasets.load_dataset("parquet", data_files={split: str(path)}, split=split)
@@ -42,28 +42,26 @@ def load_split(spec: DatasetSpec, split: str, raw_dir: str | Path) -> datasets.D
     return ds
 
 
-def subsample_train(spec: DatasetSpec, raw_dir: str | Path, size: int, seed: int) -> pd.DataFrame:
+def subsample_train(spec: DatasetSpec, dataset_dir: str | Path, size: int, seed: int) -> pd.DataFrame:
     if spec.train_split is None:
         raise ValueError(f"dataset {spec.name!r} has no training split")
-    ds = load_split(spec, spec.train_split, raw_dir)
+    ds = load_split(spec, spec.train_split, dataset_dir)
     if size > len(ds):
-        log.warning(
-            "dataset %s: %d training examples requested, only %d exist; using all", spec.name, size, len(ds)
-        )
+        log.warning("dataset %s: %d training examples requested, only %d exist; using all", spec.name, size, len(ds))
         size = len(ds)
     return ds.shuffle(seed=seed).select(range(size)).to_pandas()
 
 
 def eval_and_fewshot(
-    spec: DatasetSpec, raw_dir: str | Path, max_examples: int | None, pool_size: int, seed: int
+    spec: DatasetSpec, dataset_dir: str | Path, max_examples: int | None, pool_size: int, seed: int
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(scored items, few-shot pool), disjoint by construction."""
-    scored = load_split(spec, spec.eval_split, raw_dir).shuffle(seed=seed)
+    scored = load_split(spec, spec.eval_split, dataset_dir).shuffle(seed=seed)
     if spec.fewshot_split == spec.eval_split:
         pool = scored.select(range(min(pool_size, len(scored))))
         scored = scored.select(range(len(pool), len(scored)))
     else:
-        pool_ds = load_split(spec, spec.fewshot_split, raw_dir).shuffle(seed=seed)
+        pool_ds = load_split(spec, spec.fewshot_split, dataset_dir).shuffle(seed=seed)
         pool = pool_ds.select(range(min(pool_size, len(pool_ds))))
     if max_examples is not None:
         scored = scored.select(range(min(max_examples, len(scored))))

@@ -38,9 +38,7 @@ def prompt_hash(prompt: str) -> str:
 def build_prompts(task, items: list[dict], pool: list[dict], fmt: str, shots: int, seed: int, eval_set: str):
     """One prompt per item; each item draws its own shots with an RNG seeded by (seed, set, item)."""
     if shots > len(pool):
-        raise ValueError(
-            f"eval set {eval_set!r}: {shots} shots requested but the few-shot pool has {len(pool)}"
-        )
+        raise ValueError(f"eval set {eval_set!r}: {shots} shots requested but the few-shot pool has {len(pool)}")
     prompts = []
     for item in items:
         rng = random.Random(f"{seed}:{eval_set}:{item['idx']}")
@@ -63,9 +61,7 @@ def evaluate_model(
         spec = get_dataset(eval_set)
         task = spec.task
         items = pd.read_parquet(data_dir / "eval" / f"{eval_set}.parquet").to_dict("records")
-        pool = (
-            pd.read_parquet(data_dir / "fewshot" / f"{eval_set}.parquet").to_dict("records") if shots else []
-        )
+        pool = pd.read_parquet(data_dir / "fewshot" / f"{eval_set}.parquet").to_dict("records") if shots else []
         prompts = build_prompts(task, items, pool, fmt, shots, seed, eval_set)
         golds = [completion(task, r) for r in items]
         if task.kind == "classification":

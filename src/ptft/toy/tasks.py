@@ -34,20 +34,26 @@ def nli(rng: random.Random, domain: str) -> dict:
 
 
 def paraphrase(rng: random.Random, domain: str) -> dict:
-    """PAWS-like: a paraphrase swaps in a synonym verb; a non-paraphrase swaps who does what to whom."""
+    """PAWS-like: a paraphrase swaps in a synonym verb; a non-paraphrase also negates the
+    sentence with "never" or swaps who does what to whom (each half of the time)."""
     label = rng.randrange(2)
     group = w.VERB_GROUPS[rng.randrange(len(w.VERB_GROUPS))]
     verb1 = _pick(rng, group)
     verb2 = _pick(rng, [v for v in group if v != verb1])
     a, b = rng.sample(w.NAMES, 2)
     place = _pick(rng, w.PLACES[domain])
-    first, second = (a, b) if w.YES_NO[label] == "yes" else (b, a)
+    first, second, never = a, b, ""
+    if w.YES_NO[label] == "no":
+        if rng.random() < 0.5:
+            never = "never "
+        else:
+            first, second = b, a
     if domain == "home":
         s1 = f"{a} {verb1} {b} in the {place} ."
-        s2 = f"{first} {verb2} {second} in the {place} ."
+        s2 = f"{first} {never}{verb2} {second} in the {place} ."
     else:
         s1 = f"does {a} {w.base_form(verb1)} {b} near the {place} ?"
-        s2 = f"near the {place} , does {first} {w.base_form(verb2)} {second} ?"
+        s2 = f"near the {place} , does {first} {never}{w.base_form(verb2)} {second} ?"
     return {"sentence1": s1, "sentence2": s2, "label": label}
 
 

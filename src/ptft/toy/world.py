@@ -5,8 +5,8 @@ few million parameters can learn it on a CPU within minutes:
 
 - NLI: the hypothesis restates the premise's adjective (entailment), negates it
   (contradiction) or names another one (neutral).
-- paraphrase (PAWS-like): a paraphrase swaps in a synonym verb; a non-paraphrase also swaps
-  the two people, so who does what to whom changes.
+- paraphrase (PAWS-like): a paraphrase swaps in a synonym verb; a non-paraphrase also
+  negates the sentence ("never") or swaps the two people, so who does what to whom changes.
 - summary: the summary restates who did what to which thing where, in a fixed frame.
 - question generation: the question asks for the answer marked A (who, what or where).
 
@@ -17,8 +17,7 @@ sets) and ``wild`` (animals and nature, the out-of-domain sets).
 from __future__ import annotations
 
 NAMES = (
-    "anna ben carl dora eli finn gina hugo ivy jack kate leo mia nora otto pia "
-    "rosa sam tina uma vera will zack lily"
+    "anna ben carl dora eli finn gina hugo ivy jack kate leo mia nora otto pia rosa sam tina uma vera will zack lily"
 ).split()
 
 OBJECTS = {

@@ -1,0 +1,117 @@
+"""The toy study shows the paper's dichotomy, beyond its sampling error.
+
+Runs the default study's own pre-training (same corpus, seed and schedule; only its first and
+final checkpoints are saved), then scores the base checkpoints few-shot and fine-tunes the
+final one on the tasks that never occur in pre-training. Asserts, with seeded 95 % paired
+bootstrap intervals over the scored items:
+
+- on the pre-training-learnable tasks (NLI, summary) the base score rises from the first to
+  the final checkpoint (the interval of the rise lies above zero);
+- on the others (paraphrase, question generation) the base rise is smaller than the
+  learnable task's of the same kind (the interval of the difference lies below zero), the
+  base paraphrase accuracy is no better than always answering the most frequent label, and
+  fine-tuning lifts both far above their base score (the interval lies above zero).
+"""
+
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import ROOT
+from ptft.aggregate.bootstrap import percentile_ci
+
+pytestmark = pytest.mark.slow
+RESAMPLES, CONFIDENCE = 3000, 0.95
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("dichotomy")
+    cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
+    cfg["study"] = "dichotomy"
+    cfg["checkpoints"]["toy"]["n_checkpoints"] = 2  # same run, fewer saved checkpoints
+    cfg["train_tasks"] = ["toy_paraphrase", "toy_qgen"]
+    cfg["eval_sets"] = ["toy_nli", "toy_paraphrase", "toy_summary", "toy_qgen"]
+    cfg["evaluate"]["formats"] = ["default"]
+    (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-s",
+            str(ROOT / "Snakefile"),
+            "--directory",
+            str(workdir),
+            "--configfile",
+            str(workdir / "config.yaml"),
+            "--cores",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert out.returncode == 0, out.stderr[-5000:]
+    first, final = (f"step{cfg['checkpoints']['toy']['first_step']}", f"step{cfg['checkpoints']['toy']['steps']}")
+    eval_dir = workdir / "results/dichotomy/eval"
+    base = {c: pd.read_parquet(eval_dir / f"base/{c}/predictions.parquet") for c in (first, final)}
+    lr = cfg["finetune"]["lrs"][0]
+    ft = {
+        t: pd.read_parquet(eval_dir / f"ft/{final}/{t}/full/lr{lr:g}/seed0/predictions.parquet")
+        for t in cfg["train_tasks"]
+    }
+    return base[first], base[final], ft
+
+
+def scores(pred: pd.DataFrame, eval_set: str) -> pd.Series:
+    return pred[pred["eval_set"] == eval_set].set_index("example_id")["score"].sort_index()
+
+
+def paired(a: pd.Series, b: pd.Series, seed: int = 0):
+    """Mean of a − b over the same items, with its percentile-bootstrap interval."""
+    assert (a.index == b.index).all()
+    d = (a - b).to_numpy()
+    lo, hi = percentile_ci(d, RESAMPLES, CONFIDENCE, seed)
+    return d.mean(), lo, hi
+
+
+@pytest.mark.parametrize("eval_set", ["toy_nli", "toy_summary"])
+def test_base_rises_on_pretraining_learnable_tasks(run, eval_set):
+    first, final, _ = run
+    rise, lo, _ = paired(scores(final, eval_set), scores(first, eval_set))
+    assert lo > 0, f"{eval_set}: rise {rise:.3f}, interval low {lo:.3f}"
+
+
+@pytest.mark.parametrize("learnable, other", [("toy_nli", "toy_paraphrase"), ("toy_summary", "toy_qgen")])
+def test_base_does_not_rise_on_the_others(run, learnable, other):
+    first, final, _ = run
+    rise_learnable = scores(final, learnable) - scores(first, learnable)
+    rise_other = scores(final, other) - scores(first, other)
+    # Different items: compare the two rises by an unpaired bootstrap of their difference.
+    rng = np.random.default_rng(0)
+    a, b = rise_other.to_numpy(), rise_learnable.to_numpy()
+    diffs = a[rng.integers(0, len(a), (RESAMPLES, len(a)))].mean(1) - b[
+        rng.integers(0, len(b), (RESAMPLES, len(b)))
+    ].mean(1)
+    hi = np.percentile(diffs, 100 * (1 + CONFIDENCE) / 2)
+    assert hi < 0, f"{other} rises {a.mean():.3f}, {learnable} {b.mean():.3f}"
+
+
+def test_base_paraphrase_is_no_better_than_a_constant_guess(run):
+    for pred in run[:2]:
+        p = pred[pred["eval_set"] == "toy_paraphrase"]
+        majority = p["gold"].value_counts(normalize=True).max()
+        lo, hi = percentile_ci(p["score"].to_numpy(), RESAMPLES, CONFIDENCE, 0)
+        assert p["score"].mean() - majority <= (hi - lo) / 2
+
+
+@pytest.mark.parametrize("task", ["toy_paraphrase", "toy_qgen"])
+def test_finetuning_lifts_the_tasks_absent_from_pretraining(run, task):
+    _, final, ft = run
+    gain, lo, _ = paired(scores(ft[task], task), scores(final, task))
+    assert lo > 0.1, f"{task}: gain {gain:.3f}, interval low {lo:.3f}"

@@ -1,0 +1,118 @@
+"""End-to-end: the whole workflow on a micro study, then the contract of its tables."""
+
+import shutil
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+from conftest import ROOT
+from ptft.aggregate.performance import PERFORMANCE_COLUMNS, validate_performance
+from ptft.io import read_json
+
+pytestmark = pytest.mark.slow
+
+
+def snakemake(workdir, *args):
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(ROOT / "tests/configs/micro.yaml"),
+        "--cores",
+        "2",
+        *args,
+    ]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def micro_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("micro")
+    shutil.copy(ROOT / "config.yaml", workdir / "config.yaml")
+    out = snakemake(workdir)
+    assert out.returncode == 0, out.stderr[-5000:]
+    return workdir
+
+
+def test_performance_table_contract(micro_run):
+    perf = pd.read_parquet(micro_run / "results/micro/tables/performance.parquet")
+    validate_performance(perf)
+    assert tuple(perf.columns) == tuple(PERFORMANCE_COLUMNS)
+    # (2 base + 2 checkpoints x 2 tasks) models x 4 eval sets x 2 formats, one metric each
+    assert len(perf) == 6 * 4 * 2
+    assert (perf["n"] == 12).all()
+    assert perf["value"].between(0, 1).all()
+    assert ((perf["ci_low"] <= perf["value"] + 1e-12) & (perf["value"] <= perf["ci_high"] + 1e-12)).all()
+    base = perf[perf["method"] == "base"]
+    ft = perf[perf["method"] == "full"]
+    assert set(base["relation"]) == {"pretraining"} and (base["shots"] == 2).all() and base["lr"].isna().all()
+    assert (ft["shots"] == 0).all() and (ft["lr"] == 0.001).all() and (ft["seed"] == 0).all()
+    nli_ft = ft[ft["train_task"] == "toy_nli"].set_index("eval_set")["relation"].to_dict()
+    assert nli_ft == {
+        "toy_nli": "in-domain",
+        "toy_paraphrase_ood": "cross-task",
+        "toy_summary": "cross-task",
+        "toy_qgen": "cross-task",
+    }
+    assert set(perf.loc[perf["eval_set"] == "toy_summary", "metric"]) == {"rougeL"}
+    assert set(perf.loc[perf["eval_set"] == "toy_nli", "metric"]) == {"accuracy"}
+    manifest = read_json(micro_run / "results/micro/checkpoints/manifest.json")
+    steps = {c["name"]: c["step"] for c in manifest["checkpoints"]}
+    assert steps == {"step4": 4, "step12": 12}
+    assert dict(zip(perf["checkpoint"], perf["step"], strict=True)) == steps
+    assert (perf["tokens"] == perf["step"] * 8 * 64).all()
+
+
+def test_values_are_recomputable_from_per_example_outputs(micro_run):
+    perf = pd.read_parquet(micro_run / "results/micro/tables/performance.parquet")
+    pred = pd.read_parquet(micro_run / "results/micro/eval/base/step12/predictions.parquet")
+    assert {"prompt_hash", "prediction", "gold", "score", "label_logprobs"} <= set(pred.columns)
+    nli = pred[(pred["eval_set"] == "toy_nli") & (pred["format"] == "default")]
+    assert len(nli) == 12 and all(len(x) == 3 for x in nli["label_logprobs"])
+    assert (nli["score"] == (nli["prediction"] == nli["gold"]).astype(float)).all()
+    row = perf[
+        (perf["checkpoint"] == "step12")
+        & (perf["method"] == "base")
+        & (perf["eval_set"] == "toy_nli")
+        & (perf["format"] == "default")
+    ]
+    assert row["value"].item() == pytest.approx(nli["score"].mean())
+
+
+def test_checkpoints_and_finetuned_models_are_hub_folders(micro_run):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    for path in [
+        micro_run / "results/micro/checkpoints/step4",
+        micro_run / "results/micro/finetune/step12/toy_nli/full/lr0.001/seed0/model",
+    ]:
+        assert (path / "config.json").exists() and (path / "tokenizer.json").exists()
+        AutoTokenizer.from_pretrained(path)
+        AutoModelForCausalLM.from_pretrained(path)
+    log = pd.read_parquet(micro_run / "results/micro/finetune/step12/toy_nli/full/lr0.001/seed0/train_log.parquet")
+    assert list(log["step"]) == [1, 2, 3] and log["loss"].notna().all()
+    # the resumable state is removed once training has finished
+    assert not list((micro_run / "results/micro/.state/finetune").rglob("state.pt"))
+
+
+def test_figures_exist(micro_run):
+    figs = micro_run / "results/micro/figures"
+    for name in ["base_vs_finetuned.png", "average_change.png", "base_vs_finetuned_toy_nli.png"]:
+        assert (figs / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_second_run_does_nothing(micro_run):
+    start = time.time()
+    out = snakemake(micro_run)
+    elapsed = time.time() - start
+    assert out.returncode == 0
+    assert "Nothing to be done" in out.stdout + out.stderr
+    assert elapsed < 10
