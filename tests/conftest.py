@@ -36,3 +36,24 @@ def tiny_model_dir(tmp_path_factory):
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+def run_snakemake(workdir, configfile, *args, timeout=1200):
+    """Run the workflow in ``workdir`` (where its results/ go) on ``configfile``, with 2 cores."""
+    import subprocess
+
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(configfile),
+        "--cores",
+        "2",
+        *args,
+    ]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)

@@ -13,15 +13,12 @@ bootstrap intervals over the scored items:
   fine-tuning lifts both far above their base score (the interval lies above zero).
 """
 
-import subprocess
-import sys
-
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
-from conftest import ROOT
+from conftest import ROOT, run_snakemake
 from ptft.aggregate.bootstrap import percentile_ci
 
 pytestmark = pytest.mark.slow
@@ -38,24 +35,7 @@ def run(tmp_path_factory):
     cfg["eval_sets"] = ["toy_nli", "toy_paraphrase", "toy_summary", "toy_qgen"]
     cfg["evaluate"]["formats"] = ["default"]
     (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "snakemake",
-            "-s",
-            str(ROOT / "Snakefile"),
-            "--directory",
-            str(workdir),
-            "--configfile",
-            str(workdir / "config.yaml"),
-            "--cores",
-            "2",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
+    out = run_snakemake(workdir, workdir / "config.yaml")
     assert out.returncode == 0, out.stderr[-5000:]
     first, final = (f"step{cfg['checkpoints']['toy']['first_step']}", f"step{cfg['checkpoints']['toy']['steps']}")
     eval_dir = workdir / "results/dichotomy/eval"

@@ -1,14 +1,12 @@
 """End-to-end: the whole workflow on a micro study, then the contract of its tables."""
 
 import shutil
-import subprocess
-import sys
 import time
 
 import pandas as pd
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, run_snakemake
 from ptft.aggregate.performance import PERFORMANCE_COLUMNS, validate_performance
 from ptft.io import read_json
 
@@ -16,21 +14,7 @@ pytestmark = pytest.mark.slow
 
 
 def snakemake(workdir, *args):
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "-s",
-        str(ROOT / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--configfile",
-        str(ROOT / "tests/configs/micro.yaml"),
-        "--cores",
-        "2",
-        *args,
-    ]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    return run_snakemake(workdir, ROOT / "tests/configs/micro.yaml", *args, timeout=900)
 
 
 @pytest.fixture(scope="module")
