@@ -47,3 +47,13 @@ def write_dir(path, fill: Callable[[Path], None]) -> None:
     """Build a directory with ``fill(tmp_dir)`` and move it into place in one rename."""
     with atomic_path(path, is_dir=True) as tmp:
         fill(tmp)
+
+
+def write_pretrained(path, model, tokenizer) -> None:
+    """A model and its tokenizer as one ``save_pretrained`` folder, written atomically."""
+
+    def fill(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+    write_dir(path, fill)

@@ -135,12 +135,7 @@ def pretrain(cfg: dict, dataset_dirs, out_dir: Path, state_dir: Path, seed: int)
         bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
         done = step + 1
         if done in steps:
-
-            def fill(tmp, model=model):
-                model.save_pretrained(tmp)
-                tokenizer.save_pretrained(tmp)
-
-            io.write_dir(state_dir / "checkpoints" / checkpoint_name(done), fill)
+            io.write_pretrained(state_dir / "checkpoints" / checkpoint_name(done), model, tokenizer)
             with io.atomic_path(state_path) as tmp:
                 torch.save(
                     {

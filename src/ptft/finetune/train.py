@@ -189,11 +189,7 @@ def finetune(
                 )
     bar.close()
 
-    def save(tmp):
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-
-    io.write_dir(out_dir / "model", save)
+    io.write_pretrained(out_dir / "model", model, tokenizer)
     io.write_parquet(out_dir / "train_log.parquet", pd.DataFrame(log_rows))
     wall = time.time() - start_time
     summary = {
