@@ -43,7 +43,8 @@ def cmd_prepare_train(a) -> None:
     from ptft.data.prepare import subsample_train
     from ptft.data.registry import get_dataset
 
-    io.write_parquet(a.out, subsample_train(get_dataset(a.dataset), a.dataset_dir, a.size, a.seed))
+    df = subsample_train(get_dataset(a.dataset), a.local_dir, a.size, a.seed, a.fraction, a.invalid == "skip")
+    io.write_parquet(a.out, df)
 
 
 def cmd_prepare_eval(a) -> None:
@@ -51,9 +52,30 @@ def cmd_prepare_eval(a) -> None:
     from ptft.data.prepare import eval_and_fewshot
     from ptft.data.registry import get_dataset
 
-    scored, pool = eval_and_fewshot(get_dataset(a.dataset), a.dataset_dir, a.max_examples, a.pool_size, a.seed)
+    scored, pool = eval_and_fewshot(
+        get_dataset(a.dataset), a.local_dir, a.max_examples, a.pool_size, a.seed, a.invalid == "skip"
+    )
     io.write_parquet(a.out_eval, scored)
     io.write_parquet(a.out_fewshot, pool)
+
+
+def cmd_download(a) -> None:
+    from ptft.download import download_checkpoint, download_dataset, download_study
+
+    if a.configfile:
+        download_study(a.configfile, a.results)
+    elif a.dataset:
+        download_dataset(a.dataset, a.data_dir, a.out)
+    elif a.checkpoint:
+        download_checkpoint(a.checkpoint, a.revisions, a.out)
+    else:
+        raise SystemExit("ptft download: give --configfile, or --dataset/--checkpoint with --out")
+
+
+def cmd_checkpoint_manifest(a) -> None:
+    from ptft import io
+
+    io.write_json(a.out, {"suite": a.suite, "checkpoints": [io.read_json(p) for p in a.pointers]})
 
 
 def cmd_finetune(a) -> None:
@@ -68,7 +90,7 @@ def cmd_evaluate(a) -> None:
     from ptft.evaluate.run import evaluate_model
 
     _threads(a.threads)
-    df = evaluate_model(a.model_dir, a.model, a.eval_sets, a.data_dir, a.config, a.seed)
+    df = evaluate_model(a.model_dir, a.model, a.evaluations, a.data_dir, a.config, a.seed)
     io.write_parquet(a.out, df)
 
 
@@ -103,7 +125,7 @@ def cmd_figures(a) -> None:
 
     from ptft.aggregate import figures
 
-    perf = pd.read_parquet(a.performance)
+    perf = figures.primary_metric_rows(pd.read_parquet(a.performance))
     out = Path(a.out_dir)
     for eval_set in a.eval_sets:
         figures.plot_base_vs_finetuned(perf, eval_set, a.format, out / f"base_vs_finetuned_{eval_set}.png")
@@ -132,20 +154,39 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=1)
     s.set_defaults(func=cmd_pretrain_toy)
 
-    s = sub.add_parser("prepare-train", help="subsample one training set")
-    s.add_argument("--dataset", required=True)
-    s.add_argument("--dataset-dir", required=True, help="folder of the dataset's split files")
-    s.add_argument("--size", type=int, required=True)
-    s.add_argument("--seed", type=int, required=True)
+    s = sub.add_parser(
+        "download", help="pre-fetch a study's datasets and checkpoints into the caches (run on a login node)"
+    )
+    s.add_argument("--configfile", help="a study file: fetch everything it needs")
+    s.add_argument("--results", default="results", help="with --configfile: where results/<study>/ goes")
+    s.add_argument("--dataset", help="one dataset (registry name)")
+    s.add_argument("--data-dir", default=None, help="with --dataset: local folder of its split files")
+    s.add_argument("--checkpoint", type=_json, help="one suite entry (JSON, see ptft.checkpoints.hub)")
+    s.add_argument("--revisions", type=_json, default=None, help='{"model", "revision_list", "manifest"} for steps')
+    s.add_argument("--out", help="the record (dataset) or pointer (checkpoint) to write")
+    s.set_defaults(func=cmd_download)
+
+    s = sub.add_parser("checkpoint-manifest", help="the resolved suite: every checkpoint pointer in one file")
+    s.add_argument("--pointers", nargs="+", required=True)
+    s.add_argument("--suite", required=True)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_checkpoint_manifest)
+
+    data_source = argparse.ArgumentParser(add_help=False)
+    data_source.add_argument("--dataset", required=True)
+    data_source.add_argument("--local-dir", default=None, help="folder of the split files (default: the hub)")
+    data_source.add_argument("--invalid", choices=["error", "skip"], default="error", help="bad records")
+    data_source.add_argument("--seed", type=int, required=True)
+
+    s = sub.add_parser("prepare-train", parents=[data_source], help="subsample one training set")
+    s.add_argument("--size", type=int, default=None)
+    s.add_argument("--fraction", type=float, default=None)
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_prepare_train)
 
-    s = sub.add_parser("prepare-eval", help="write one eval set's scored items and few-shot pool")
-    s.add_argument("--dataset", required=True)
-    s.add_argument("--dataset-dir", required=True, help="folder of the dataset's split files")
+    s = sub.add_parser("prepare-eval", parents=[data_source], help="one eval set's scored items and few-shot pool")
     s.add_argument("--max-examples", type=_json, default=None)
     s.add_argument("--pool-size", type=int, required=True)
-    s.add_argument("--seed", type=int, required=True)
     s.add_argument("--out-eval", required=True)
     s.add_argument("--out-fewshot", required=True)
     s.set_defaults(func=cmd_prepare_eval)
@@ -165,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("evaluate", help="score one model on its eval sets and formats")
     s.add_argument("--model-dir", required=True)
     s.add_argument("--model", type=_json, required=True, help="model metadata (plan.Model.metadata)")
-    s.add_argument("--eval-sets", nargs="+", required=True)
+    s.add_argument("--evaluations", type=_json, required=True, help="[{eval_set, relation, formats}] (plan)")
     s.add_argument("--data-dir", required=True)
     s.add_argument("--config", type=_json, required=True)
     s.add_argument("--seed", type=int, required=True)

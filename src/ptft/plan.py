@@ -2,16 +2,23 @@
 
 The Snakefile asks this module for its targets; tests check the plan without Snakemake.
 Paths of models and their outputs are built here and nowhere else.
+
+Which eval sets a fine-tuned model is scored on, and how each relates to its training task,
+is the relation table: ``relations`` in the config (train task -> relation -> eval sets), or,
+where a study gives none, derived from task types (:func:`relation`) over all ``eval_sets``.
+Base checkpoints are scored on every eval set of the study.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ptft.data.registry import get_dataset
 
 BASE = "base"
 NO_TASK = "none"
+RELATIONS = ("in-domain", "ood", "cross-task", "pretraining")
 
 
 def format_lr(lr: float) -> str:
@@ -19,7 +26,7 @@ def format_lr(lr: float) -> str:
 
 
 def relation(train_task: str, eval_set: str) -> str:
-    """How an eval set relates to the task a model was fine-tuned on.
+    """The derived relation, for studies without a relation table.
 
     ``pretraining`` for base checkpoints (the model has seen pre-training only); ``in-domain``
     for the training task's own test set; ``ood`` for another dataset of the same task type;
@@ -35,6 +42,18 @@ def relation(train_task: str, eval_set: str) -> str:
 
 
 @dataclass(frozen=True)
+class Evaluation:
+    """One eval set a model is scored on: how it relates to the model's training, in which formats."""
+
+    eval_set: str
+    relation: str
+    formats: tuple[str, ...]
+
+    def as_dict(self) -> dict:
+        return {"eval_set": self.eval_set, "relation": self.relation, "formats": list(self.formats)}
+
+
+@dataclass(frozen=True)
 class Model:
     """A model to evaluate: a base checkpoint or one fine-tuning run of it."""
 
@@ -43,7 +62,8 @@ class Model:
     method: str = BASE
     lr: float | None = None
     seed: int | None = None
-    eval_sets: tuple[str, ...] = field(default=(), compare=False)
+    evaluations: tuple[Evaluation, ...] = field(default=(), compare=False)
+    shots: int = field(default=0, compare=False)
 
     @property
     def is_base(self) -> bool:
@@ -55,7 +75,11 @@ class Model:
             return f"base/{self.checkpoint}"
         return f"ft/{self.checkpoint}/{self.train_task}/{self.method}/lr{format_lr(self.lr)}/seed{self.seed}"
 
-    def metadata(self, shots: int) -> dict:
+    @property
+    def eval_sets(self) -> tuple[str, ...]:
+        return tuple(e.eval_set for e in self.evaluations)
+
+    def metadata(self) -> dict:
         return {
             "model": self.id,
             "checkpoint": self.checkpoint,
@@ -63,22 +87,25 @@ class Model:
             "method": self.method,
             "lr": self.lr,
             "seed": self.seed,
-            "shots": shots,
+            "shots": self.shots,
         }
 
 
 @dataclass(frozen=True)
 class Plan:
     study: str
-    checkpoints: tuple[str, ...]
+    suite: str
+    checkpoint_entries: tuple[dict, ...]
     train_tasks: tuple[str, ...]
     eval_sets: tuple[str, ...]
-    formats: tuple[str, ...]
+    base_models: tuple[Model, ...]
     finetune_runs: tuple[Model, ...]
+    finetune_configs: dict[str, dict]
+    data_configs: dict[str, dict]
 
     @property
-    def base_models(self) -> tuple[Model, ...]:
-        return tuple(Model(c, eval_sets=self.eval_sets) for c in self.checkpoints)
+    def checkpoints(self) -> tuple[str, ...]:
+        return tuple(e["name"] for e in self.checkpoint_entries)
 
     @property
     def models(self) -> tuple[Model, ...]:
@@ -88,41 +115,149 @@ class Plan:
     def datasets(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(self.train_tasks + self.eval_sets))
 
+    def model(self, model_id: str) -> Model:
+        for m in self.models:
+            if m.id == model_id:
+                return m
+        raise KeyError(f"no model {model_id!r} in the plan of study {self.study!r}")
 
-def checkpoint_names(config: dict) -> tuple[str, ...]:
+    def relation_rows(self) -> list[dict]:
+        """The relation table as rows (train_task, eval_set, relation), one per fine-tuned pair."""
+        seen = {}
+        for m in self.finetune_runs:
+            for e in m.evaluations:
+                seen[(m.train_task, e.eval_set)] = e.relation
+        return [{"train_task": t, "eval_set": s, "relation": r} for (t, s), r in seen.items()]
+
+
+def checkpoint_entries(config: dict, results: str | Path = "results") -> tuple[dict, ...]:
+    """The suite's checkpoints: name, step, tokens and where each comes from."""
+    from ptft.checkpoints import hub
     from ptft.checkpoints.suite import checkpoint_name, save_steps
 
     ck = config["checkpoints"]
     if ck["suite"] == "toy":
         toy = ck["toy"]
-        return tuple(checkpoint_name(s) for s in save_steps(toy["steps"], toy["n_checkpoints"], toy["first_step"]))
+        per_step = toy["batch_size"] * toy["seq_len"]
+        steps = save_steps(toy["steps"], toy["n_checkpoints"], toy["first_step"])
+        return tuple({"name": checkpoint_name(s), "step": s, "tokens": s * per_step} for s in steps)
+    if ck["suite"] == "hub":
+        if "hub" not in ck:
+            raise ValueError("checkpoints.hub: required when checkpoints.suite is 'hub'")
+        return tuple(hub.hub_suite(ck["hub"], Path(results) / config["study"] / "checkpoints" / "suite.json"))
+    if ck["suite"] == "local":
+        if not ck.get("local"):
+            raise ValueError("checkpoints.local: required when checkpoints.suite is 'local'")
+        return tuple(hub.local_suite(ck["local"]))
     raise ValueError(f"checkpoints.suite: unknown suite {ck['suite']!r}")
 
 
-def build_plan(config: dict) -> Plan:
-    """Every checkpoint × training task × method × lr × seed, and what each model is scored on."""
-    checkpoints = checkpoint_names(config)
+def checkpoint_names(config: dict) -> tuple[str, ...]:
+    return tuple(e["name"] for e in checkpoint_entries(config))
+
+
+def _formats(config: dict, eval_set: str) -> tuple[str, ...]:
+    """The study's formats that the eval set's task has; only the first outside ``format_study_sets``."""
+    ev = config["evaluate"]
+    own = get_dataset(eval_set).task.formats
+    formats = [f for f in ev["formats"] if f in own]
+    study_sets = ev.get("format_study_sets")
+    if study_sets is not None and eval_set not in study_sets:
+        formats = formats[:1]
+    if not formats:
+        raise ValueError(f"evaluate.formats: none of {ev['formats']} exists for eval set {eval_set!r}")
+    return tuple(formats)
+
+
+def relation_table(config: dict, train_tasks: tuple[str, ...], eval_sets: tuple[str, ...]) -> dict:
+    """train task -> ((eval set, relation), ...), from the config's table or derived from task types."""
+    table = config.get("relations")
+    if table is None:
+        return {t: tuple((e, relation(t, e)) for e in eval_sets) for t in train_tasks}
+    unknown = [t for t in table if t not in train_tasks]
+    if unknown:
+        raise ValueError(f"relations: {unknown} are not in train_tasks {list(train_tasks)}")
+    out = {}
+    for task in train_tasks:
+        pairs = [(e, rel) for rel, sets in table.get(task, {}).items() for e in sets]
+        for e, rel in pairs:
+            if rel not in RELATIONS:
+                raise ValueError(f"relations.{task}: unknown relation {rel!r}; allowed: {', '.join(RELATIONS)}")
+            if e not in eval_sets:
+                raise ValueError(f"relations.{task}.{rel}: eval set {e!r} is not in eval_sets")
+        names = [e for e, _ in pairs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"relations.{task}: an eval set is listed under two relations: {names}")
+        if not pairs:
+            raise ValueError(f"relations: train task {task!r} has no eval sets")
+        out[task] = tuple(pairs)
+    return out
+
+
+def _check_method(task: str, method: str) -> None:
+    chat = get_dataset(task).task.kind == "chat"
+    if chat != (method == "instruct"):
+        need = "instruct" if chat else "full, lora or lpft"
+        raise ValueError(f"finetune.methods: task {task!r} needs method {need}, got {method!r}")
+
+
+def _merged(section: dict, task: str) -> dict:
+    """A config section with the task's ``per_task`` overrides applied."""
+    return {**{k: v for k, v in section.items() if k != "per_task"}, **section.get("per_task", {}).get(task, {})}
+
+
+def build_plan(config: dict, results: str | Path = "results") -> Plan:
+    """Every checkpoint × training task × method × lr × seed, and what each model is scored on.
+
+    ``results`` is where ``<study>/checkpoints/suite.json`` is read (and, for a ``select`` rule
+    resolved for the first time, written).
+    """
+    entries = checkpoint_entries(config, results)
     train_tasks = tuple(config["train_tasks"])
-    eval_sets = tuple(config["eval_sets"])
+    table = config.get("relations")
+    listed = config.get("eval_sets") or [e for rels in (table or {}).values() for sets in rels.values() for e in sets]
+    eval_sets = tuple(dict.fromkeys(listed))
+    if not eval_sets:
+        raise ValueError("eval_sets: give eval_sets or a relations table")
     for name in train_tasks:
         if get_dataset(name).train_split is None:
             raise ValueError(f"train_tasks: dataset {name!r} has no training split")
     for name in eval_sets:
-        get_dataset(name)
-    ft = config["finetune"]
-    runs = tuple(
-        Model(c, t, m, float(lr), int(s), eval_sets=eval_sets)
-        for c in checkpoints
-        for t in train_tasks
-        for m in ft["methods"]
-        for lr in ft["lrs"]
-        for s in ft["seeds"]
+        if get_dataset(name).task.kind == "chat":
+            raise ValueError(f"eval_sets: dataset {name!r} is a chat (instruction-tuning) dataset, not an eval set")
+    for section in ("finetune", "data"):
+        stray = [t for t in config[section].get("per_task", {}) if t not in train_tasks]
+        if stray:
+            raise ValueError(f"{section}.per_task: {stray} are not in train_tasks {list(train_tasks)}")
+    formats = {e: _formats(config, e) for e in eval_sets}
+    pairs = relation_table(config, train_tasks, eval_sets)
+    ev = config["evaluate"]
+
+    names = tuple(e["name"] for e in entries)
+    base = tuple(
+        Model(c, evaluations=tuple(Evaluation(e, "pretraining", formats[e]) for e in eval_sets), shots=ev["shots"])
+        for c in names
     )
+    ft_configs = {t: _merged(config["finetune"], t) for t in train_tasks}
+    data_configs = {t: _merged(config["data"], t) for t in train_tasks}
+    runs = []
+    for c in names:
+        for t in train_tasks:
+            ft = ft_configs[t]
+            evaluations = tuple(Evaluation(e, rel, formats[e]) for e, rel in pairs[t])
+            for m in ft["methods"]:
+                _check_method(t, m)
+                for lr in ft["lrs"]:
+                    for s in ft["seeds"]:
+                        runs.append(Model(c, t, m, float(lr), int(s), evaluations, ev["finetuned_shots"]))
     return Plan(
         study=config["study"],
-        checkpoints=checkpoints,
+        suite=config["checkpoints"]["suite"],
+        checkpoint_entries=entries,
         train_tasks=train_tasks,
         eval_sets=eval_sets,
-        formats=tuple(config["evaluate"]["formats"]),
-        finetune_runs=runs,
+        base_models=base,
+        finetune_runs=tuple(runs),
+        finetune_configs=ft_configs,
+        data_configs=data_configs,
     )

@@ -1,11 +1,22 @@
 import json
 import os
 
-from ptft.plan import build_plan, format_lr
+from ptft.data.registry import get_dataset
+from ptft.plan import build_plan
 
 PLAN = build_plan(config)
 RESULTS = f"results/{config['study']}"
 STATE = f"{RESULTS}/.state"
+TOY_SUITE = PLAN.suite == "toy"
+HUB_DATASETS = [d for d in PLAN.datasets if get_dataset(d).source == "hub"]
+RUN = "{checkpoint}/{task}/{method}/lr{lr}/seed{seed}"
+
+
+wildcard_constraints:
+    checkpoint="[^/]+",
+    task="[^/]+",
+    method="[^/]+",
+    dataset="[^/]+",
 
 
 def as_json(obj):
@@ -21,12 +32,65 @@ def get_final_output():
     ]
 
 
-def get_checkpoint_dir(checkpoint):
-    return f"{RESULTS}/checkpoints/{checkpoint}"
+def get_download_output():
+    """Everything `snakemake download` fetches: hub datasets and (non-toy) checkpoints."""
+    out = expand(f"{RESULTS}/downloads/{{name}}.json", name=HUB_DATASETS)
+    if not TOY_SUITE:
+        out += [get_checkpoint_path(c) for c in PLAN.checkpoints]
+    return out
+
+
+def get_checkpoint_path(checkpoint):
+    """A toy checkpoint's folder, or the pointer that pins a hub/local checkpoint."""
+    if TOY_SUITE:
+        return f"{RESULTS}/checkpoints/{checkpoint}"
+    return f"{RESULTS}/checkpoints/{checkpoint}.json"
 
 
 def get_checkpoint_input(wildcards):
-    return get_checkpoint_dir(wildcards.checkpoint)
+    return get_checkpoint_path(wildcards.checkpoint)
+
+
+def get_checkpoint_entry(wildcards):
+    entry = {e["name"]: e for e in PLAN.checkpoint_entries}[wildcards.checkpoint]
+    return as_json(entry)
+
+
+def get_revisions_source(_wildcards):
+    from ptft.download import revisions_source
+
+    return as_json(revisions_source(config))
+
+
+def get_raw_input(wildcards):
+    """Toy datasets are generated into raw/; hub datasets are fetched (on the login node) first."""
+    if get_dataset(wildcards.dataset).source == "toy":
+        return f"{RESULTS}/raw/{wildcards.dataset}"
+    return f"{RESULTS}/downloads/{wildcards.dataset}.json"
+
+
+def get_local_dir(wildcards, input):
+    """Where the prepare step reads split files: raw/ (toy), data.data_dir/<dataset>, or '' (the hub)."""
+    if get_dataset(wildcards.dataset).source == "toy":
+        return input[0]
+    data_dir = config["data"]["data_dir"]
+    return os.path.join(data_dir, wildcards.dataset) if data_dir else ""
+
+
+def get_train_size(wildcards):
+    data = PLAN.data_configs[wildcards.dataset]
+    if data.get("train_fraction") is not None:
+        return f"--fraction {data['train_fraction']}"
+    return f"--size {data['train_size']}"
+
+
+def get_finetune_config(wildcards):
+    return as_json(PLAN.finetune_configs[wildcards.task])
+
+
+def get_finetuned_dir(wildcards):
+    run = RUN.format(**wildcards)
+    return f"{RESULTS}/finetune/{run}"
 
 
 def get_finetune_state_dir(wildcards):
@@ -34,28 +98,27 @@ def get_finetune_state_dir(wildcards):
     return get_finetuned_dir(wildcards).replace(RESULTS, STATE, 1)
 
 
-def get_finetuned_dir(wildcards):
-    return f"{RESULTS}/finetune/{wildcards.checkpoint}/{wildcards.task}/{wildcards.method}/lr{wildcards.lr}/seed{wildcards.seed}"
+def get_model(wildcards):
+    if "task" in wildcards.keys():
+        run = RUN.format(**wildcards)
+        return PLAN.model(f"ft/{run}")
+    return PLAN.model(f"base/{wildcards.checkpoint}")
 
 
-def get_eval_inputs(_wildcards):
+def get_eval_inputs(wildcards):
+    sets = get_model(wildcards).eval_sets
     return {
-        "eval": expand(f"{RESULTS}/data/eval/{{name}}.parquet", name=PLAN.eval_sets),
-        "fewshot": expand(f"{RESULTS}/data/fewshot/{{name}}.parquet", name=PLAN.eval_sets),
+        "eval": expand(f"{RESULTS}/data/eval/{{name}}.parquet", name=sets),
+        "fewshot": expand(f"{RESULTS}/data/fewshot/{{name}}.parquet", name=sets),
     }
 
 
-def get_base_model_meta(wildcards):
-    from ptft.plan import Model
-
-    return as_json(Model(wildcards.checkpoint).metadata(config["evaluate"]["shots"]))
+def get_model_meta(wildcards):
+    return as_json(get_model(wildcards).metadata())
 
 
-def get_finetuned_model_meta(wildcards):
-    from ptft.plan import Model
-
-    model = Model(wildcards.checkpoint, wildcards.task, wildcards.method, float(wildcards.lr), int(wildcards.seed))
-    return as_json(model.metadata(0))
+def get_evaluations(wildcards):
+    return as_json([e.as_dict() for e in get_model(wildcards).evaluations])
 
 
 def get_parent_dir(_wildcards, output):

@@ -1,35 +1,75 @@
+localrules:
+    download_dataset,
+
+
+rule toy_dataset:
+    output:
+        directory(f"{RESULTS}/raw/{{dataset}}"),
+    log:
+        f"{RESULTS}/logs/toy_dataset/{{dataset}}.log",
+    params:
+        sizes=as_json(config["data"]["toy_sizes"]),
+        seed=config["seed"],
+    conda:
+        "../../envs/ptft.yaml"
+    shell:
+        "ptft toy-data --dataset {wildcards.dataset} --sizes {params.sizes:q} --seed {params.seed} "
+        "--out-dir {output} > {log} 2>&1"
+
+
+rule download_dataset:
+    output:
+        f"{RESULTS}/downloads/{{dataset}}.json",
+    log:
+        f"{RESULTS}/logs/download/dataset_{{dataset}}.log",
+    params:
+        data_dir=config["data"]["data_dir"] or "",
+    conda:
+        "../../envs/ptft.yaml"
+    shell:
+        "ptft download --dataset {wildcards.dataset} --data-dir {params.data_dir:q} --out {output} > {log} 2>&1"
+
+
 rule prepare_train:
     input:
-        f"{RESULTS}/raw/{{dataset}}",
+        get_raw_input,
     output:
         f"{RESULTS}/data/train/{{dataset}}.parquet",
     log:
         f"{RESULTS}/logs/prepare_train/{{dataset}}.log",
     params:
-        size=config["data"]["train_size"],
+        local_dir=get_local_dir,
+        size=get_train_size,
         seed=config["data"]["subsample_seed"],
+        invalid=config["data"]["invalid_records"],
+    resources:
+        mem_mb=16000,
     conda:
         "../../envs/ptft.yaml"
     shell:
-        "ptft prepare-train --dataset {wildcards.dataset} --dataset-dir {input} --size {params.size} "
-        "--seed {params.seed} --out {output} > {log} 2>&1"
+        "ptft prepare-train --dataset {wildcards.dataset} --local-dir {params.local_dir:q} {params.size} "
+        "--seed {params.seed} --invalid {params.invalid} --out {output} > {log} 2>&1"
 
 
 rule prepare_eval:
     input:
-        f"{RESULTS}/raw/{{dataset}}",
+        get_raw_input,
     output:
         scored=f"{RESULTS}/data/eval/{{dataset}}.parquet",
         fewshot=f"{RESULTS}/data/fewshot/{{dataset}}.parquet",
     log:
         f"{RESULTS}/logs/prepare_eval/{{dataset}}.log",
     params:
+        local_dir=get_local_dir,
         max_examples=as_json(config["data"]["max_eval_examples"]),
         pool=config["data"]["fewshot_pool_size"],
         seed=config["data"]["subsample_seed"],
+        invalid=config["data"]["invalid_records"],
+    resources:
+        mem_mb=16000,
     conda:
         "../../envs/ptft.yaml"
     shell:
-        "ptft prepare-eval --dataset {wildcards.dataset} --dataset-dir {input} "
+        "ptft prepare-eval --dataset {wildcards.dataset} --local-dir {params.local_dir:q} "
         "--max-examples {params.max_examples:q} --pool-size {params.pool} --seed {params.seed} "
-        "--out-eval {output.scored} --out-fewshot {output.fewshot} > {log} 2>&1"
+        "--invalid {params.invalid} --out-eval {output.scored} --out-fewshot {output.fewshot} > {log} 2>&1"

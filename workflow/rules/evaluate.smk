@@ -1,3 +1,18 @@
+# Base checkpoints and fine-tuned models differ only in where the model comes from.
+EVALUATE_PARAMS = dict(
+    meta=get_model_meta,
+    evaluations=get_evaluations,
+    config=as_json(config["evaluate"]),
+    seed=config["seed"],
+    data_dir=get_data_dir,
+)
+EVALUATE_SHELL = (
+    "ptft evaluate --model-dir {input.model} --model {params.meta:q} --evaluations {params.evaluations:q} "
+    "--data-dir {params.data_dir} --config {params.config:q} --seed {params.seed} --out {output} "
+    "--threads {threads} > {log} 2>&1"
+)
+
+
 rule evaluate_base:
     input:
         unpack(get_eval_inputs),
@@ -7,11 +22,7 @@ rule evaluate_base:
     log:
         f"{RESULTS}/logs/evaluate/base/{{checkpoint}}.log",
     params:
-        meta=get_base_model_meta,
-        config=as_json(config["evaluate"]),
-        eval_sets=PLAN.eval_sets,
-        seed=config["seed"],
-        data_dir=get_data_dir,
+        **EVALUATE_PARAMS,
     threads: 1
     resources:
         mem_mb=4000,
@@ -19,25 +30,19 @@ rule evaluate_base:
     conda:
         "../../envs/ptft.yaml"
     shell:
-        "ptft evaluate --model-dir {input.model} --model {params.meta:q} --eval-sets {params.eval_sets} "
-        "--data-dir {params.data_dir} --config {params.config:q} --seed {params.seed} --out {output} "
-        "--threads {threads} > {log} 2>&1"
+        EVALUATE_SHELL
 
 
 rule evaluate_finetuned:
     input:
         unpack(get_eval_inputs),
-        model=f"{RESULTS}/finetune/{{checkpoint}}/{{task}}/{{method}}/lr{{lr}}/seed{{seed}}/model",
+        model=f"{RESULTS}/finetune/{RUN}/model",
     output:
-        f"{RESULTS}/eval/ft/{{checkpoint}}/{{task}}/{{method}}/lr{{lr}}/seed{{seed}}/predictions.parquet",
+        f"{RESULTS}/eval/ft/{RUN}/predictions.parquet",
     log:
-        f"{RESULTS}/logs/evaluate/ft/{{checkpoint}}/{{task}}/{{method}}/lr{{lr}}/seed{{seed}}.log",
+        f"{RESULTS}/logs/evaluate/ft/{RUN}.log",
     params:
-        meta=get_finetuned_model_meta,
-        config=as_json(config["evaluate"]),
-        eval_sets=PLAN.eval_sets,
-        seed=config["seed"],
-        data_dir=get_data_dir,
+        **EVALUATE_PARAMS,
     threads: 1
     resources:
         mem_mb=4000,
@@ -45,6 +50,4 @@ rule evaluate_finetuned:
     conda:
         "../../envs/ptft.yaml"
     shell:
-        "ptft evaluate --model-dir {input.model} --model {params.meta:q} --eval-sets {params.eval_sets} "
-        "--data-dir {params.data_dir} --config {params.config:q} --seed {params.seed} --out {output} "
-        "--threads {threads} > {log} 2>&1"
+        EVALUATE_SHELL

@@ -3,13 +3,13 @@ rule finetune:
         checkpoint=get_checkpoint_input,
         train=f"{RESULTS}/data/train/{{task}}.parquet",
     output:
-        model=directory(f"{RESULTS}/finetune/{{checkpoint}}/{{task}}/{{method}}/lr{{lr}}/seed{{seed}}/model"),
-        log=f"{RESULTS}/finetune/{{checkpoint}}/{{task}}/{{method}}/lr{{lr}}/seed{{seed}}/train_log.parquet",
-        summary=f"{RESULTS}/finetune/{{checkpoint}}/{{task}}/{{method}}/lr{{lr}}/seed{{seed}}/summary.json",
+        model=directory(f"{RESULTS}/finetune/{RUN}/model"),
+        log=f"{RESULTS}/finetune/{RUN}/train_log.parquet",
+        summary=f"{RESULTS}/finetune/{RUN}/summary.json",
     log:
-        f"{RESULTS}/logs/finetune/{{checkpoint}}/{{task}}/{{method}}/lr{{lr}}/seed{{seed}}.log",
+        f"{RESULTS}/logs/finetune/{RUN}.log",
     params:
-        config=as_json(config["finetune"]),
+        config=get_finetune_config,
         out_dir=get_finetuned_dir,
         state=get_finetune_state_dir,
     threads: 1

@@ -45,6 +45,14 @@ RELATION_COLORS = {
 METHOD_LINESTYLES = {"full": "-", "lora": ":", "lpft": "-.", "instruct": (0, (5, 1))}
 
 
+def primary_metric_rows(perf: pd.DataFrame) -> pd.DataFrame:
+    """The rows of each eval set's primary metric (its task's first), e.g. acc but not acc_norm."""
+    from ptft.data.registry import get_dataset
+
+    primary = {e: get_dataset(e).task.metric for e in perf["eval_set"].unique()}
+    return perf[perf["metric"] == perf["eval_set"].map(primary)]
+
+
 def plot_base_vs_finetuned(perf: pd.DataFrame, eval_set: str, format: str, path: str | os.PathLike) -> None:
     """Metric value per pre-training step on ``eval_set``: base checkpoint vs each fine-tuning task.
 

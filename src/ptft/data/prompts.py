@@ -20,7 +20,24 @@ def render_prompt(task: TaskType, record: dict, fmt: str) -> str:
 def completion(task: TaskType, record: dict) -> str:
     if task.kind == "classification":
         return task.labels[int(record["label"])]
+    if task.kind == "multiple_choice":
+        return str(record["choices"][int(record["label"])])
     return str(record[task.target])
+
+
+def chat_segments(messages: Sequence[dict]) -> list[tuple[str, bool]]:
+    """A chat transcript in the Tulu v2 template, as (text, trained on) pieces.
+
+    ``<|system|>``/``<|user|>``/``<|assistant|>`` tags each on their own line; only assistant
+    replies are trained on (the EOS after each is added by the tokenizing code).
+    """
+    pieces = []
+    for m in messages:
+        if m["role"] == "assistant":
+            pieces += [("<|assistant|>\n", False), (m["content"].strip(), True), ("\n", False)]
+        else:
+            pieces.append((f"<|{m['role']}|>\n{m['content'].strip()}\n", False))
+    return pieces
 
 
 def join_prompt_completion(prompt: str, target: str) -> tuple[str, str]:

@@ -13,16 +13,22 @@ from dataclasses import dataclass, field
 @dataclass(frozen=True)
 class TaskType:
     name: str
-    kind: str  # "classification" or "generation"
-    fields: tuple[str, ...]  # canonical input fields
+    kind: str  # "classification", "generation", "multiple_choice" or "chat"
+    fields: tuple[str, ...]  # canonical input fields, none of them may be empty
     formats: dict[str, str]
     labels: tuple[str, ...] = ()  # label words, classification only
     target: str = "label"  # canonical field holding the completion
     metric: str = field(default="")
+    optional_fields: tuple[str, ...] = ()  # canonical fields that may be empty (e.g. a missing third answer)
+    extra_metrics: tuple[str, ...] = ()  # further per-example metrics reported beside ``metric``
 
     def __post_init__(self):
-        metric = self.metric or ("accuracy" if self.kind == "classification" else "rougeL")
-        object.__setattr__(self, "metric", metric)
+        default = {"classification": "accuracy", "generation": "rougeL", "multiple_choice": "acc"}.get(self.kind, "")
+        object.__setattr__(self, "metric", self.metric or default)
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        return (self.metric, *self.extra_metrics)
 
 
 TASK_TYPES = {
@@ -64,6 +70,8 @@ TASK_TYPES = {
         name="question_generation",
         kind="generation",
         fields=("context", "answerA", "answerB", "answerC"),
+        # TweetQA has one answer per tweet: its second and third answers render empty.
+        optional_fields=("answerB", "answerC"),
         target="question",
         formats={
             # "{answerB}Answer C" without a space is the paper's string, kept exact.
@@ -74,6 +82,18 @@ TASK_TYPES = {
             "io": "{context} {answerA} {answerB} {answerC}",
         },
     ),
+    # lm-evaluation-harness style: the dataset's converter builds ``query`` (its doc_to_text) and
+    # ``choices``; each choice is scored as the continuation " " + choice. One format only.
+    "multiple_choice": TaskType(
+        name="multiple_choice",
+        kind="multiple_choice",
+        fields=("query",),
+        target="choices",
+        extra_metrics=("acc_norm",),
+        formats={"default": "{query}"},
+    ),
+    # Instruction tuning on chat transcripts (Tulu v2): ``messages`` is a list of {role, content}.
+    "chat": TaskType(name="chat", kind="chat", fields=("messages",), target="messages", formats={"default": ""}),
 }
 
 FORMATS = ("default", "instruct", "io")

@@ -14,7 +14,18 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> Iterator[l
         yield order[start : start + batch_size]
 
 
-def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:
+def context_limit(model, reserve: int = 0) -> int | None:
+    """Most prompt tokens the model can take while leaving ``reserve`` positions to generate."""
+    limit = getattr(model.config, "max_position_embeddings", None)
+    return None if limit is None else max(1, limit - reserve)
+
+
+def truncate_left(seqs: list[list[int]], limit: int | None) -> list[list[int]]:
+    """Keep the last ``limit`` tokens: long few-shot prompts lose their oldest shots, never the query."""
+    return seqs if limit is None else [s[-limit:] for s in seqs]
+
+
+def left_pad(seqs: Sequence[Sequence[int]], pad_id: int, device="cpu") -> dict[str, torch.Tensor]:
     """input_ids, attention_mask and position_ids of left-padded sequences.
 
     Position ids count real tokens only, so an example's scores do not depend on how much
@@ -27,4 +38,4 @@ def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tens
         ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
         mask[row, width - len(seq) :] = 1
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    return {"input_ids": ids, "attention_mask": mask, "position_ids": positions}
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "position_ids": positions.to(device)}

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ptft.evaluate.batching import left_pad, length_sorted_batches
+from ptft.evaluate.batching import context_limit, left_pad, length_sorted_batches, truncate_left
 
 
 def cut_at_stop(text: str, stop: str) -> str:
@@ -21,9 +21,10 @@ def generate_greedy(
 ) -> list[str]:
     """The greedy continuation of each prompt, cut at the first ``stop`` and stripped."""
     encoded = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    encoded = truncate_left(encoded, context_limit(model, max_new_tokens))
     outputs: list[str] = [""] * len(prompts)
     for batch in length_sorted_batches([len(e) for e in encoded], batch_size):
-        inputs = left_pad([encoded[i] for i in batch], tokenizer.pad_token_id)
+        inputs = left_pad([encoded[i] for i in batch], tokenizer.pad_token_id, model.device)
         inputs.pop("position_ids")  # generate() derives them from the attention mask
         generated = model.generate(
             **inputs,

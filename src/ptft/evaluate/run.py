@@ -1,11 +1,13 @@
 """Evaluate one model on all its eval sets and formats, loading it once.
 
     ptft evaluate --model-dir results/toy/checkpoints/step300 --model '<json metadata>' \
-        --eval-sets toy_nli toy_summary --data-dir results/toy/data --config '<json>' --out predictions.parquet
+        --evaluations '<json list of {eval_set, relation, formats}>' --data-dir results/toy/data \
+        --config '<json>' --out predictions.parquet
 
-Base checkpoints are scored with ``shots`` in-context examples drawn from the eval set's
-few-shot pool (disjoint from the scored items), fine-tuned models zero-shot. Classification
-uses TokenProb, generation greedy decoding scored by ROUGE-L. One row per example, with
+Each model is scored with ``shots`` in-context examples (its metadata) drawn from the eval
+set's few-shot pool, disjoint from the scored items. Classification uses TokenProb,
+generation greedy decoding scored by ROUGE-L, multiple choice the summed log-likelihood of
+each choice (``acc`` and ``acc_norm``, lm-evaluation-harness definitions). One row per example, with
 enough (prompt hash, prediction, gold, label log-probabilities) to recompute any table.
 """
 
@@ -16,17 +18,18 @@ import logging
 import random
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from tqdm import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from ptft.checkpoints.load import load_pretrained
 from ptft.data.prompts import completion, few_shot_prompt
 from ptft.data.registry import get_dataset
 from ptft.evaluate.generate import generate_greedy
 from ptft.evaluate.metrics import accuracy, rouge_l
+from ptft.evaluate.multiple_choice import mc_metrics, score_multiple_choice
 from ptft.evaluate.tokenprob import score_token_prob
-from ptft.plan import relation
 
 log = logging.getLogger(__name__)
 
@@ -46,55 +49,68 @@ def build_prompts(task, items: list[dict], pool: list[dict], fmt: str, shots: in
     return prompts
 
 
+def _score(model, tokenizer, task, items, prompts, cfg) -> list[dict]:
+    """Per-example result columns (one dict per metric) of one eval set in one format."""
+    golds = [completion(task, r) for r in items]
+    if task.kind == "classification":
+        pred_idx, logprobs = score_token_prob(model, tokenizer, prompts, task.labels, cfg["batch_size"])
+        predictions = [task.labels[i] for i in pred_idx]
+        return [{"metric": task.metric, "prediction": predictions, "gold": golds,
+                 "score": accuracy(predictions, golds), "label_logprobs": [list(map(float, r)) for r in logprobs]}]
+    if task.kind == "multiple_choice":
+        choices = [list(r["choices"]) for r in items]
+        lls = score_multiple_choice(model, tokenizer, prompts, choices, cfg["batch_size"])
+        out = []
+        for metric in task.metrics:
+            scores = [mc_metrics(ll, c, int(r["label"]))[metric] for ll, c, r in zip(lls, choices, items, strict=True)]
+            norm = [np.array([len(x) for x in c], dtype=float) if metric == "acc_norm" else 1.0 for c in choices]
+            predictions = [c[int(np.argmax(ll / n))] for ll, c, n in zip(lls, choices, norm, strict=True)]
+            out.append({"metric": metric, "prediction": predictions, "gold": golds, "score": scores,
+                        "label_logprobs": [list(map(float, ll)) for ll in lls]})
+        return out
+    predictions = generate_greedy(
+        model, tokenizer, prompts, cfg["max_new_tokens"]["generation"], cfg["stop"], cfg["batch_size"]
+    )
+    return [{"metric": task.metric, "prediction": predictions, "gold": golds,
+             "score": rouge_l(predictions, golds, stemmer=cfg["rouge_stemmer"]), "label_logprobs": [[] for _ in items]}]
+
+
 def evaluate_model(
-    model_dir: str | Path, meta: dict, eval_sets: list[str], data_dir: str | Path, cfg: dict, seed: int
+    model_dir: str | Path, meta: dict, evaluations: list[dict], data_dir: str | Path, cfg: dict, seed: int
 ) -> pd.DataFrame:
+    """Score one model on ``evaluations`` ({eval_set, relation, formats}); one row per example and metric."""
     data_dir = Path(data_dir)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
+    model, tokenizer = load_pretrained(model_dir, dtype=dtype, device=device)
+    model.eval()
     shots = int(meta["shots"])
     frames = []
-    jobs = [(e, f) for e in eval_sets for f in cfg["formats"]]
-    for eval_set, fmt in tqdm(jobs, desc=f"evaluate {meta['model']}", mininterval=5):
-        spec = get_dataset(eval_set)
-        task = spec.task
+    jobs = [(e, f) for e in evaluations for f in e["formats"]]
+    for ev, fmt in tqdm(jobs, desc=f"evaluate {meta['model']}", mininterval=5):
+        eval_set = ev["eval_set"]
+        task = get_dataset(eval_set).task
         items = pd.read_parquet(data_dir / "eval" / f"{eval_set}.parquet").to_dict("records")
         pool = pd.read_parquet(data_dir / "fewshot" / f"{eval_set}.parquet").to_dict("records") if shots else []
         prompts = build_prompts(task, items, pool, fmt, shots, seed, eval_set)
-        golds = [completion(task, r) for r in items]
-        if task.kind == "classification":
-            pred_idx, logprobs = score_token_prob(model, tokenizer, prompts, task.labels, cfg["batch_size"])
-            predictions = [task.labels[i] for i in pred_idx]
-            scores = accuracy(predictions, golds)
-            label_logprobs = [list(map(float, row)) for row in logprobs]
-        else:
-            predictions = generate_greedy(
-                model, tokenizer, prompts, cfg["max_new_tokens"]["generation"], cfg["stop"], cfg["batch_size"]
+        for result in _score(model, tokenizer, task, items, prompts, cfg):
+            frames.append(
+                pd.DataFrame(
+                    {
+                        **{k: [v] * len(items) for k, v in meta.items()},
+                        "eval_set": eval_set,
+                        "eval_task": task.name,
+                        "eval_kind": task.kind,
+                        "format": fmt,
+                        "relation": ev["relation"],
+                        "example_id": [int(r["idx"]) for r in items],
+                        "prompt_hash": [prompt_hash(p) for p in prompts],
+                        **result,
+                    }
+                )
             )
-            scores = rouge_l(predictions, golds, stemmer=cfg["rouge_stemmer"])
-            label_logprobs = [[] for _ in items]
-        frames.append(
-            pd.DataFrame(
-                {
-                    **{k: [v] * len(items) for k, v in meta.items()},
-                    "eval_set": eval_set,
-                    "eval_task": task.name,
-                    "eval_kind": task.kind,
-                    "format": fmt,
-                    "relation": relation(meta["train_task"], eval_set),
-                    "example_id": [int(r["idx"]) for r in items],
-                    "prompt_hash": [prompt_hash(p) for p in prompts],
-                    "prediction": predictions,
-                    "gold": golds,
-                    "metric": task.metric,
-                    "score": scores,
-                    "label_logprobs": label_logprobs,
-                }
-            )
-        )
-        log.info("%s %s %s: %s = %.3f", meta["model"], eval_set, fmt, task.metric, sum(scores) / len(scores))
+            mean = sum(result["score"]) / len(items)
+            log.info("%s %s %s: %s = %.3f", meta["model"], eval_set, fmt, result["metric"], mean)
     df = pd.concat(frames, ignore_index=True)
     df["lr"] = df["lr"].astype("float64")
     df["seed"] = df["seed"].astype("Int64")

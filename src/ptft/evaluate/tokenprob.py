@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ptft.evaluate.batching import left_pad, length_sorted_batches
+from ptft.evaluate.batching import context_limit, left_pad, length_sorted_batches, truncate_left
 
 
 def label_token_sets(tokenizer, labels: Sequence[str]) -> list[list[int]]:
@@ -37,12 +37,12 @@ def score_token_prob(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return (predicted label index per prompt, label log-probabilities [n_prompts, n_labels])."""
     sets = label_token_sets(tokenizer, labels)
-    encoded = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    encoded = truncate_left(tokenizer(list(prompts), add_special_tokens=False)["input_ids"], context_limit(model))
     scores = np.zeros((len(prompts), len(labels)), dtype=np.float64)
     for batch in length_sorted_batches([len(e) for e in encoded], batch_size):
-        inputs = left_pad([encoded[i] for i in batch], tokenizer.pad_token_id)
+        inputs = left_pad([encoded[i] for i in batch], tokenizer.pad_token_id, model.device)
         logits = model(**inputs).logits[:, -1, :].float()
         logp = torch.log_softmax(logits, dim=-1)
         per_label = torch.stack([logp[:, ids].max(dim=-1).values for ids in sets], dim=-1)
-        scores[batch] = per_label.double().numpy()
+        scores[batch] = per_label.double().cpu().numpy()
     return scores.argmax(axis=1), scores

@@ -22,26 +22,36 @@ from pathlib import Path
 import pandas as pd
 import torch
 from tqdm import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ptft import io
-from ptft.data.prompts import completion, join_prompt_completion, render_prompt
+from ptft.checkpoints.load import load_pretrained
+from ptft.data.prompts import chat_segments, completion, join_prompt_completion, render_prompt
 from ptft.data.registry import get_dataset
 
 log = logging.getLogger(__name__)
 IGNORE = -100
 
 
+def segments(task, record: dict, fmt: str) -> list[tuple[str, bool]]:
+    """(text, trained on) pieces of one example: prompt then completion, or a chat transcript."""
+    if task.kind == "chat":
+        return chat_segments(record["messages"])
+    prompt, target = join_prompt_completion(render_prompt(task, record, fmt), completion(task, record))
+    return [(prompt, False), (target, True)]
+
+
 def encode_examples(tokenizer, task, records, fmt: str, max_length: int) -> list[tuple[list[int], list[int]]]:
-    """(input_ids, labels) per record: prompt tokens masked, EOS appended to the completion."""
+    """(input_ids, labels) per record: untrained tokens masked, EOS after every trained piece."""
     out = []
     for r in records:
-        prompt, target = join_prompt_completion(render_prompt(task, r, fmt), completion(task, r))
-        p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        c = tokenizer(target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        ids = (p + c)[:max_length]
-        labels = ([IGNORE] * len(p) + c)[:max_length]
-        out.append((ids, labels))
+        ids, labels = [], []
+        for text, trained in segments(task, r, fmt):
+            piece = tokenizer(text, add_special_tokens=False)["input_ids"]
+            if trained:
+                piece = piece + [tokenizer.eos_token_id]
+            ids += piece
+            labels += piece if trained else [IGNORE] * len(piece)
+        out.append((ids[:max_length], labels[:max_length]))
     return out
 
 
@@ -58,7 +68,7 @@ def make_batches(lengths: list[int], batch_size: int, rng: random.Random) -> lis
     return batches
 
 
-def collate(examples, pad_id: int) -> dict[str, torch.Tensor]:
+def collate(examples, pad_id: int, device: str = "cpu") -> dict[str, torch.Tensor]:
     width = max(len(ids) for ids, _ in examples)
     ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
@@ -67,7 +77,7 @@ def collate(examples, pad_id: int) -> dict[str, torch.Tensor]:
         ids[row, : len(x)] = torch.tensor(x)
         labels[row, : len(y)] = torch.tensor(y)
         mask[row, : len(x)] = 1
-    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+    return {"input_ids": ids.to(device), "labels": labels.to(device), "attention_mask": mask.to(device)}
 
 
 def linear_lr(step: int, total: int, warmup: int) -> float:
@@ -91,8 +101,10 @@ def finetune(
     out_dir, state_dir = Path(out_dir), Path(state_dir)
     task = get_dataset(task_name).task
     torch.manual_seed(seed)
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    # fp32 master weights; bf16 runs autocast the forward pass (mixed precision, as the paper's bf16).
+    model, tokenizer = load_pretrained(checkpoint, dtype=torch.float32, device=device)
+    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=cfg.get("precision") == "bf16")
     records = pd.read_parquet(train_path).to_dict("records")
     examples = encode_examples(tokenizer, task, records, cfg["format"], cfg["max_length"])
     lengths = [len(ids) for ids, _ in examples]
@@ -111,7 +123,7 @@ def finetune(
     state_path = state_dir / "state.pt"
     step, log_rows = 0, []
     if state_path.exists():
-        state = torch.load(state_path, weights_only=False)
+        state = torch.load(state_path, weights_only=False, map_location="cpu")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
@@ -137,14 +149,15 @@ def finetune(
     while step < total_steps:
         for group in opt.param_groups:
             group["lr"] = lr * linear_lr(step, total_steps, warmup)
-        batches = [collate([examples[i] for i in next(stream)], tokenizer.pad_token_id) for _ in range(accum)]
+        batches = [collate([examples[i] for i in next(stream)], tokenizer.pad_token_id, device) for _ in range(accum)]
         n_target = sum(int((b["labels"] != IGNORE).sum()) for b in batches)
         t0 = time.time()
         loss_sum = 0.0
         for b in batches:
             # Sum over completion tokens, divided by the tokens of the whole optimizer step,
             # so every completion token weighs the same whatever its micro-batch.
-            logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+            with autocast:
+                logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
             loss = (
                 torch.nn.functional.cross_entropy(
                     logits[:, :-1].flatten(0, 1).float(),

@@ -1,0 +1,86 @@
+"""``ptft download``: fetch a study's datasets and checkpoints ahead of the jobs that read them.
+
+On a cluster whose compute nodes have no internet, run ``ptft download --configfile <study>``
+(or ``snakemake download``) on a login node; the jobs then find everything in the Hugging
+Face caches (set ``HF_HUB_OFFLINE=1`` for them). Each dataset leaves a record
+``results/<study>/downloads/<dataset>.json`` (splits, rows, columns, source) and each
+checkpoint a pointer ``results/<study>/checkpoints/<name>.json`` pinning its commit. With
+``data.data_dir`` set, datasets are read from that folder instead and only checked.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ptft import io
+
+log = logging.getLogger(__name__)
+SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def dataset_local_dir(data_dir: str | None, name: str) -> str | None:
+    return str(Path(data_dir) / name) if data_dir else None
+
+
+def download_dataset(name: str, data_dir: str | None, out: str | Path) -> dict:
+    from ptft.data.prepare import fetch
+    from ptft.data.registry import get_dataset
+
+    record = fetch(get_dataset(name), dataset_local_dir(data_dir, name))
+    io.write_json(out, record)
+    return record
+
+
+def download_checkpoint(entry: dict, revisions: dict | None, out: str | Path) -> dict:
+    """Fetch one suite entry; ``revisions`` ({model, revision_list, manifest}) resolves step-only entries."""
+    from ptft.checkpoints.hub import revision_list
+    from ptft.checkpoints.load import fetch_checkpoint
+
+    names = None
+    if entry.get("revision") is None and "path" not in entry:
+        if not revisions:
+            raise ValueError(f"checkpoint {entry['name']!r}: needs --revisions to resolve step {entry['step']}")
+        names = revision_list(revisions, Path(revisions["manifest"]))
+    pointer = fetch_checkpoint(entry, names)
+    io.write_json(out, pointer)
+    return pointer
+
+
+def load_study(configfile: str | Path) -> dict:
+    """A study file, validated against the workflow's schema with its defaults filled in."""
+    import yaml
+    from snakemake.utils import validate
+
+    config = yaml.safe_load(Path(configfile).read_text())
+    validate(config, str(SCHEMA), set_default=True)
+    return config
+
+
+def revisions_source(config: dict, results: str | Path = "results") -> dict | None:
+    """What resolves step-only hub entries to revision names: model, optional list file, suite manifest."""
+    hub = config["checkpoints"].get("hub")
+    if not hub:
+        return None
+    manifest = Path(results) / config["study"] / "checkpoints" / "suite.json"
+    return {"model": hub["model"], "revision_list": hub.get("revision_list"), "manifest": str(manifest)}
+
+
+def download_study(configfile: str | Path, results: str | Path = "results") -> None:
+    from ptft.data.registry import get_dataset
+    from ptft.plan import build_plan
+
+    config = load_study(configfile)
+    plan = build_plan(config, results)
+    root = Path(results) / config["study"]
+    data_dir = config["data"].get("data_dir")
+    hub_datasets = [d for d in plan.datasets if get_dataset(d).source == "hub"]
+    for name in tqdm(hub_datasets, desc="datasets"):
+        download_dataset(name, data_dir, root / "downloads" / f"{name}.json")
+    if plan.suite == "toy":
+        return
+    revisions = revisions_source(config, results)
+    for entry in tqdm(plan.checkpoint_entries, desc="checkpoints"):
+        download_checkpoint(entry, revisions, root / "checkpoints" / f"{entry['name']}.json")

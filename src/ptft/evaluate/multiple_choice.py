@@ -1,0 +1,202 @@
+"""Multiple-choice scoring by continuation log-likelihood, as lm-evaluation-harness defines it.
+
+The definitions below are those of EleutherAI lm-evaluation-harness for tasks with
+``output_type: multiple_choice`` (``lm_eval/api/task.py``: ``construct_requests`` and
+``process_results``; ``lm_eval/models/huggingface.py``: ``loglikelihood``, ``_encode_pair`` and
+``_loglikelihood_tokens``), exactly:
+
+Requests
+    An item has a context string, a list of choice strings and a gold index. Choice ``c`` becomes
+    the request ``(context, delimiter + c)``; the delimiter is the task's ``target_delimiter``,
+    ``" "`` by default.
+
+Encoding (``_encode_pair``)
+    Trailing whitespace of the context is moved to the start of the continuation. Then
+    ``whole = encode(context + continuation)``, ``context_enc = encode(context)`` and
+    ``continuation_enc = whole[len(context_enc):]``. The continuation's tokens are therefore those
+    of the joint encoding, even where the tokenizer merges across the boundary. Every ``encode``
+    here is ``add_special_tokens=False``: no BOS/EOS is added, also for model families whose
+    lm-eval configuration would prepend a BOS (``add_bos_token``). An empty context is replaced by
+    the single EOS token and the continuation is encoded on its own (the older lm-eval rule; newer
+    releases use the BOS token here when the tokenizer has one). A request whose continuation
+    encodes to no tokens is an error, as in lm-eval.
+
+Log-likelihood (``_loglikelihood_tokens``)
+    The model reads ``(context_enc + continuation_enc)[-(max_length + 1):][:-1]``, i.e. the context
+    is truncated from the left so that the input fits ``max_length`` while the continuation stays
+    whole (a continuation longer than ``max_length`` is an error). The log-likelihood is the sum,
+    over the continuation tokens, of the log-softmax probability of each token given everything
+    before it. ``max_length`` is the model config's ``n_positions``, ``max_position_embeddings`` or
+    ``n_ctx`` (first present), else the tokenizer's ``model_max_length`` unless unset, else 2048.
+    Batches are right-padded; padding sits after every scored position, so it changes nothing for
+    a causal model. Unlike lm-eval, the log-softmax is taken in float32 even for bf16/fp16 models,
+    so low-precision runs can differ from lm-eval at the rounding level.
+
+Metrics (``process_results``)
+    ``acc`` is 1 when ``argmax_i ll_i`` is the gold index; ``acc_norm`` is 1 when
+    ``argmax_i ll_i / len(choice_i)`` is, with ``len`` the number of characters of the choice string
+    without the delimiter (lm-eval's ``completion_len``). Ties go to the first index (``np.argmax``).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from ptft.evaluate.batching import length_sorted_batches
+
+_DEFAULT_MAX_LENGTH = 2048
+# transformers' placeholder for "no limit" in tokenizer.model_max_length.
+_UNSET_TOKENIZER_LENGTH = int(1e30)
+
+
+def model_max_length(model, tokenizer) -> int:
+    """The context window lm-eval's HF backend assumes for this model."""
+    for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
+        value = getattr(model.config, attr, None)
+        if value is not None:
+            return int(value)
+    tok_len = getattr(tokenizer, "model_max_length", None)
+    if tok_len is not None and tok_len < _UNSET_TOKENIZER_LENGTH:
+        return int(tok_len)
+    return _DEFAULT_MAX_LENGTH
+
+
+def _split_trailing_whitespace(context: str, continuation: str) -> tuple[str, str]:
+    # BPE tokenizers attach a space to the following word, so a space left on the context would
+    # become a lone token there and the continuation's first word would lose its usual form.
+    stripped = context.rstrip()
+    return stripped, context[len(stripped) :] + continuation
+
+
+def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
+    if not texts:
+        return []
+    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+
+def encode_requests(tokenizer, requests: Sequence[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
+    """(context tokens, continuation tokens) per request, by lm-eval's rule (module docstring)."""
+    pairs = [_split_trailing_whitespace(ctx, cont) if ctx else (ctx, cont) for ctx, cont in requests]
+    # One batched call per kind of string: the fast tokenizer then works in parallel.
+    joint = [i for i, (ctx, _) in enumerate(pairs) if ctx]
+    alone = [i for i, (ctx, _) in enumerate(pairs) if not ctx]
+    wholes = _encode(tokenizer, [pairs[i][0] + pairs[i][1] for i in joint])
+    contexts = _encode(tokenizer, [pairs[i][0] for i in joint])
+    conts_alone = _encode(tokenizer, [pairs[i][1] for i in alone])
+
+    encoded: list[tuple[list[int], list[int]]] = [([], [])] * len(pairs)
+    for i, whole, ctx in zip(joint, wholes, contexts, strict=True):
+        encoded[i] = (list(ctx), list(whole[len(ctx) :]))
+    if alone and tokenizer.eos_token_id is None:
+        raise ValueError("an empty context needs the tokenizer's EOS token to condition on")
+    for i, cont in zip(alone, conts_alone, strict=True):
+        encoded[i] = ([tokenizer.eos_token_id], list(cont))
+    for (ctx, cont), (_, cont_ids) in zip(requests, encoded, strict=True):
+        if not cont_ids:
+            raise ValueError(f"continuation encodes to no tokens: {(ctx, cont)!r}")
+    return encoded
+
+
+def _model_window(context_ids: list[int], continuation_ids: list[int], max_length: int) -> list[int]:
+    """Model input: the last max_length+1 tokens minus the final one (it is only ever a target)."""
+    if len(continuation_ids) > max_length:
+        raise ValueError(f"continuation of {len(continuation_ids)} tokens exceeds max length {max_length}")
+    return (context_ids + continuation_ids)[-(max_length + 1) :][:-1]
+
+
+def _right_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask[row, : len(seq)] = 1
+    return ids, mask
+
+
+def _accepts_logits_to_keep(model) -> bool:
+    try:
+        return "logits_to_keep" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _batch_loglikelihoods(model, windows: list[list[int]], conts: list[list[int]], pad_id: int, keep_ok: bool):
+    """Summed continuation log-probabilities (float64, CPU) of one right-padded batch."""
+    ids, mask = _right_pad(windows, pad_id)
+    width = ids.shape[1]
+    # Continuation token j of a row sits at input position len(window) - len(cont) + j; its
+    # prediction is read one position earlier, i.e. positions [len - k, len) predict the k tokens.
+    starts = [len(w) - len(c) for w, c in zip(windows, conts, strict=True)]
+    kwargs = {"use_cache": False}
+    offset = 0
+    if keep_ok:
+        # The vocabulary projection is the costliest part for small models with big vocabularies;
+        # skip it for positions that only ever precede context tokens.
+        offset = min(starts)
+        kwargs["logits_to_keep"] = width - offset
+    logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device), **kwargs).logits
+
+    rows = torch.cat([torch.full((len(c),), r, dtype=torch.long) for r, c in enumerate(conts)])
+    positions = torch.cat([torch.arange(s, s + len(c)) for s, c in zip(starts, conts, strict=True)]) - offset
+    targets = torch.tensor([t for c in conts for t in c], dtype=torch.long)
+    picked = logits[rows.to(logits.device), positions.to(logits.device)].float()
+    token_lp = torch.log_softmax(picked, dim=-1).gather(-1, targets.to(logits.device)[:, None])[:, 0]
+    sums = torch.zeros(len(conts), dtype=torch.float64)
+    return sums.index_add_(0, rows, token_lp.double().cpu()).numpy()
+
+
+@torch.no_grad()
+def continuation_loglikelihoods(model, tokenizer, requests: Sequence[tuple[str, str]], batch_size: int) -> np.ndarray:
+    """Summed log-likelihood of each request's continuation given its context (float64, request order)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    encoded = encode_requests(tokenizer, requests)
+    max_length = model_max_length(model, tokenizer)
+    windows = [_model_window(ctx, cont, max_length) for ctx, cont in encoded]
+    conts = [cont for _, cont in encoded]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    keep_ok = _accepts_logits_to_keep(model)
+
+    out = np.zeros(len(requests), dtype=np.float64)
+    for batch in length_sorted_batches([len(w) for w in windows], batch_size):
+        out[batch] = _batch_loglikelihoods(
+            model, [windows[i] for i in batch], [conts[i] for i in batch], pad_id, keep_ok
+        )
+    return out
+
+
+def score_multiple_choice(
+    model,
+    tokenizer,
+    contexts: Sequence[str],
+    choices: Sequence[Sequence[str]],
+    batch_size: int,
+    delimiter: str = " ",
+) -> list[np.ndarray]:
+    """Per item, the log-likelihood of each of its choices; all items' requests share the batches."""
+    if len(contexts) != len(choices):
+        raise ValueError(f"{len(contexts)} contexts but {len(choices)} choice lists")
+    requests = [(ctx, delimiter + choice) for ctx, item in zip(contexts, choices, strict=True) for choice in item]
+    flat = continuation_loglikelihoods(model, tokenizer, requests, batch_size)
+    bounds = np.cumsum([len(item) for item in choices])[:-1]
+    return np.split(flat, bounds) if len(choices) else []
+
+
+def mc_metrics(loglikelihoods: np.ndarray, choices: Sequence[str], gold: int) -> dict[str, float]:
+    """lm-eval's acc and acc_norm for one item (module docstring)."""
+    lls = np.asarray(loglikelihoods, dtype=np.float64)
+    if lls.shape != (len(choices),):
+        raise ValueError(f"{lls.shape} log-likelihoods for {len(choices)} choices")
+    if not 0 <= gold < len(choices):
+        raise ValueError(f"gold index {gold} outside {len(choices)} choices")
+    completion_len = np.array([float(len(c)) for c in choices])
+    # An empty choice string gives ll / 0 = -inf (or nan), exactly what lm-eval's numpy division gives.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pred_norm = int(np.argmax(lls / completion_len))
+    pred = int(np.argmax(lls))
+    return {"acc": float(pred == gold), "acc_norm": float(pred_norm == gold)}
