@@ -38,7 +38,7 @@ def tiny_model_dir(tmp_path_factory):
     return out
 
 
-def run_snakemake(workdir, configfile, *args, timeout=1200):
+def run_snakemake(workdir, configfile, *args, timeout=1200, env=None):
     """Run the workflow in ``workdir`` (where its results/ go) on ``configfile``, with 2 cores."""
     import subprocess
 
@@ -56,4 +56,5 @@ def run_snakemake(workdir, configfile, *args, timeout=1200):
         "2",
         *args,
     ]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env)

@@ -124,3 +124,34 @@ def test_local_suite_needs_real_folders(tmp_path, tiny_model_dir):
     assert fetch_checkpoint(entries[0])["path"] == str(tiny_model_dir)
     with pytest.raises(FileNotFoundError, match="checkpoint 'b'"):
         fetch_checkpoint(entries[1])
+
+
+def test_ptft_download_fetches_a_whole_study(fake_hub, tmp_path):
+    import yaml
+
+    from hub_fixtures import write_hub_dataset
+    from ptft.cli import main
+
+    for name, key in {"mnli": "glue_mnli", "rte": "glue_rte"}.items():
+        write_hub_dataset(key, tmp_path / "data" / name, rows=5)
+    (tmp_path / "revs.txt").write_text("step4\nstep12-tokens1K\nmain\n")
+    study = {
+        "study": "s",
+        "checkpoints": {"suite": "hub", "hub": {"model": "org/tiny", "select": {"uniform": 1},
+                                                "revision_list": str(tmp_path / "revs.txt")}},
+        "data": {"data_dir": str(tmp_path / "data")},
+        "train_tasks": ["mnli"],
+        "eval_sets": ["rte"],
+    }  # fmt: skip
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(study))
+    assert main(["download", "--configfile", str(tmp_path / "s.yaml"), "--results", str(tmp_path / "results")]) == 0
+    root = tmp_path / "results/s"
+    record = json.loads((root / "downloads/mnli.json").read_text())
+    assert record["splits"]["train"]["rows"] == 5 and "premise" in record["splits"]["train"]["columns"]
+    assert set(json.loads((root / "downloads/rte.json").read_text())["splits"]) == {"validation", "train"}
+    # select: first + 1 evenly spaced (the last of 2 step revisions) + final, resolved from the listing
+    pointers = {p.stem: json.loads(p.read_text()) for p in (root / "checkpoints").glob("*.json") if p.stem != "suite"}
+    assert {n: p["revision"] for n, p in pointers.items()} == {"step4": "step4", "step12": "step12-tokens1K",
+                                                                 "final": "main"}  # fmt: skip
+    saved = json.loads((root / "checkpoints/suite.json").read_text())
+    assert saved["revisions"] == ["step4", "step12-tokens1K", "main"]

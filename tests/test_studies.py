@@ -1,0 +1,122 @@
+"""The ready-made real studies: their plans match the papers' matrices; their DAGs build offline."""
+
+import copy
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT
+from ptft.download import load_study
+from ptft.plan import build_plan
+
+AMURO = ROOT / "workflow/studies/amuro-char-olmo1b.yaml"
+PYTHIA = ROOT / "workflow/studies/pythia-160m.yaml"
+
+# studies.md §1, "Evaluation pairs (eval set <- training task)"
+PAPER_PAIRS = {
+    ("mnli", "mnli_matched", "in-domain"), ("mnli", "mnli_mismatched", "in-domain"), ("paws", "paws", "in-domain"),
+    ("xsum", "xsum", "in-domain"), ("socialiqa", "socialiqa", "in-domain"), ("tulu", "boolq", "in-domain"),
+    ("tulu", "sciq_mc", "pretraining"), ("tulu", "hellaswag", "pretraining"), ("tulu", "arc_challenge", "pretraining"),
+    ("tulu", "arc_easy", "pretraining"), ("tulu", "openbookqa", "pretraining"),
+    ("mnli", "rte", "ood"), ("mnli", "gpt3nli", "ood"), ("xsum", "xlsum", "ood"), ("xsum", "cnn", "ood"),
+    ("paws", "qqp", "ood"), ("paws", "stsb", "ood"), ("socialiqa", "tweetqa", "ood"), ("socialiqa", "sciq", "ood"),
+    ("mnli", "xsum", "cross-task"), ("mnli", "socialiqa", "cross-task"), ("paws", "xsum", "cross-task"),
+    ("paws", "socialiqa", "cross-task"), ("xsum", "paws", "cross-task"), ("xsum", "mnli_matched", "cross-task"),
+    ("socialiqa", "mnli_matched", "cross-task"), ("socialiqa", "paws", "cross-task"),
+}  # fmt: skip
+# 8 checkpoints x 5 training runs; 21 registry datasets (19 eval sets + mnli + tulu)
+AMURO_JOBS = {
+    "download_dataset": 21,
+    "download_checkpoint": 8,
+    "checkpoint_manifest": 1,
+    "prepare_train": 5,
+    "prepare_eval": 19,
+    "finetune": 40,
+    "evaluate_base": 8,
+    "evaluate_finetuned": 40,
+    "performance_table": 1,
+    "change_table": 1,
+    "figures": 1,
+    "all": 1,
+}
+
+
+def test_amuro_char_plan_is_the_papers_matrix(tmp_path):
+    plan = build_plan(load_study(AMURO), tmp_path)
+    assert plan.checkpoints == ("step1000", "step18000", "step342000", "step424000", "step505000", "step592000",
+                                "step738000", "final")  # fmt: skip
+    assert [e["step"] for e in plan.checkpoint_entries][-1] == 750000
+    assert {(r["train_task"], r["eval_set"], r["relation"]) for r in plan.relation_rows()} == PAPER_PAIRS
+    runs = {(m.train_task, m.method, m.lr) for m in plan.finetune_runs}
+    assert runs == {("mnli", "full", 2e-6), ("paws", "full", 2e-6), ("socialiqa", "full", 2e-6),
+                    ("xsum", "full", 2e-7), ("tulu", "instruct", 2e-6)}  # fmt: skip
+    assert len(plan.finetune_runs) == 40 and len(plan.models) == 48
+    ft = plan.finetune_configs
+    assert ft["mnli"]["epochs"] == 3 and ft["tulu"]["epochs"] == 5
+    assert (ft["mnli"]["batch_size"], ft["mnli"]["grad_accum"], ft["mnli"]["warmup_ratio"]) == (1, 8, 0.03)
+    assert plan.data_configs["tulu"]["train_fraction"] == 0.05 and plan.data_configs["mnli"]["train_size"] == 6000
+    formats = {e.eval_set: e.formats for e in plan.base_models[0].evaluations}
+    assert formats["mnli_matched"] == ("default", "instruct", "io") and formats["rte"] == ("default",)
+    assert formats["arc_easy"] == ("default",)
+    assert all(m.shots == 4 for m in plan.models)
+
+
+def dry_run(study, directory, *targets):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "snakemake", *targets, "-n", "-s", str(ROOT / "Snakefile"),
+           "--directory", str(directory), "--configfile", str(study)]  # fmt: skip
+    start = time.time()
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return job_counts(out.stdout + out.stderr), time.time() - start
+
+
+def job_counts(text: str) -> dict[str, int]:
+    lines = text.split("Job stats:")[1].splitlines()[3:]
+    counts = {}
+    for line in lines:
+        parts = line.split()
+        if len(parts) != 2 or parts[0] == "total":
+            break
+        counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def test_amuro_char_dry_run_offline(tmp_path):
+    counts, seconds = dry_run(AMURO, tmp_path)
+    assert counts == AMURO_JOBS
+    assert seconds < 20
+    download, _ = dry_run(AMURO, tmp_path, "download")
+    assert download == {"download_dataset": 21, "download_checkpoint": 8, "download": 1}
+
+
+def test_pythia_dry_run(tmp_path):
+    counts, _ = dry_run(PYTHIA, tmp_path)
+    assert counts["finetune"] == 20 and counts["evaluate_base"] == 5 and counts["prepare_eval"] == 13
+
+
+@pytest.fixture
+def amuro():
+    return load_study(AMURO)
+
+
+@pytest.mark.parametrize(
+    "edit, error",
+    [
+        (lambda c: c["relations"]["mnli"]["ood"].append("nope"), "unknown dataset 'nope'"),
+        (lambda c: c["relations"].update(boolq={"in-domain": ["boolq"]}), r"relations: \['boolq'\] are not in"),
+        (lambda c: c["relations"]["paws"].update({"ood": ["paws"]}), "listed under two relations"),
+        (lambda c: c["relations"]["tulu"].update({"in-domain": ["tulu"]}), "chat .* not an eval set"),
+        (lambda c: c["finetune"]["per_task"].pop("tulu"), "task 'tulu' needs method instruct"),
+        (lambda c: c["finetune"]["per_task"].update(rte={"lrs": [1.0]}), r"finetune.per_task: \['rte'\]"),
+        (lambda c: c["train_tasks"].append("rte"), "dataset 'rte' has no training split"),
+    ],
+)
+def test_bad_study_is_named(amuro, tmp_path, edit, error):
+    cfg = copy.deepcopy(amuro)
+    edit(cfg)
+    with pytest.raises((ValueError, KeyError), match=error):
+        build_plan(cfg, tmp_path)
