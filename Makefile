@@ -5,14 +5,17 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 SNAKEMAKE_ARGS ?=
+# The study to run: config.yaml (the toy study) or a file of workflow/studies/.
+STUDY ?= config.yaml
 
 .PHONY: study test env lint
 study: $(VENV)/.installed
-	snakemake --workflow-profile workflow/profiles/default --configfile config.yaml $(SNAKEMAKE_ARGS)
+	snakemake --workflow-profile workflow/profiles/default --configfile $(STUDY) $(SNAKEMAKE_ARGS)
 
 test: $(VENV)/.installed
 	ruff check src tests
 	snakemake --lint --configfile config.yaml
+	snakemake --lint --configfile workflow/studies/amuro-char-olmo1b.yaml
 	pytest -q
 
 env: $(VENV)/.installed

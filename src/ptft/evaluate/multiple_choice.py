@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
+from itertools import chain
 
 import numpy as np
 import torch
@@ -75,7 +76,9 @@ def _split_trailing_whitespace(context: str, continuation: str) -> tuple[str, st
 def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
     if not texts:
         return []
-    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+    # Only the ids are needed; building the other fields costs as much as the BPE itself.
+    out = tokenizer(texts, add_special_tokens=False, return_attention_mask=False, return_token_type_ids=False)
+    return out["input_ids"]
 
 
 def encode_requests(tokenizer, requests: Sequence[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
@@ -109,13 +112,13 @@ def _model_window(context_ids: list[int], continuation_ids: list[int], max_lengt
 
 
 def _right_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for row, seq in enumerate(seqs):
-        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        mask[row, : len(seq)] = 1
-    return ids, mask
+    lengths = torch.tensor([len(s) for s in seqs])
+    mask = torch.arange(int(lengths.max()))[None, :] < lengths[:, None]
+    ids = torch.full(mask.shape, pad_id, dtype=torch.long)
+    # Boolean-mask assignment fills row by row, i.e. in the order of the concatenated sequences;
+    # one tensor for the whole batch instead of one per row keeps the host ahead of the GPU.
+    ids[mask] = torch.tensor(list(chain.from_iterable(seqs)), dtype=torch.long)
+    return ids, mask.long()
 
 
 def _accepts_logits_to_keep(model) -> bool:
@@ -141,9 +144,12 @@ def _batch_loglikelihoods(model, windows: list[list[int]], conts: list[list[int]
         kwargs["logits_to_keep"] = width - offset
     logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device), **kwargs).logits
 
-    rows = torch.cat([torch.full((len(c),), r, dtype=torch.long) for r, c in enumerate(conts)])
-    positions = torch.cat([torch.arange(s, s + len(c)) for s, c in zip(starts, conts, strict=True)]) - offset
-    targets = torch.tensor([t for c in conts for t in c], dtype=torch.long)
+    cont_lens = torch.tensor([len(c) for c in conts])
+    rows = torch.repeat_interleave(torch.arange(len(conts)), cont_lens)
+    first = torch.cumsum(cont_lens, 0) - cont_lens  # flat index of each row's first continuation token
+    within = torch.arange(len(rows)) - torch.repeat_interleave(first, cont_lens)
+    positions = torch.repeat_interleave(torch.tensor(starts), cont_lens) + within - offset
+    targets = torch.tensor(list(chain.from_iterable(conts)), dtype=torch.long)
     picked = logits[rows.to(logits.device), positions.to(logits.device)].float()
     token_lp = torch.log_softmax(picked, dim=-1).gather(-1, targets.to(logits.device)[:, None])[:, 0]
     sums = torch.zeros(len(conts), dtype=torch.float64)
