@@ -14,15 +14,31 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> Iterator[l
         yield order[start : start + batch_size]
 
 
-def context_limit(model, reserve: int = 0) -> int | None:
+_DEFAULT_MAX_LENGTH = 2048
+# transformers' placeholder for "no limit" in tokenizer.model_max_length.
+_UNSET_TOKENIZER_LENGTH = int(1e30)
+
+
+def model_max_length(model, tokenizer=None) -> int:
+    """The model's context window, found as lm-evaluation-harness's HF backend finds it."""
+    for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
+        value = getattr(model.config, attr, None)
+        if value is not None:
+            return int(value)
+    tok_len = getattr(tokenizer, "model_max_length", None)
+    if tok_len is not None and tok_len < _UNSET_TOKENIZER_LENGTH:
+        return int(tok_len)
+    return _DEFAULT_MAX_LENGTH
+
+
+def context_limit(model, reserve: int = 0) -> int:
     """Most prompt tokens the model can take while leaving ``reserve`` positions to generate."""
-    limit = getattr(model.config, "max_position_embeddings", None)
-    return None if limit is None else max(1, limit - reserve)
+    return max(1, model_max_length(model) - reserve)
 
 
-def truncate_left(seqs: list[list[int]], limit: int | None) -> list[list[int]]:
+def truncate_left(seqs: list[list[int]], limit: int) -> list[list[int]]:
     """Keep the last ``limit`` tokens: long few-shot prompts lose their oldest shots, never the query."""
-    return seqs if limit is None else [s[-limit:] for s in seqs]
+    return [s[-limit:] for s in seqs]
 
 
 def left_pad(seqs: Sequence[Sequence[int]], pad_id: int, device="cpu") -> dict[str, torch.Tensor]:

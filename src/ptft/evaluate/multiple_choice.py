@@ -47,23 +47,7 @@ from itertools import chain
 import numpy as np
 import torch
 
-from ptft.evaluate.batching import length_sorted_batches
-
-_DEFAULT_MAX_LENGTH = 2048
-# transformers' placeholder for "no limit" in tokenizer.model_max_length.
-_UNSET_TOKENIZER_LENGTH = int(1e30)
-
-
-def model_max_length(model, tokenizer) -> int:
-    """The context window lm-eval's HF backend assumes for this model."""
-    for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
-        value = getattr(model.config, attr, None)
-        if value is not None:
-            return int(value)
-    tok_len = getattr(tokenizer, "model_max_length", None)
-    if tok_len is not None and tok_len < _UNSET_TOKENIZER_LENGTH:
-        return int(tok_len)
-    return _DEFAULT_MAX_LENGTH
+from ptft.evaluate.batching import length_sorted_batches, model_max_length
 
 
 def _split_trailing_whitespace(context: str, continuation: str) -> tuple[str, str]:
