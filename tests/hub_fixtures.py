@@ -80,6 +80,21 @@ def _entry(
     }
 
 
+def _arc_entry(config: str) -> dict:
+    return _entry(
+        "allenai/ai2_arc",
+        config,
+        ["train", "validation", "test"],
+        {"id": _S, "question": _S, "choices": _CHOICES, "answerKey": _S},
+        hub_format="parquet",
+        text_columns=["id", "question", "choices"],
+        label_column="answerKey",
+        label_values=["A", "B", "C", "D"],
+        source="ai2_arc README dataset_info; 'Convert dataset to Parquet (#4)' deleted ai2_arc.py",
+        notes="choices labels are mostly A-D, some rows use 1-4, a few have 3 or 5 choices",
+    )
+
+
 HUB_DATASETS: dict[str, dict] = {
     "glue_mnli": _entry(
         "nyu-mll/glue",
@@ -283,30 +298,8 @@ HUB_DATASETS: dict[str, dict] = {
         "main (conversion PR #7 open)",
         notes="'split' holds the original split name: train / val / test",
     ),
-    "arc_easy": _entry(
-        "allenai/ai2_arc",
-        "ARC-Easy",
-        ["train", "validation", "test"],
-        {"id": _S, "question": _S, "choices": _CHOICES, "answerKey": _S},
-        hub_format="parquet",
-        text_columns=["id", "question", "choices"],
-        label_column="answerKey",
-        label_values=["A", "B", "C", "D"],
-        source="ai2_arc README dataset_info; 'Convert dataset to Parquet (#4)' deleted ai2_arc.py",
-        notes="choices labels are mostly A-D, some rows use 1-4, a few have 3 or 5 choices",
-    ),
-    "arc_challenge": _entry(
-        "allenai/ai2_arc",
-        "ARC-Challenge",
-        ["train", "validation", "test"],
-        {"id": _S, "question": _S, "choices": _CHOICES, "answerKey": _S},
-        hub_format="parquet",
-        text_columns=["id", "question", "choices"],
-        label_column="answerKey",
-        label_values=["A", "B", "C", "D"],
-        source="ai2_arc README dataset_info; 'Convert dataset to Parquet (#4)' deleted ai2_arc.py",
-        notes="choices labels are mostly A-D, some rows use 1-4, a few have 3 or 5 choices",
-    ),
+    "arc_easy": _arc_entry("ARC-Easy"),
+    "arc_challenge": _arc_entry("ARC-Challenge"),
     "openbookqa": _entry(
         "allenai/openbookqa",
         "main",
