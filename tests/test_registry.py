@@ -268,3 +268,15 @@ def test_bad_multiple_choice_record_is_named(tmp_path):
     write_split(folder, "train", pd.read_parquet(tmp_path / "arc/train.parquet"))
     with pytest.raises(DataError, match=r"dataset 'arc_easy' split 'test' record 2: .*answerKey 'Z'"):
         eval_and_fewshot(get_dataset("arc_easy"), folder, None, 2, seed=0)
+
+
+def test_hub_dataset_unreachable_offline_names_the_dataset_and_the_fix(tmp_path, monkeypatch):
+    import datasets.config as dc
+    import huggingface_hub.constants as hc
+
+    monkeypatch.setattr(dc, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(dc, "HF_DATASETS_CACHE", tmp_path / "datasets")
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(RuntimeError, match=r"dataset 'paws' \(hub google-research-datasets/paws.*ptft download"):
+        load_raw_split(get_dataset("paws"), "train")

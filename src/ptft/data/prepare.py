@@ -61,7 +61,14 @@ def load_raw_split(spec: DatasetSpec, split: str, local_dir: str | Path | None =
         builder, files = local_split_files(spec, split, local_dir)
         ds = datasets.load_dataset(builder, data_files={split: files}, split=split)
     elif spec.source == "hub":
-        ds = datasets.load_dataset(spec.hub_id, spec.hub_config, split=split, revision=spec.revision)
+        try:
+            ds = datasets.load_dataset(spec.hub_id, spec.hub_config, split=split, revision=spec.revision)
+        except (ConnectionError, FileNotFoundError) as e:
+            raise RuntimeError(
+                f"dataset {spec.name!r} (hub {spec.hub_id}, config {spec.hub_config}, split {split!r}): {e}. "
+                "Run `ptft download` where the hub is reachable (the cache must be shared with this machine), "
+                "or point data.data_dir at local copies."
+            ) from e
     else:
         raise ValueError(f"dataset {spec.name!r}: source {spec.source!r} needs a local folder")
     check_columns(spec, split, ds.column_names)
