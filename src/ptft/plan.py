@@ -152,10 +152,6 @@ def checkpoint_entries(config: dict, results: str | Path = "results") -> tuple[d
     raise ValueError(f"checkpoints.suite: unknown suite {ck['suite']!r}")
 
 
-def checkpoint_names(config: dict) -> tuple[str, ...]:
-    return tuple(e["name"] for e in checkpoint_entries(config))
-
-
 def _formats(config: dict, eval_set: str) -> tuple[str, ...]:
     """The study's formats that the eval set's task has; only the first outside ``format_study_sets``."""
     ev = config["evaluate"]
@@ -240,13 +236,15 @@ def build_plan(config: dict, results: str | Path = "results") -> Plan:
     )
     ft_configs = {t: _merged(config["finetune"], t) for t in train_tasks}
     data_configs = {t: _merged(config["data"], t) for t in train_tasks}
+    for t in train_tasks:
+        for m in ft_configs[t]["methods"]:
+            _check_method(t, m)
     runs = []
     for c in names:
         for t in train_tasks:
             ft = ft_configs[t]
             evaluations = tuple(Evaluation(e, rel, formats[e]) for e, rel in pairs[t])
             for m in ft["methods"]:
-                _check_method(t, m)
                 for lr in ft["lrs"]:
                     for s in ft["seeds"]:
                         runs.append(Model(c, t, m, float(lr), int(s), evaluations, ev["finetuned_shots"]))

@@ -71,10 +71,11 @@ def get_raw_input(wildcards):
 
 def get_local_dir(wildcards, input):
     """Where the prepare step reads split files: raw/ (toy), data.data_dir/<dataset>, or '' (the hub)."""
+    from ptft.download import dataset_local_dir
+
     if get_dataset(wildcards.dataset).source == "toy":
         return input[0]
-    data_dir = config["data"]["data_dir"]
-    return os.path.join(data_dir, wildcards.dataset) if data_dir else ""
+    return dataset_local_dir(config["data"]["data_dir"], wildcards.dataset) or ""
 
 
 def get_train_size(wildcards):

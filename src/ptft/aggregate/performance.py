@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ptft.aggregate.bootstrap import percentile_ci
+from ptft.plan import RELATIONS
 
 PERFORMANCE_COLUMNS = (
     "study",
@@ -38,7 +39,6 @@ PERFORMANCE_COLUMNS = (
 
 METHODS = ("base", "full", "lora", "lpft", "instruct")
 FORMATS = ("default", "instruct", "io")
-RELATIONS = ("in-domain", "ood", "cross-task", "pretraining")
 
 # What one row of the table is about; every other predictions column must be constant within it.
 GROUP_KEYS = ["model", "eval_set", "format", "metric"]

@@ -32,7 +32,7 @@ def fetch_checkpoint(entry: dict, revisions: list[str] | None = None) -> dict:
             raise ValueError(f"checkpoint {entry['name']!r}: step {entry['step']} needs the revision list to resolve")
         revision = revision_for_step(revisions, entry["step"], entry["model"])
     folder = snapshot_download(entry["model"], revision=revision)
-    step, tokens = parse_revision(revision)
+    _, tokens = parse_revision(revision)
     pointer = {**entry, "revision": revision, "commit": Path(folder).name}
     if pointer.get("tokens") is None and tokens is not None:
         pointer["tokens"] = tokens

@@ -177,16 +177,20 @@ def score_multiple_choice(
     return np.split(flat, bounds) if len(choices) else []
 
 
-def mc_metrics(loglikelihoods: np.ndarray, choices: Sequence[str], gold: int) -> dict[str, float]:
-    """lm-eval's acc and acc_norm for one item (module docstring)."""
+def mc_predictions(loglikelihoods: np.ndarray, choices: Sequence[str]) -> dict[str, int]:
+    """The choice each metric picks: ``acc`` by total log-likelihood, ``acc_norm`` per character."""
     lls = np.asarray(loglikelihoods, dtype=np.float64)
     if lls.shape != (len(choices),):
         raise ValueError(f"{lls.shape} log-likelihoods for {len(choices)} choices")
-    if not 0 <= gold < len(choices):
-        raise ValueError(f"gold index {gold} outside {len(choices)} choices")
     completion_len = np.array([float(len(c)) for c in choices])
     # An empty choice string gives ll / 0 = -inf (or nan), exactly what lm-eval's numpy division gives.
     with np.errstate(divide="ignore", invalid="ignore"):
         pred_norm = int(np.argmax(lls / completion_len))
-    pred = int(np.argmax(lls))
-    return {"acc": float(pred == gold), "acc_norm": float(pred_norm == gold)}
+    return {"acc": int(np.argmax(lls)), "acc_norm": pred_norm}
+
+
+def mc_metrics(loglikelihoods: np.ndarray, choices: Sequence[str], gold: int) -> dict[str, float]:
+    """lm-eval's acc and acc_norm for one item (module docstring)."""
+    if not 0 <= gold < len(choices):
+        raise ValueError(f"gold index {gold} outside {len(choices)} choices")
+    return {metric: float(pred == gold) for metric, pred in mc_predictions(loglikelihoods, choices).items()}

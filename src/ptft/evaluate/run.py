@@ -18,7 +18,6 @@ import logging
 import random
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 from tqdm import tqdm
@@ -28,7 +27,7 @@ from ptft.data.prompts import completion, few_shot_prompt
 from ptft.data.registry import get_dataset
 from ptft.evaluate.generate import generate_greedy
 from ptft.evaluate.metrics import accuracy, rouge_l
-from ptft.evaluate.multiple_choice import mc_metrics, score_multiple_choice
+from ptft.evaluate.multiple_choice import mc_predictions, score_multiple_choice
 from ptft.evaluate.tokenprob import score_token_prob
 
 log = logging.getLogger(__name__)
@@ -60,11 +59,12 @@ def _score(model, tokenizer, task, items, prompts, cfg) -> list[dict]:
     if task.kind == "multiple_choice":
         choices = [list(r["choices"]) for r in items]
         lls = score_multiple_choice(model, tokenizer, prompts, choices, cfg["batch_size"])
+        picks = [mc_predictions(ll, c) for ll, c in zip(lls, choices, strict=True)]
         out = []
         for metric in task.metrics:
-            scores = [mc_metrics(ll, c, int(r["label"]))[metric] for ll, c, r in zip(lls, choices, items, strict=True)]
-            norm = [np.array([len(x) for x in c], dtype=float) if metric == "acc_norm" else 1.0 for c in choices]
-            predictions = [c[int(np.argmax(ll / n))] for ll, c, n in zip(lls, choices, norm, strict=True)]
+            idx = [p[metric] for p in picks]
+            scores = [float(i == int(r["label"])) for i, r in zip(idx, items, strict=True)]
+            predictions = [c[i] for c, i in zip(choices, idx, strict=True)]
             out.append({"metric": metric, "prediction": predictions, "gold": golds, "score": scores,
                         "label_logprobs": [list(map(float, ll)) for ll in lls]})
         return out
