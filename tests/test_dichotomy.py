@@ -32,6 +32,7 @@ def run(tmp_path_factory):
     cfg["study"] = "dichotomy"
     cfg["checkpoints"]["toy"]["n_checkpoints"] = 2  # same run, fewer saved checkpoints
     cfg["train_tasks"] = ["toy_paraphrase", "toy_qgen"]
+    cfg["finetune"]["per_task"] = cfg["data"]["per_task"] = {}
     cfg["eval_sets"] = ["toy_nli", "toy_paraphrase", "toy_summary", "toy_qgen"]
     cfg["evaluate"]["formats"] = ["default"]
     (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))

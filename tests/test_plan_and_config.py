@@ -47,11 +47,18 @@ def test_bad_config_names_the_key(path, value, needle):
 
 def test_plan_of_the_default_study():
     plan = build_plan(load_config())
-    assert len(plan.checkpoints) == 6
-    assert plan.checkpoints == ("step10", "step48", "step86", "step124", "step162", "step200")
-    assert len(plan.finetune_runs) == 6 * 4
-    assert len(plan.models) == 6 + 24
-    assert plan.finetune_runs[0].id == "ft/step10/toy_nli/full/lr0.001/seed0"
+    assert plan.checkpoints == ("step10", "step73", "step137", "step200")
+    # per checkpoint: toy_nli by full, lora and lpft; paraphrase, summary, qgen by full; toy_chat by instruct
+    assert len(plan.finetune_runs) == 4 * 7
+    assert len(plan.models) == 4 + 28
+    assert [m.id for m in plan.finetune_runs[:3]] == [
+        "ft/step10/toy_nli/full/lr0.001/seed0", "ft/step10/toy_nli/lora/lr0.001/seed0",
+        "ft/step10/toy_nli/lpft/lr0.001/seed0",
+    ]  # fmt: skip
+    assert plan.finetune_runs[6].id == "ft/step10/toy_chat/instruct/lr0.001/seed0"
+    # A run is given its own settings only: no grid keys, no other method's settings.
+    assert set(plan.run_config("toy_nli", "lora")) >= {"lora", "probes"}
+    assert "lpft" not in plan.run_config("toy_nli", "lora") and "lrs" not in plan.run_config("toy_nli", "full")
     assert len(set(m.id for m in plan.models)) == len(plan.models)
 
 
@@ -60,6 +67,21 @@ def test_relations():
     assert relation("toy_nli", "toy_nli") == "in-domain"
     assert relation("toy_nli", "toy_nli_ood") == "ood"
     assert relation("toy_nli", "toy_summary") == "cross-task"
+
+
+def test_lr_selection_plan():
+    cfg = copy.deepcopy(load_config())
+    cfg["finetune"]["lrs"] = [0.001, 0.01]
+    cfg["finetune"]["select_lr"] = {"metric": "score"}
+    plan = build_plan(cfg)
+    assert len(plan.training_runs) == 2 * 28 and len(plan.finetune_runs) == 28
+    assert plan.finetune_runs[0].id == "ft/step10/toy_nli/full/selected/seed0" and plan.finetune_runs[0].lr is None
+    assert plan.selection_groups()[0] == ("step10", "toy_nli", "full", 0)
+    assert [m.lr for m in plan.grid_runs("step10", "toy_nli", "full", 0)] == [0.001, 0.01]
+    assert plan.run_config("toy_nli", "full")["validation_score"] is True
+    cfg["finetune"]["select_lr"] = {"evaluate": "all"}
+    assert len(build_plan(cfg).finetune_runs) == 2 * 28
+    assert relation("toy_chat", "toy_qgen") == "in-domain" and relation("toy_chat", "toy_qgen_ood") == "ood"
 
 
 def test_unknown_dataset_is_named():
@@ -80,8 +102,8 @@ def test_dry_run_of_the_default_config():
     assert out.returncode == 0, out.stderr + out.stdout
     text = out.stdout + out.stderr
     assert "finetune" in text and "evaluate_base" in text and "performance_table" in text
-    # 6 checkpoints x 4 tasks fine-tuning jobs
-    assert any(line.split()[:2] == ["finetune", "24"] for line in text.splitlines())
+    # 4 checkpoints x 7 (task, method) fine-tuning jobs
+    assert any(line.split()[:2] == ["finetune", "28"] for line in text.splitlines())
 
 
 def test_bad_config_stops_before_any_job(tmp_path):

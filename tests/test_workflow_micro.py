@@ -30,15 +30,19 @@ def test_performance_table_contract(micro_run):
     perf = pd.read_parquet(micro_run / "results/micro/tables/performance.parquet")
     validate_performance(perf)
     assert tuple(perf.columns) == tuple(PERFORMANCE_COLUMNS)
-    # (2 base + 2 checkpoints x 2 tasks) models x 4 eval sets x 2 formats, one metric each
-    assert len(perf) == 6 * 4 * 2
+    # (2 base + 2 checkpoints x 4 (task, method)) models x 4 eval sets x 2 formats, one metric each
+    assert len(perf) == 10 * 4 * 2
+    assert set(perf["method"]) == {"base", "full", "lora", "lpft"}
     assert (perf["n"] == 12).all()
     assert perf["value"].between(0, 1).all()
     assert ((perf["ci_low"] <= perf["value"] + 1e-12) & (perf["value"] <= perf["ci_high"] + 1e-12)).all()
     base = perf[perf["method"] == "base"]
     ft = perf[perf["method"] == "full"]
     assert set(base["relation"]) == {"pretraining"} and (base["shots"] == 2).all() and base["lr"].isna().all()
-    assert (ft["shots"] == 0).all() and (ft["lr"] == 0.001).all() and (ft["seed"] == 0).all()
+    assert base["lr_selected"].isna().all()
+    tuned = perf[perf["method"] != "base"]
+    assert (tuned["shots"] == 0).all() and (tuned["seed"] == 0).all() and tuned["lr_selected"].all()
+    assert set(tuned["lr"]) <= {0.001, 0.01} and (tuned.loc[tuned["train_task"] == "toy_nli", "lr"] == 0.001).all()
     nli_ft = ft[ft["train_task"] == "toy_nli"].set_index("eval_set")["relation"].to_dict()
     assert nli_ft == {
         "toy_nli": "in-domain",
@@ -53,6 +57,24 @@ def test_performance_table_contract(micro_run):
     assert steps == {"step4": 4, "step12": 12}
     assert dict(zip(perf["checkpoint"], perf["step"], strict=True)) == steps
     assert (perf["tokens"] == perf["step"] * 8 * 64).all()
+
+
+def test_the_lr_grid_is_selected_on_validation(micro_run):
+    results = micro_run / "results/micro"
+    perf = pd.read_parquet(results / "tables/performance.parquet")
+    for checkpoint in ("step4", "step12"):
+        grid = {lr: read_json(results / f"finetune/{checkpoint}/toy_summary/full/lr{lr}/seed0/summary.json")
+                for lr in ("0.001", "0.01")}  # fmt: skip
+        best = min(grid, key=lambda lr: grid[lr]["validation"]["loss"])
+        selection = read_json(results / f"finetune/{checkpoint}/toy_summary/full/selected/seed0.json")
+        assert selection["lr"] == float(best) and selection["path"].endswith(f"lr{best}/seed0/model")
+        assert [c["value"] for c in selection["candidates"]] == [grid[lr]["validation"]["loss"] for lr in grid]
+        rows = perf[(perf["checkpoint"] == checkpoint) & (perf["train_task"] == "toy_summary")]
+        assert set(rows["lr"]) == {float(best)}
+    lora = read_json(results / "finetune/step12/toy_nli/lora/lr0.001/seed0/summary.json")
+    assert lora["n_trainable_parameters"] < lora["n_parameters"] / 5
+    assert "lp_head_norm" in read_json(results / "finetune/step12/toy_nli/lpft/lr0.001/seed0/summary.json")
+    assert len(pd.read_parquet(results / "data/validation/toy_summary.parquet")) == 16
 
 
 def test_values_are_recomputable_from_per_example_outputs(micro_run):

@@ -104,7 +104,7 @@ def test_training_sets_follow_the_recipe(real_run):
     tulu = pd.read_parquet(results / "data/train/tulu.parquet")
     assert len(tulu) == 12  # train_fraction 0.5 of 24
     summary = read_json(results / "finetune/final/tulu/instruct/lr0.002/seed0/summary.json")
-    assert summary["steps"] == 2 and summary["config"]["methods"] == ["instruct"]
+    assert summary["steps"] == 2 and summary["method"] == "instruct"
 
 
 def test_relation_table_drives_what_each_model_is_scored_on(real_run):

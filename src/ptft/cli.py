@@ -26,7 +26,7 @@ def cmd_toy_data(a) -> None:
     from ptft.data.prepare import write_toy_dataset
     from ptft.data.registry import get_dataset
 
-    write_toy_dataset(get_dataset(a.dataset), a.sizes, a.seed, a.out_dir)
+    write_toy_dataset(get_dataset(a.dataset), a.sizes, a.seed, a.out_dir, a.held_out)
 
 
 def cmd_pretrain_toy(a) -> None:
@@ -44,6 +44,16 @@ def cmd_prepare_train(a) -> None:
     from ptft.data.registry import get_dataset
 
     df = subsample_train(get_dataset(a.dataset), a.local_dir, a.size, a.seed, a.fraction, a.invalid == "skip")
+    io.write_parquet(a.out, df)
+
+
+def cmd_prepare_validation(a) -> None:
+    from ptft import io
+    from ptft.data.prepare import validation_split
+    from ptft.data.registry import get_dataset
+
+    spec = get_dataset(a.dataset)
+    df = validation_split(spec, a.local_dir, a.size, a.seed, a.validation_size, a.fraction, a.invalid == "skip")
     io.write_parquet(a.out, df)
 
 
@@ -82,7 +92,14 @@ def cmd_finetune(a) -> None:
     from ptft.finetune.train import finetune
 
     _threads(a.threads)
-    finetune(a.checkpoint, a.train, a.task, a.config, a.lr, a.seed, a.out_dir, a.state_dir)
+    finetune(a.checkpoint, a.train, a.task, a.config, a.lr, a.seed, a.out_dir, a.state_dir, a.method, a.validation)
+
+
+def cmd_select_lr(a) -> None:
+    from ptft import io
+    from ptft.finetune.select import select_lr
+
+    io.write_json(a.out, select_lr([io.read_json(p) for p in a.summaries], a.metric, a.group))
 
 
 def cmd_evaluate(a) -> None:
@@ -90,7 +107,10 @@ def cmd_evaluate(a) -> None:
     from ptft.evaluate.run import evaluate_model
 
     _threads(a.threads)
-    df = evaluate_model(a.model_dir, a.model, a.evaluations, a.data_dir, a.config, a.seed)
+    meta = a.model
+    if a.model_dir.endswith(".json") and io.read_json(a.model_dir).get("selected"):
+        meta = {**meta, "lr": io.read_json(a.model_dir)["lr"]}  # a selection: its lr is known only now
+    df = evaluate_model(a.model_dir, meta, a.evaluations, a.data_dir, a.config, a.seed)
     io.write_parquet(a.out, df)
 
 
@@ -106,6 +126,7 @@ def cmd_performance(a) -> None:
         b["resamples"],
         b["confidence"],
         b["seed"],
+        [io.read_json(p) for p in a.selections],
     )
     io.write_parquet(a.out, perf)
 
@@ -142,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sizes", type=_json, required=True, help='{"train": n, "validation": n, "test": n}')
     s.add_argument("--seed", type=int, required=True)
     s.add_argument("--out-dir", required=True)
+    s.add_argument("--held-out", nargs="*", default=[], help="raw toy datasets whose test items a chat must avoid")
     s.set_defaults(func=cmd_toy_data)
 
     s = sub.add_parser("pretrain-toy", help="pre-train the toy checkpoint suite")
@@ -184,6 +206,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_prepare_train)
 
+    s = sub.add_parser("prepare-validation", parents=[data_source], help="a training task's validation split")
+    s.add_argument("--size", type=int, default=None, help="training examples (as for prepare-train)")
+    s.add_argument("--fraction", type=float, default=None)
+    s.add_argument("--validation-size", type=int, required=True)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_prepare_validation)
+
     s = sub.add_parser("prepare-eval", parents=[data_source], help="one eval set's scored items and few-shot pool")
     s.add_argument("--max-examples", type=_json, default=None)
     s.add_argument("--pool-size", type=int, required=True)
@@ -200,8 +229,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, required=True)
     s.add_argument("--out-dir", required=True)
     s.add_argument("--state-dir", required=True)
+    s.add_argument("--method", default="full", choices=["full", "lora", "lpft", "instruct"])
+    s.add_argument("--validation", default=None, help="validation split (for the lr selection)")
     s.add_argument("--threads", type=int, default=1)
     s.set_defaults(func=cmd_finetune)
+
+    s = sub.add_parser("select-lr", help="pick the best learning rate of a grid by a validation metric")
+    s.add_argument("--summaries", nargs="+", required=True, help="summary.json of each run of the grid")
+    s.add_argument("--metric", required=True, choices=["loss", "score"])
+    s.add_argument("--group", type=_json, required=True, help="{checkpoint, task, method, seed} of the grid")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_select_lr)
 
     s = sub.add_parser("evaluate", help="score one model on its eval sets and formats")
     s.add_argument("--model-dir", required=True)
@@ -217,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("performance", help="per-example predictions -> performance.parquet")
     s.add_argument("--predictions", nargs="+", required=True)
     s.add_argument("--manifest", required=True)
+    s.add_argument("--selections", nargs="*", default=[], help="lr selections (finetune.select_lr)")
     s.add_argument("--study", required=True)
     s.add_argument("--config", type=_json, required=True)
     s.add_argument("--out", required=True)

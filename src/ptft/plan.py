@@ -19,6 +19,8 @@ from ptft.data.registry import get_dataset
 BASE = "base"
 NO_TASK = "none"
 RELATIONS = ("in-domain", "ood", "cross-task", "pretraining")
+GRID_KEYS = ("methods", "lrs", "seeds", "select_lr")
+PROBE_DEFAULTS = {"every": 25, "examples": 32, "path": None}
 
 
 def format_lr(lr: float) -> str:
@@ -30,12 +32,17 @@ def relation(train_task: str, eval_set: str) -> str:
 
     ``pretraining`` for base checkpoints (the model has seen pre-training only); ``in-domain``
     for the training task's own test set; ``ood`` for another dataset of the same task type;
-    ``cross-task`` for a dataset of another task type.
+    ``cross-task`` for a dataset of another task type. After instruction tuning on a chat
+    mixture (the toy one holds every toy task of its domain): ``in-domain`` for the eval sets of
+    the mixture's domain, ``ood`` for the others.
     """
     if train_task == NO_TASK:
         return "pretraining"
     if train_task == eval_set:
         return "in-domain"
+    train = get_dataset(train_task)
+    if train.task.kind == "chat":  # an instruction mixture holds its domain's tasks, not the other domains'
+        return "in-domain" if get_dataset(eval_set).domain == train.domain else "ood"
     if get_dataset(train_task).task_type == get_dataset(eval_set).task_type:
         return "ood"
     return "cross-task"
@@ -64,6 +71,8 @@ class Model:
     seed: int | None = None
     evaluations: tuple[Evaluation, ...] = field(default=(), compare=False)
     shots: int = field(default=0, compare=False)
+    # The run of the lr grid chosen on validation (finetune.select_lr); its lr is known only then.
+    selected: bool = False
 
     @property
     def is_base(self) -> bool:
@@ -73,7 +82,8 @@ class Model:
     def id(self) -> str:
         if self.is_base:
             return f"base/{self.checkpoint}"
-        return f"ft/{self.checkpoint}/{self.train_task}/{self.method}/lr{format_lr(self.lr)}/seed{self.seed}"
+        lr = "selected" if self.selected else f"lr{format_lr(self.lr)}"
+        return f"ft/{self.checkpoint}/{self.train_task}/{self.method}/{lr}/seed{self.seed}"
 
     @property
     def eval_sets(self) -> tuple[str, ...]:
@@ -99,9 +109,33 @@ class Plan:
     train_tasks: tuple[str, ...]
     eval_sets: tuple[str, ...]
     base_models: tuple[Model, ...]
-    finetune_runs: tuple[Model, ...]
+    finetune_runs: tuple[Model, ...]  # the fine-tuned models that are evaluated
     finetune_configs: dict[str, dict]
     data_configs: dict[str, dict]
+    training_runs: tuple[Model, ...] = ()  # every run of the grid (more than the evaluated with select_lr)
+    select_lr: dict | None = None
+
+    def run_config(self, task: str, method: str) -> dict:
+        """What one training job is given: the task's finetune settings without the grid keys
+        (its own method, lr and seed are in its path) and without other methods' settings, so
+        that adding an lr, a seed or a method re-runs no existing job."""
+        cfg = {k: v for k, v in self.finetune_configs[task].items() if k not in GRID_KEYS}
+        for other in ("lora", "lpft"):
+            if other != method:
+                cfg.pop(other, None)
+        if self.select_lr and self.select_lr["metric"] == "score":
+            cfg["validation_score"] = True
+        return cfg
+
+    def selection_groups(self) -> list[tuple[str, str, str, int]]:
+        """(checkpoint, task, method, seed) of every lr grid that is selected over."""
+        if not self.select_lr:
+            return []
+        return list(dict.fromkeys((m.checkpoint, m.train_task, m.method, m.seed) for m in self.training_runs))
+
+    def grid_runs(self, checkpoint: str, task: str, method: str, seed: int) -> list[Model]:
+        return [m for m in self.training_runs if (m.checkpoint, m.train_task, m.method, m.seed)
+                == (checkpoint, task, method, seed)]  # fmt: skip
 
     @property
     def checkpoints(self) -> tuple[str, ...]:
@@ -191,15 +225,24 @@ def relation_table(config: dict, train_tasks: tuple[str, ...], eval_sets: tuple[
 
 
 def _check_method(task: str, method: str) -> None:
-    chat = get_dataset(task).task.kind == "chat"
-    if chat != (method == "instruct"):
-        need = "instruct" if chat else "full, lora or lpft"
+    kind = get_dataset(task).task.kind
+    if (kind == "chat") != (method == "instruct"):
+        need = "instruct" if kind == "chat" else "full, lora or lpft"
         raise ValueError(f"finetune.methods: task {task!r} needs method {need}, got {method!r}")
+    if method == "lpft" and kind != "classification":
+        raise ValueError(f"finetune.methods: lpft fits a linear head on labels; task {task!r} is {kind}")
 
 
 def _merged(section: dict, task: str) -> dict:
-    """A config section with the task's ``per_task`` overrides applied."""
-    return {**{k: v for k, v in section.items() if k != "per_task"}, **section.get("per_task", {}).get(task, {})}
+    """A config section with the task's ``per_task`` overrides applied (nested settings key by key)."""
+    out = {k: v for k, v in section.items() if k != "per_task"}
+    for key, value in section.get("per_task", {}).get(task, {}).items():
+        if isinstance(value, dict):
+            value = {**(out.get(key) or {}), **value}
+        out[key] = value
+    if out.get("probes") is not None:
+        out["probes"] = {**PROBE_DEFAULTS, **out["probes"]}
+    return out
 
 
 def build_plan(config: dict, results: str | Path = "results") -> Plan:
@@ -239,15 +282,22 @@ def build_plan(config: dict, results: str | Path = "results") -> Plan:
     for t in train_tasks:
         for m in ft_configs[t]["methods"]:
             _check_method(t, m)
-    runs = []
+    select = config["finetune"].get("select_lr")
+    if select is not None:
+        select = {"metric": "loss", "evaluate": "selected", **select}
+    runs, evaluated = [], []
     for c in names:
         for t in train_tasks:
             ft = ft_configs[t]
             evaluations = tuple(Evaluation(e, rel, formats[e]) for e, rel in pairs[t])
             for m in ft["methods"]:
-                for lr in ft["lrs"]:
-                    for s in ft["seeds"]:
-                        runs.append(Model(c, t, m, float(lr), int(s), evaluations, ev["finetuned_shots"]))
+                for s in ft["seeds"]:
+                    grid = [Model(c, t, m, float(lr), int(s), evaluations, ev["finetuned_shots"]) for lr in ft["lrs"]]
+                    runs += grid
+                    if select and select["evaluate"] == "selected":
+                        evaluated.append(Model(c, t, m, None, int(s), evaluations, ev["finetuned_shots"], True))
+                    else:
+                        evaluated += grid
     return Plan(
         study=config["study"],
         suite=config["checkpoints"]["suite"],
@@ -255,7 +305,9 @@ def build_plan(config: dict, results: str | Path = "results") -> Plan:
         train_tasks=train_tasks,
         eval_sets=eval_sets,
         base_models=base,
-        finetune_runs=tuple(runs),
+        finetune_runs=tuple(evaluated),
         finetune_configs=ft_configs,
         data_configs=data_configs,
+        training_runs=tuple(runs),
+        select_lr=select,
     )

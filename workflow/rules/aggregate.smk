@@ -2,6 +2,7 @@ rule performance_table:
     input:
         predictions=get_all_predictions,
         manifest=f"{RESULTS}/checkpoints/manifest.json",
+        selections=get_all_selections,
     output:
         report(
             f"{RESULTS}/tables/performance.parquet",
@@ -17,7 +18,7 @@ rule performance_table:
         "../../envs/ptft.yaml"
     shell:
         "ptft performance --predictions {input.predictions} --manifest {input.manifest} "
-        "--study {params.study} --config {params.config:q} --out {output} > {log} 2>&1"
+        "--selections {input.selections} --study {params.study} --config {params.config:q} --out {output} > {log} 2>&1"
 
 
 rule change_table:

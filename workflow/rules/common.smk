@@ -10,12 +10,15 @@ STATE = f"{RESULTS}/.state"
 TOY_SUITE = PLAN.suite == "toy"
 HUB_DATASETS = [d for d in PLAN.datasets if get_dataset(d).source == "hub"]
 RUN = "{checkpoint}/{task}/{method}/lr{lr}/seed{seed}"
+SELECTED = "{checkpoint}/{task}/{method}/selected/seed{seed}"
 
 
 wildcard_constraints:
     checkpoint="[^/]+",
     task="[^/]+",
     method="[^/]+",
+    lr="[^/]+",
+    seed="[0-9]+",
     dataset="[^/]+",
 
 
@@ -69,6 +72,13 @@ def get_raw_input(wildcards):
     return f"{RESULTS}/downloads/{wildcards.dataset}.json"
 
 
+def get_toy_held_out(wildcards):
+    """A toy chat dataset avoids the test items of every other toy dataset of the study."""
+    if get_dataset(wildcards.dataset).task.kind != "chat":
+        return []
+    return [f"{RESULTS}/raw/{d}" for d in PLAN.eval_sets if get_dataset(d).source == "toy"]
+
+
 def get_local_dir(wildcards, input):
     """Where the prepare step reads split files: raw/ (toy), data.data_dir/<dataset>, or '' (the hub)."""
     from ptft.download import dataset_local_dir
@@ -86,7 +96,36 @@ def get_train_size(wildcards):
 
 
 def get_finetune_config(wildcards):
-    return as_json(PLAN.finetune_configs[wildcards.task])
+    return as_json(PLAN.run_config(wildcards.task, wildcards.method))
+
+
+def get_finetune_inputs(wildcards):
+    inputs = {
+        "checkpoint": get_checkpoint_path(wildcards.checkpoint),
+        "train": f"{RESULTS}/data/train/{wildcards.task}.parquet",
+    }
+    if PLAN.select_lr:
+        inputs["validation"] = f"{RESULTS}/data/validation/{wildcards.task}.parquet"
+    return inputs
+
+
+def get_validation_arg(_wildcards, input):
+    return f"--validation {input.validation}" if "validation" in input.keys() else ""
+
+
+def get_grid_summaries(wildcards):
+    runs = PLAN.grid_runs(wildcards.checkpoint, wildcards.task, wildcards.method, int(wildcards.seed))
+    return [f"{RESULTS}/finetune/{m.id.removeprefix('ft/')}/summary.json" for m in runs]
+
+
+def get_grid_group(wildcards):
+    keys = ("checkpoint", "task", "method")
+    return as_json({**{k: wildcards[k] for k in keys}, "seed": int(wildcards.seed)})
+
+
+def get_all_selections(_wildcards):
+    return [f"{RESULTS}/finetune/{SELECTED.format(checkpoint=c, task=t, method=m, seed=s)}.json"
+            for c, t, m, s in PLAN.selection_groups()]
 
 
 def get_finetuned_dir(wildcards):
@@ -100,9 +139,10 @@ def get_finetune_state_dir(wildcards):
 
 
 def get_model(wildcards):
+    if "lr" in wildcards.keys():
+        return PLAN.model(f"ft/{RUN.format(**wildcards)}")
     if "task" in wildcards.keys():
-        run = RUN.format(**wildcards)
-        return PLAN.model(f"ft/{run}")
+        return PLAN.model(f"ft/{SELECTED.format(**wildcards)}")
     return PLAN.model(f"base/{wildcards.checkpoint}")
 
 

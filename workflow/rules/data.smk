@@ -3,6 +3,8 @@ localrules:
 
 
 rule toy_dataset:
+    input:
+        held_out=get_toy_held_out,
     output:
         directory(f"{RESULTS}/raw/{{dataset}}"),
     log:
@@ -14,7 +16,7 @@ rule toy_dataset:
         "../../envs/ptft.yaml"
     shell:
         "ptft toy-data --dataset {wildcards.dataset} --sizes {params.sizes:q} --seed {params.seed} "
-        "--out-dir {output} > {log} 2>&1"
+        "--out-dir {output} --held-out {input.held_out} > {log} 2>&1"
 
 
 rule download_dataset:
@@ -49,6 +51,29 @@ rule prepare_train:
     shell:
         "ptft prepare-train --dataset {wildcards.dataset} --local-dir {params.local_dir:q} {params.size} "
         "--seed {params.seed} --invalid {params.invalid} --out {output} > {log} 2>&1"
+
+
+rule prepare_validation:
+    input:
+        get_raw_input,
+    output:
+        f"{RESULTS}/data/validation/{{dataset}}.parquet",
+    log:
+        f"{RESULTS}/logs/prepare_validation/{{dataset}}.log",
+    params:
+        local_dir=get_local_dir,
+        size=get_train_size,
+        validation_size=config["data"]["validation_size"],
+        seed=config["data"]["subsample_seed"],
+        invalid=config["data"]["invalid_records"],
+    resources:
+        mem_mb=16000,
+    conda:
+        "../../envs/ptft.yaml"
+    shell:
+        "ptft prepare-validation --dataset {wildcards.dataset} --local-dir {params.local_dir:q} {params.size} "
+        "--validation-size {params.validation_size} --seed {params.seed} --invalid {params.invalid} "
+        "--out {output} > {log} 2>&1"
 
 
 rule prepare_eval:

@@ -51,3 +51,23 @@ rule evaluate_finetuned:
         "../../envs/ptft.yaml"
     shell:
         EVALUATE_SHELL
+
+
+rule evaluate_selected:
+    input:
+        unpack(get_eval_inputs),
+        model=f"{RESULTS}/finetune/{SELECTED}.json",
+    output:
+        f"{RESULTS}/eval/ft/{SELECTED}/predictions.parquet",
+    log:
+        f"{RESULTS}/logs/evaluate/ft/{SELECTED}.log",
+    params:
+        **EVALUATE_PARAMS,
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        "../../envs/ptft.yaml"
+    shell:
+        EVALUATE_SHELL

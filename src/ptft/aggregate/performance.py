@@ -25,6 +25,7 @@ PERFORMANCE_COLUMNS = (
     "method",
     "lr",
     "seed",
+    "lr_selected",
     "eval_set",
     "eval_task",
     "format",
@@ -56,6 +57,7 @@ _DTYPES = {
     "method": "str",
     "lr": "float64",
     "seed": "Int64",
+    "lr_selected": "boolean",
     "eval_set": "str",
     "eval_task": "str",
     "format": "str",
@@ -94,6 +96,7 @@ def performance_table(
     resamples: int,
     confidence: float,
     seed: int,
+    selections: list[dict] | None = None,
 ) -> pd.DataFrame:
     """Aggregate per-example predictions into the performance table.
 
@@ -101,7 +104,10 @@ def performance_table(
     number of examples, ``ci_low``/``ci_high`` the percentile bootstrap interval of the mean
     (``resamples`` resamples at level ``confidence``, seeded per row by :func:`row_seed`).
     ``step`` and ``tokens`` come from ``manifest["checkpoints"]`` by checkpoint name (null when the
-    checkpoint or the field is missing). Columns are in :data:`PERFORMANCE_COLUMNS` order; rows
+    checkpoint or the field is missing). ``lr_selected`` marks the fine-tuned run whose lr was
+    chosen on validation (``selections``, from ``ptft.finetune.select``) true and the other runs
+    of its grid false; it is null for base models and for studies without an lr selection.
+    Columns are in :data:`PERFORMANCE_COLUMNS` order; rows
     are sorted by method, train_task, step, checkpoint, lr, seed, eval_set, format, metric.
 
     Raises ``ValueError`` if a required column is missing, a non-nullable column has nulls, a
@@ -126,9 +132,19 @@ def performance_table(
     checkpoints = {c["name"]: c for c in manifest.get("checkpoints", [])}
     table["step"] = [checkpoints.get(c, {}).get("step") for c in table["checkpoint"]]
     table["tokens"] = [checkpoints.get(c, {}).get("tokens") for c in table["checkpoint"]]
+    table["lr_selected"] = _lr_selected(table, selections or [])
     table["study"] = study
     table = _cast(table[list(PERFORMANCE_COLUMNS)])
     return table.sort_values(_SORT_COLUMNS, na_position="last", kind="mergesort").reset_index(drop=True)
+
+
+def _lr_selected(table: pd.DataFrame, selections: list[dict]) -> list:
+    chosen = {(s["checkpoint"], s["task"], s["method"], int(s["seed"])): float(s["lr"]) for s in selections}
+    out = []
+    for row in table[["checkpoint", "train_task", "method", "seed", "lr"]].itertuples(index=False):
+        key = (row.checkpoint, row.train_task, row.method, None if pd.isna(row.seed) else int(row.seed))
+        out.append(pd.NA if key not in chosen else bool(np.isclose(row.lr, chosen[key], rtol=1e-9, atol=0)))
+    return out
 
 
 def validate_performance(df: pd.DataFrame) -> None:

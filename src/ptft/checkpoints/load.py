@@ -53,13 +53,24 @@ def _source(path: str | Path) -> tuple[str, dict]:
 
 
 def load_pretrained(path: str | Path, dtype=None, device: str = "cpu"):
-    """(model, tokenizer) of a checkpoint folder or pointer; the tokenizer always has a pad token."""
+    """(model, tokenizer) of a checkpoint folder or pointer; the tokenizer always has a pad token.
+
+    A folder holding a LoRA adapter (``ptft_adapter.json`` beside peft's files) is loaded on top
+    of the base checkpoint it names, unmerged.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     name, kwargs = _source(path)
+    adapter = Path(name) / "ptft_adapter.json"
+    if adapter.exists():
+        from peft import PeftModel
+
+        model, _ = load_pretrained(json.loads(adapter.read_text())["base_checkpoint"], dtype, device)
+        model = PeftModel.from_pretrained(model, name).to(device)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, **kwargs).to(device)
     tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
     if tokenizer.pad_token_id is None:
         # Pythia and others ship no pad token; padding is always masked, so EOS serves.
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, **kwargs).to(device)
     return model, tokenizer

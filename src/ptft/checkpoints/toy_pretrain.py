@@ -23,28 +23,10 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from ptft import io
 from ptft.checkpoints.suite import checkpoint_name, save_steps
 from ptft.checkpoints.tokenizer import train_tokenizer
-from ptft.data.registry import DATASETS
 from ptft.toy.corpus import documents, tokenizer_extra_texts
-from ptft.toy.generate import record_key
+from ptft.toy.generate import held_out_keys
 
 log = logging.getLogger(__name__)
-
-
-def held_out_keys(dataset_dirs) -> dict[str, set[tuple]]:
-    """Record keys of every scored and few-shot split of the toy datasets, by task type."""
-    import pandas as pd
-
-    keys: dict[str, set[tuple]] = {}
-    for folder in map(Path, dataset_dirs):
-        spec = DATASETS.get(folder.name)
-        if spec is None or spec.source != "toy":
-            continue
-        for split in (spec.eval_split, spec.fewshot_split):
-            path = folder / f"{split}.parquet"
-            if path.exists():
-                df = pd.read_parquet(path)
-                keys.setdefault(spec.task_type, set()).update(record_key(spec, r) for r in df.to_dict("records"))
-    return keys
 
 
 def token_blocks(docs, tokenizer, n_blocks: int, seq_len: int) -> torch.Tensor:

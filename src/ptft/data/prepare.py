@@ -31,13 +31,18 @@ ROW = "__row__"
 _BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json"}
 
 
-def write_toy_dataset(spec: DatasetSpec, sizes: dict[str, int], seed: int, out_dir: str | Path) -> None:
-    """Generate a toy dataset's splits as Parquet files ``out_dir/<split>.parquet`` (hub-like schema)."""
+def write_toy_dataset(
+    spec: DatasetSpec, sizes: dict[str, int], seed: int, out_dir: str | Path, held_out_dirs=()
+) -> None:
+    """Generate a toy dataset's splits as Parquet files ``out_dir/<split>.parquet`` (hub-like schema).
+
+    ``held_out_dirs``: raw toy datasets whose scored and few-shot items a chat dataset must avoid.
+    """
     from ptft import io
-    from ptft.toy.generate import generate_splits
+    from ptft.toy.generate import generate_splits, held_out_keys
 
     wanted = {s: sizes[s] for s in ("train", "validation", "test") if s != "train" or spec.train_split}
-    for split, records in generate_splits(spec, wanted, seed).items():
+    for split, records in generate_splits(spec, wanted, seed, held_out_keys(held_out_dirs)).items():
         io.write_parquet(Path(out_dir) / f"{split}.parquet", pd.DataFrame(records))
 
 
@@ -106,6 +111,33 @@ def subsample_train(
     if size is not None and fraction is None and size > len(ds):
         log.warning("dataset %s: %d training examples requested, only %d exist; using all", spec.name, size, len(ds))
     return canonical_frame(spec, spec.train_split, ds.shuffle(seed=seed).select(range(n)), skip_invalid)
+
+
+def validation_split(
+    spec: DatasetSpec,
+    local_dir: str | Path | None,
+    size: int | None,
+    seed: int,
+    validation_size: int,
+    fraction: float | None = None,
+    skip_invalid: bool = False,
+) -> pd.DataFrame:
+    """The ``validation_size`` examples after the training ones in the same shuffled training split.
+
+    Disjoint from the training subsample and from every eval set (those come from other
+    splits), so choosing an lr on it leaks nothing of the test items.
+    """
+    ds = load_raw_split(spec, spec.train_split, local_dir)
+    n = train_size(len(ds), size, fraction)
+    end = min(len(ds), n + validation_size)
+    if end <= n:
+        raise ValueError(
+            f"dataset {spec.name!r}: no examples left for a validation split after the {n} training ones "
+            f"(split {spec.train_split!r} has {len(ds)}); lower data.train_size or turn off finetune.select_lr"
+        )
+    if end - n < validation_size:
+        log.warning("dataset %s: validation split has %d examples, not %d", spec.name, end - n, validation_size)
+    return canonical_frame(spec, spec.train_split, ds.shuffle(seed=seed).select(range(n, end)), skip_invalid)
 
 
 def eval_and_fewshot(

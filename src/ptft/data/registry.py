@@ -48,7 +48,7 @@ class DatasetSpec:
         return tuple(dict.fromkeys(s for s in (self.train_split, self.eval_split, self.fewshot_split) if s))
 
 
-def _toy(name: str, task_type: str, generator: str, domain: str, trainable: bool) -> DatasetSpec:
+def _toy(name: str, task_type: str, generator: str, domain: str, trainable: bool, **kw) -> DatasetSpec:
     return DatasetSpec(
         name=name,
         task_type=task_type,
@@ -56,6 +56,7 @@ def _toy(name: str, task_type: str, generator: str, domain: str, trainable: bool
         source="toy",
         generator=generator,
         train_split="train" if trainable else None,
+        **kw,
     )
 
 
@@ -143,6 +144,8 @@ DATASETS: dict[str, DatasetSpec] = {
         _toy("toy_summary_ood", "summary", "summary", "wild", False),
         _toy("toy_qgen", "question_generation", "question_generation", "home", True),
         _toy("toy_qgen_ood", "question_generation", "question_generation", "wild", False),
+        # Instruction tuning: the four home tasks as chats, in Tulu's schema (read by its converter).
+        _toy("toy_chat", "chat", "chat", "home", True, converter="tulu"),
         *HUB_DATASETS,
     )
 }

@@ -1,83 +1,52 @@
 """Supervised fine-tuning of one checkpoint on one task: one loop, read top to bottom.
 
-    ptft finetune --checkpoint results/toy/checkpoints/step300 --train results/toy/data/train/toy_nli.parquet \
-        --task toy_nli --config '<json of the finetune section>' --lr 1e-3 --seed 0 \
-        --out results/toy/finetune/.../model --state-dir results/toy/.state/finetune/...
+    ptft finetune --checkpoint results/toy/checkpoints/step200 --train results/toy/data/train/toy_nli.parquet \
+        --task toy_nli --method full --config '<json of the finetune section>' --lr 1e-3 --seed 0 \
+        --out-dir results/toy/finetune/... --state-dir results/toy/.state/finetune/...
 
-Loss on completion tokens only (prompt and padding are masked), AdamW, linear schedule with
-warmup. Batches are drawn from length-sorted buckets so little compute goes into padding.
-The training state (model, optimizer, step, RNG) is saved every ``save_every`` optimizer
-steps to ``--state-dir``, outside the rule's declared outputs, and a re-run resumes from it.
+Loss on completion tokens only, summed over the completion tokens of an optimizer step and
+divided by their number, so every token weighs the same whatever its micro-batch. AdamW,
+linear warmup then linear decay, gradient clipping at ``max_grad_norm``. Micro-batches are
+packed without padding (or length-grouped, see :mod:`ptft.finetune.batching`), and the LM head
+runs only on the positions that have a target: for classification that is one or two tokens
+per example instead of all of them, which is most of the head's cost with a 50k vocabulary.
+Both shortcuts are checked against the plain ``model(...).logits`` loss on the first examples
+before training; a model on which they differ falls back to the plain path, with a warning.
+
+The method (:mod:`ptft.finetune.methods`) prepares the model; resumption and stop signals
+are in :mod:`ptft.finetune.state`; probes in :mod:`ptft.finetune.probes`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
+import resource
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from tqdm import tqdm
 
 from ptft import io
 from ptft.checkpoints.load import load_pretrained
-from ptft.data.prompts import chat_segments, completion, join_prompt_completion, render_prompt
 from ptft.data.registry import get_dataset
+from ptft.finetune import methods, probes, state
+from ptft.finetune.batching import IGNORE, collate, collate_padded, encode_examples, make_batches
 
 log = logging.getLogger(__name__)
-IGNORE = -100
+
+# Dense bf16 peak of the accelerators a study is likely to run on, for the MFU estimate.
+PEAK_BF16_FLOPS = {"A100": 312e12, "H100": 989e12, "H200": 989e12, "A6000": 155e12, "L40S": 362e12, "V100": 125e12}
 
 
-def segments(task, record: dict, fmt: str) -> list[tuple[str, bool]]:
-    """(text, trained on) pieces of one example: prompt then completion, or a chat transcript."""
-    if task.kind == "chat":
-        return chat_segments(record["messages"])
-    prompt, target = join_prompt_completion(render_prompt(task, record, fmt), completion(task, record))
-    return [(prompt, False), (target, True)]
-
-
-def encode_examples(tokenizer, task, records, fmt: str, max_length: int) -> list[tuple[list[int], list[int]]]:
-    """(input_ids, labels) per record: untrained tokens masked, EOS after every trained piece."""
-    out = []
-    for r in records:
-        ids, labels = [], []
-        for text, trained in segments(task, r, fmt):
-            piece = tokenizer(text, add_special_tokens=False)["input_ids"]
-            if trained:
-                piece = piece + [tokenizer.eos_token_id]
-            ids += piece
-            labels += piece if trained else [IGNORE] * len(piece)
-        out.append((ids[:max_length], labels[:max_length]))
-    return out
-
-
-def make_batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
-    """Shuffled batches of similar-length examples: shuffle, sort within chunks of 50 batches."""
-    order = list(range(len(lengths)))
-    rng.shuffle(order)
-    chunk = batch_size * 50
-    batches = []
-    for start in range(0, len(order), chunk):
-        part = sorted(order[start : start + chunk], key=lambda i: lengths[i])
-        batches += [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
-    rng.shuffle(batches)
-    return batches
-
-
-def collate(examples, pad_id: int, device: str = "cpu") -> dict[str, torch.Tensor]:
-    width = max(len(ids) for ids, _ in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for row, (x, y) in enumerate(examples):
-        ids[row, : len(x)] = torch.tensor(x)
-        labels[row, : len(y)] = torch.tensor(y)
-        mask[row, : len(x)] = 1
-    return {"input_ids": ids.to(device), "labels": labels.to(device), "attention_mask": mask.to(device)}
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 def linear_lr(step: int, total: int, warmup: int) -> float:
@@ -85,6 +54,189 @@ def linear_lr(step: int, total: int, warmup: int) -> float:
     if step < warmup:
         return (step + 1) / warmup
     return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def count_steps(n_examples: int, cfg: dict) -> int:
+    """Optimizer steps of a run: ``epochs`` over the examples, at most ``max_steps``."""
+    steps = math.ceil(math.ceil(n_examples / cfg["batch_size"]) * cfg["epochs"] / cfg["grad_accum"])
+    return min(steps, cfg.get("max_steps") or steps)
+
+
+def completion_loss(model, batch: dict, fast: bool) -> torch.Tensor:
+    """Summed cross-entropy over the batch's target tokens (labels shifted by one)."""
+    targets = batch["labels"][:, 1:]
+    keep = targets != IGNORE
+    # No KV cache: it is useless in training, and with one transformers ignores packed position_ids.
+    inputs = {**{k: v for k, v in batch.items() if k != "labels"}, "use_cache": False}
+    if fast:
+        inner = methods.unwrap(model)
+        hidden = inner.base_model(**inputs).last_hidden_state[:, :-1]
+        logits = inner.get_output_embeddings()(hidden[keep])
+    else:
+        logits = model(**inputs).logits[:, :-1][keep]
+    return torch.nn.functional.cross_entropy(logits.float(), targets[keep], reduction="sum")
+
+
+@torch.no_grad()
+def check_shortcuts(model, examples, batching: str, pad_id: int, device) -> tuple[str, bool]:
+    """(batching, fast head) that reproduce the plain padded ``model(...).logits`` loss."""
+    was_training = model.training
+    model.eval()
+    sample = examples[:4]
+    ref = completion_loss(model, collate_padded(sample, pad_id, device), fast=False)
+
+    def same(loss):
+        return bool(torch.isclose(loss, ref, rtol=1e-4, atol=1e-4))
+
+    fast = same(completion_loss(model, collate_padded(sample, pad_id, device), fast=True))
+    if not fast:
+        log.warning("this model's logits are not lm_head(hidden states); computing full logits (slower)")
+    if batching == "packed" and not same(completion_loss(model, collate(sample, "packed", pad_id, device), fast)):
+        log.warning("this model ignores position_ids when masking packed sequences; using grouped batches")
+        batching = "grouped"
+    model.train(was_training)
+    return batching, fast
+
+
+@torch.no_grad()
+def validation_loss(model, examples, batching: str, pad_id: int, batch_size: int, fast: bool, device) -> float:
+    """Mean cross-entropy per completion token of the validation examples."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(examples), batch_size):
+        batch = collate(examples[start : start + batch_size], batching, pad_id, device)
+        total += float(completion_loss(model, batch, fast))
+        count += int((batch["labels"][:, 1:] != IGNORE).sum())
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+def validation_score(model, tokenizer, task, records: list[dict], fmt: str, seed: int) -> float:
+    """The task's primary metric, zero-shot in the training format, with the evaluation defaults."""
+    from ptft.evaluate.run import _score, build_prompts
+
+    cfg = {"batch_size": 16, "max_new_tokens": {"classification": 5, "generation": 60}, "stop": "\n",
+           "rouge_stemmer": False}  # fmt: skip
+    items = [{**r, "idx": i} for i, r in enumerate(records)]
+    model.eval()
+    result = _score(model, tokenizer, task, items, build_prompts(task, items, [], fmt, 0, seed, task.name), cfg)[0]
+    model.train()
+    return float(np.mean(result["score"]))
+
+
+def peak_flops(device: str, cfg: dict) -> float | None:
+    """The device's peak FLOP/s for the MFU estimate: ``peak_tflops`` if set, else a known GPU's bf16 peak."""
+    if cfg.get("peak_tflops"):
+        return cfg["peak_tflops"] * 1e12
+    if device == "cuda":
+        name = torch.cuda.get_device_name()
+        return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+    return None
+
+
+def peak_memory_bytes(device: str) -> int:
+    if device == "cuda":
+        return int(torch.cuda.max_memory_allocated())
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
+
+
+def train_loop(
+    model,
+    examples: list[tuple[list[int], list[int]]],
+    cfg: dict,
+    lr: float,
+    seed: int,
+    pad_id: int,
+    state_path: Path | None = None,
+    extra: dict | None = None,
+    on_step=None,
+    desc: str = "finetune",
+) -> dict:
+    """Train ``model`` in place on encoded examples; the run's record (``extra`` plus timings).
+
+    ``extra`` holds what is saved with the state and restored on resume (``log`` rows at least);
+    ``on_step(step, extra)`` runs before the first step and after every step (probes).
+    """
+    device = next(model.parameters()).device
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg["precision"] == "bf16")
+    # Timings exclude the on_step callbacks (probes), so tokens/s is the training's own.
+    extra = {"log": [], "wall_time_s": 0.0, "callback_time_s": 0.0, **(extra or {})}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    # The fused kernel updates all parameters in one pass over memory; on CPU it is about 6x
+    # faster than the default for-each one, which makes the optimizer step the bottleneck.
+    opt = torch.optim.AdamW(trainable, lr=lr, weight_decay=cfg["weight_decay"], fused=device.type in ("cpu", "cuda"))
+    batching, fast = check_shortcuts(model, examples, cfg["batching"], pad_id, device)
+    lengths = [len(ids) for ids, _ in examples]
+
+    micro, accum = cfg["batch_size"], cfg["grad_accum"]
+    total_steps = count_steps(len(examples), cfg)
+    warmup = max(1, round(cfg["warmup_ratio"] * total_steps))
+
+    step = 0
+    if state_path is not None and state_path.exists():
+        saved = state.load(state_path, model, opt)
+        step = saved["step"]
+        extra = {k: saved[k] for k in extra}
+        log.info("resuming at step %d of %d from %s", step, total_steps, state_path)
+
+    # The batch order is a pure function of (seed, epoch), so resuming at optimizer step
+    # ``step`` replays exactly the micro-batches an uninterrupted run would see next.
+    def micro_batches():
+        epoch = 0
+        while True:
+            yield from make_batches(lengths, micro, random.Random(f"{seed}:{epoch}"), batching == "grouped")
+            epoch += 1
+
+    stream = micro_batches()
+    for _ in range(step * accum):
+        next(stream)
+
+    def callback(at_step: int) -> None:
+        if on_step:
+            t = time.time()
+            on_step(at_step, extra)
+            extra["callback_time_s"] += time.time() - t
+
+    if step == 0:
+        callback(0)
+    stop = state.StopRequested()
+    model.train()
+    start = time.time() - extra["wall_time_s"] - extra["callback_time_s"]
+    bar = tqdm(total=total_steps, initial=step, desc=desc, mininterval=5)
+    while step < total_steps:
+        for group in opt.param_groups:
+            group["lr"] = lr * linear_lr(step, total_steps, warmup)
+        batches = [collate([examples[i] for i in next(stream)], batching, pad_id, device) for _ in range(accum)]
+        n_target = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in batches)
+        t0 = time.time()
+        loss_sum = 0.0
+        for b in batches:
+            with autocast:
+                loss = completion_loss(model, b, fast) / n_target
+            loss.backward()
+            loss_sum += loss.item()
+        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg["max_grad_norm"]).item()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        n_tokens = sum(int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel()
+                       for b in batches)  # fmt: skip
+        step += 1
+        extra["log"].append({"step": step, "loss": loss_sum, "lr": opt.param_groups[0]["lr"], "grad_norm": grad_norm,
+                             "tokens": n_tokens, "tokens_per_s": n_tokens / max(time.time() - t0, 1e-9)})  # fmt: skip
+        callback(step)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_sum:.3f}", refresh=False)
+        extra["wall_time_s"] = time.time() - start - extra["callback_time_s"]
+        if state_path is not None and (stop or (step % cfg["save_every"] == 0 and step < total_steps)):
+            state.save(state_path, model, opt, step, extra)
+        if stop:
+            bar.close()
+            raise SystemExit(128 + stop.signum)
+    bar.close()
+    stop.restore()
+    tokens = sum(r["tokens"] for r in extra["log"])
+    return {**extra, "steps": total_steps, "batching": batching, "head_on_targets_only": fast, "total_tokens": tokens}
 
 
 def finetune(
@@ -96,133 +248,102 @@ def finetune(
     seed: int,
     out_dir: str | Path,
     state_dir: str | Path,
+    method: str = "full",
+    validation_path: str | Path | None = None,
 ) -> dict:
-    """Fine-tune and write ``out_dir/model`` (save_pretrained), ``train_log.parquet``, ``summary.json``."""
+    """Fine-tune and write ``model/``, ``train_log.parquet``, ``probes.parquet`` and ``summary.json``."""
     out_dir, state_dir = Path(out_dir), Path(state_dir)
     task = get_dataset(task_name).task
-    torch.manual_seed(seed)
+    set_seed(seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     # fp32 master weights; bf16 runs autocast the forward pass (mixed precision, as the paper's bf16).
     model, tokenizer = load_pretrained(checkpoint, dtype=torch.float32, device=device)
-    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=cfg.get("precision") == "bf16")
     records = pd.read_parquet(train_path).to_dict("records")
-    examples = encode_examples(tokenizer, task, records, cfg["format"], cfg["max_length"])
-    lengths = [len(ids) for ids, _ in examples]
-
-    micro = cfg["batch_size"]
-    accum = cfg["grad_accum"]
-    epochs = cfg["epochs"]
-    steps_per_epoch = math.ceil(len(examples) / micro)
-    total_micro = math.ceil(steps_per_epoch * epochs)
-    total_steps = math.ceil(total_micro / accum)
-    if cfg.get("max_steps"):
-        total_steps = min(total_steps, cfg["max_steps"])
-    warmup = max(1, round(cfg["warmup_ratio"] * total_steps))
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg["weight_decay"])
+    fmt = cfg["format"]
+    examples = encode_examples(tokenizer, task, records, fmt, cfg["max_length"])
+    if cfg["gradient_checkpointing"]:
+        model.gradient_checkpointing_enable()
 
     state_path = state_dir / "state.pt"
-    step, log_rows = 0, []
-    if state_path.exists():
-        state = torch.load(state_path, weights_only=False, map_location="cpu")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
-        step, log_rows = state["step"], state["log"]
-        log.info("resuming fine-tuning at step %d of %d", step, total_steps)
+    extra = {"probes": [], "lp": {}}
+    if method == "lpft":
+        if state_path.exists():  # the fitted head is in the saved state
+            methods.untie_head(methods.unwrap(model))
+        else:
+            extra["lp"] = methods.fit_linear_head(model, tokenizer, task, records, fmt, cfg["lpft"], device)
+    if method == "lora":
+        model = methods.apply_lora(model, cfg["lora"])
+        if cfg["gradient_checkpointing"]:
+            model.enable_input_require_grads()
 
-    # The batch order is a pure function of (seed, epoch), so resuming at optimizer step
-    # ``step`` replays exactly the micro-batches an uninterrupted run would see next.
-    def micro_batches():
-        epoch = 0
-        while True:
-            yield from make_batches(lengths, micro, random.Random(f"{seed}:{epoch}"))
-            epoch += 1
-
-    stream = micro_batches()
-    for _ in range(step * accum):
-        next(stream)
-
-    model.train()
-    start_time = time.time()
-    tokens_seen = sum(r["tokens"] for r in log_rows)
-    bar = tqdm(total=total_steps, initial=step, desc=f"finetune {task_name}", mininterval=5)
-    while step < total_steps:
-        for group in opt.param_groups:
-            group["lr"] = lr * linear_lr(step, total_steps, warmup)
-        batches = [collate([examples[i] for i in next(stream)], tokenizer.pad_token_id, device) for _ in range(accum)]
-        n_target = sum(int((b["labels"] != IGNORE).sum()) for b in batches)
-        t0 = time.time()
-        loss_sum = 0.0
-        for b in batches:
-            # Sum over completion tokens, divided by the tokens of the whole optimizer step,
-            # so every completion token weighs the same whatever its micro-batch.
-            with autocast:
-                logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-            loss = (
-                torch.nn.functional.cross_entropy(
-                    logits[:, :-1].flatten(0, 1).float(),
-                    b["labels"][:, 1:].flatten(),
-                    ignore_index=IGNORE,
-                    reduction="sum",
-                )
-                / n_target
-            )
-            loss.backward()
-            loss_sum += loss.item()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0).item()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        n_tokens = sum(int(b["attention_mask"].sum()) for b in batches)
-        tokens_seen += n_tokens
-        dt = time.time() - t0
-        log_rows.append(
-            {
-                "step": step + 1,
-                "loss": loss_sum,
-                "lr": opt.param_groups[0]["lr"],
-                "grad_norm": grad_norm,
-                "tokens": n_tokens,
-                "tokens_per_s": n_tokens / max(dt, 1e-9),
-            }
+    on_step = None
+    probe_cfg = cfg.get("probes")
+    if probe_cfg:
+        probe_set = (
+            probes.read_probe_set(probe_cfg["path"])
+            if probe_cfg.get("path")
+            else probes.builtin_probe_set(task, records, fmt, probe_cfg["examples"], seed)
         )
-        step += 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss_sum:.3f}", refresh=False)
-        if step % cfg["save_every"] == 0 and step < total_steps:
-            with io.atomic_path(state_path) as tmp:
-                torch.save(
-                    {
-                        "model": model.state_dict(),
-                        "optimizer": opt.state_dict(),
-                        "torch_rng": torch.get_rng_state(),
-                        "step": step,
-                        "log": log_rows,
-                    },
-                    tmp,
-                )
-    bar.close()
+        encoded_probes = probes.encode_probes(tokenizer, probe_set)
 
-    io.write_pretrained(out_dir / "model", model, tokenizer)
-    io.write_parquet(out_dir / "train_log.parquet", pd.DataFrame(log_rows))
-    wall = time.time() - start_time
+        def on_step(step: int, extra: dict) -> None:
+            if step % probe_cfg["every"] and step != total_steps:
+                return
+            inner = methods.unwrap(model)
+            model.eval()
+            logps = probes.response_logps(
+                inner.base_model, inner.get_output_embeddings(), encoded_probes, cfg["batch_size"], device
+            )
+            model.train()
+            extra["probes"] += probes.probe_rows(step, probe_set, logps)
+
+    total_steps = count_steps(len(examples), cfg)
+    run = train_loop(model, examples, cfg, lr, seed, tokenizer.pad_token_id, state_path, extra, on_step,
+                     desc=f"finetune {task_name} ({method})")  # fmt: skip
+    pad_id, batching, fast = tokenizer.pad_token_id, run["batching"], run["head_on_targets_only"]
+    wall, micro = run["wall_time_s"], cfg["batch_size"]
+
+    valid = {}
+    if validation_path is not None:
+        val_records = pd.read_parquet(validation_path).to_dict("records")
+        val_examples = encode_examples(tokenizer, task, val_records, fmt, cfg["max_length"])
+        valid["loss"] = validation_loss(model, val_examples, batching, pad_id, micro, fast, device)
+        if cfg.get("validation_score"):
+            valid["score"] = validation_score(model, tokenizer, task, val_records, fmt, seed)
+        log.info("validation: %s", valid)
+
+    tokens, n_params = run["total_tokens"], sum(p.numel() for p in model.parameters())
+    flops = peak_flops(device, cfg)
     summary = {
         "checkpoint": str(checkpoint),
         "task": task_name,
+        "method": method,
         "lr": lr,
         "seed": seed,
+        "model_dir": str(out_dir / "model"),
         "examples": len(examples),
-        "steps": total_steps,
-        "total_tokens": tokens_seen,
+        "steps": run["steps"],
+        "batching": batching,
+        "head_on_targets_only": fast,
+        "total_tokens": tokens,
         "wall_time_s": wall,
-        "final_loss": log_rows[-1]["loss"] if log_rows else None,
+        "tokens_per_s": tokens / max(wall, 1e-9),
+        "n_parameters": n_params,
+        "n_trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "peak_flops": flops,
+        # 6·N·D: forward and backward FLOPs of a dense transformer per token, over the peak.
+        "mfu": 6 * n_params * tokens / wall / flops if flops else None,
+        "peak_memory_bytes": peak_memory_bytes(device),
+        "final_loss": run["log"][-1]["loss"] if run["log"] else None,
+        "validation": valid,
+        **run["lp"],
         "config": cfg,
     }
+    methods.save_finetuned(out_dir / "model", model, tokenizer, method, cfg.get("lora"), checkpoint)
+    io.write_parquet(out_dir / "train_log.parquet", pd.DataFrame(run["log"]))
+    io.write_parquet(out_dir / "probes.parquet", pd.DataFrame(run["probes"], columns=list(probes.PROBE_COLUMNS)))
     io.write_json(out_dir / "summary.json", summary)
     state_path.unlink(missing_ok=True)
-    log.info(
-        "fine-tuned %s on %s: %s",
-        checkpoint,
-        task_name,
-        json.dumps({k: summary[k] for k in ("steps", "final_loss")}),
-    )
+    log.info("fine-tuned %s on %s (%s): %d steps, final loss %s, %.0f tokens/s",
+             checkpoint, task_name, method, run["steps"], summary["final_loss"], summary["tokens_per_s"])  # fmt: skip
     return summary

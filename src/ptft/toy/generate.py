@@ -2,24 +2,50 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import random
+from pathlib import Path
 
-from ptft.data.registry import DatasetSpec
-from ptft.toy.tasks import GENERATORS
+from ptft.data.registry import DATASETS, DatasetSpec
+from ptft.toy.tasks import GENERATORS, chat
 
 
 def record_key(spec: DatasetSpec, record: dict) -> tuple:
     """The inputs of a record: two records with the same key are the same item."""
-    return tuple(record[f] for f in spec.task.fields)
+    return tuple(v if isinstance(v, str) else json.dumps(v, sort_keys=True, default=str)
+                 for v in (record[f] for f in spec.task.fields))  # fmt: skip
 
 
-def generate_splits(spec: DatasetSpec, sizes: dict[str, int], seed: int) -> dict[str, list[dict]]:
+def held_out_keys(dataset_dirs) -> dict[str, set[tuple]]:
+    """Record keys of every scored and few-shot split of the toy datasets, by task type."""
+    import pandas as pd
+
+    keys: dict[str, set[tuple]] = {}
+    for folder in map(Path, dataset_dirs):
+        spec = DATASETS.get(folder.name)
+        if spec is None or spec.source != "toy":
+            continue
+        for split in (spec.eval_split, spec.fewshot_split):
+            path = folder / f"{split}.parquet"
+            if path.exists():
+                df = pd.read_parquet(path)
+                keys.setdefault(spec.task_type, set()).update(record_key(spec, r) for r in df.to_dict("records"))
+    return keys
+
+
+def generate_splits(
+    spec: DatasetSpec, sizes: dict[str, int], seed: int, held_out: dict[str, set[tuple]] | None = None
+) -> dict[str, list[dict]]:
     """Splits of pairwise-disjoint records (no input appears in two splits or twice in one).
 
-    Raises if the toy world cannot supply that many distinct records.
+    ``held_out`` (task type -> record keys) are items a chat must not contain: the scored and
+    few-shot items of the eval sets. Raises if the toy world cannot supply enough records.
     """
     rng = random.Random(f"{seed}:{spec.name}")
     make = GENERATORS[spec.generator]
+    if spec.generator == "chat":
+        make = functools.partial(chat, held_out=held_out or {})
     seen: set[tuple] = set()
     splits: dict[str, list[dict]] = {}
     for split, size in sizes.items():

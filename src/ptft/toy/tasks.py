@@ -110,9 +110,37 @@ def question_generation(rng: random.Random, domain: str) -> dict:
     }
 
 
-GENERATORS = {
+TASK_GENERATORS = {
     "nli": nli,
     "paraphrase": paraphrase,
     "summary": summary,
     "question_generation": question_generation,
 }
+
+
+def chat(rng: random.Random, domain: str, held_out: dict[str, set[tuple]] | None = None) -> dict:
+    """A Tulu-like instruction mixture: one or two turns, each a toy task in its instruct format.
+
+    A turn whose task record is in ``held_out`` (task type -> record keys: the eval sets'
+    scored and few-shot items) is drawn again, so instruction tuning never sees a test item.
+    """
+    from ptft.data.prompts import completion, render_prompt
+    from ptft.data.tasks import TASK_TYPES
+
+    messages, names = [], []
+    for _ in range(rng.choice((1, 1, 2))):
+        name = _pick(rng, sorted(TASK_GENERATORS))
+        task = TASK_TYPES[name]
+        while True:
+            record = TASK_GENERATORS[name](rng, domain)
+            if tuple(record[f] for f in task.fields) not in (held_out or {}).get(name, set()):
+                break
+        messages += [
+            {"role": "user", "content": render_prompt(task, record, "instruct").strip()},
+            {"role": "assistant", "content": completion(task, record)},
+        ]
+        names.append(name)
+    return {"dataset": "toy_" + "+".join(names), "id": "", "messages": messages}
+
+
+GENERATORS = {**TASK_GENERATORS, "chat": chat}

@@ -1,0 +1,132 @@
+"""Training examples as token ids, and batches that spend no compute on padding.
+
+An example is ``(input_ids, labels)``: labels equal the ids on trained tokens (the completion,
+or the assistant turns of a chat) and :data:`IGNORE` elsewhere, so the loss is on completion
+tokens only.
+
+Two ways to batch a micro-batch of examples:
+
+- ``packed`` (padding-free): the examples are concatenated into one row whose ``position_ids``
+  restart at 0 for each example and no attention mask is passed. ``transformers`` then builds a
+  block-diagonal causal mask (``masking_utils.find_packed_sequence_indices``), so no example
+  attends to another and not one token of padding is computed.
+- ``grouped``: examples of similar length share a micro-batch (shuffle, sort within chunks of
+  50 micro-batches, shuffle the micro-batches) and are right-padded to the longest.
+
+Either way a micro-batch holds the same number of examples, so an optimizer step sees
+``batch_size * grad_accum`` examples whatever the batching.
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from ptft.data.prompts import chat_segments, completion, join_prompt_completion, render_prompt
+
+IGNORE = -100
+
+
+def template_segments(tokenizer, messages: list[dict]) -> list[tuple[str, bool]]:
+    """(text, trained on) pieces of a chat rendered with the tokenizer's own chat template.
+
+    Each assistant turn is the text the template adds between the prompt for that turn
+    (``add_generation_prompt=True``) and the transcript including it, so whatever end-of-turn
+    marker the template writes is trained on too.
+    """
+    pieces, done = [], ""
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        prompt = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
+        full = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
+        if not (prompt.startswith(done) and full.startswith(prompt)):
+            raise ValueError("chat template: a transcript does not extend its prefix; cannot mask the prompt turns")
+        pieces += [(prompt[len(done) :], False), (full[len(prompt) :], True)]
+        done = full
+    return pieces
+
+
+def segments(task, record: dict, fmt: str, tokenizer=None) -> tuple[list[tuple[str, bool]], bool]:
+    """(text, trained on) pieces of one example, and whether EOS follows each trained piece.
+
+    A chat uses the tokenizer's chat template when it has one (its turns carry their own end
+    markers); otherwise the Tulu v2 template of :func:`ptft.data.prompts.chat_segments`, with EOS
+    after every assistant reply, as Open-Instruct trains Tulu.
+    """
+    if task.kind == "chat":
+        if tokenizer is not None and getattr(tokenizer, "chat_template", None):
+            return template_segments(tokenizer, list(record["messages"])), False
+        return chat_segments(record["messages"]), True
+    prompt, target = join_prompt_completion(render_prompt(task, record, fmt), completion(task, record))
+    return [(prompt, False), (target, True)], True
+
+
+def encode_examples(tokenizer, task, records, fmt: str, max_length: int) -> list[tuple[list[int], list[int]]]:
+    """(input_ids, labels) per record, cut to ``max_length`` tokens."""
+    out = []
+    for r in records:
+        pieces, add_eos = segments(task, r, fmt, tokenizer)
+        ids, labels = [], []
+        for text, trained in pieces:
+            piece = tokenizer(text, add_special_tokens=False)["input_ids"]
+            if trained and add_eos:
+                piece = piece + [tokenizer.eos_token_id]
+            ids += piece
+            labels += piece if trained else [IGNORE] * len(piece)
+        out.append((ids[:max_length], labels[:max_length]))
+    return out
+
+
+def make_batches(lengths: list[int], batch_size: int, rng: random.Random, grouped: bool) -> list[list[int]]:
+    """One epoch of micro-batches (lists of example indices), shuffled by ``rng``."""
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    if not grouped:
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    chunk = batch_size * 50
+    batches = []
+    for start in range(0, len(order), chunk):
+        part = sorted(order[start : start + chunk], key=lambda i: lengths[i])
+        batches += [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def collate_padded(examples, pad_id: int, device="cpu") -> dict[str, torch.Tensor]:
+    """Right-padded rows; no attention mask when no row is padded (SDPA's causal fast path)."""
+    width = max(len(ids) for ids, _ in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, (x, y) in enumerate(examples):
+        ids[row, : len(x)] = torch.tensor(x)
+        labels[row, : len(y)] = torch.tensor(y)
+        mask[row, : len(x)] = 1
+    batch = {"input_ids": ids, "labels": labels}
+    if not bool(mask.all()):
+        batch["attention_mask"] = mask
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def collate_packed(examples, device="cpu") -> dict[str, torch.Tensor]:
+    """One row of concatenated examples; ``position_ids`` restart at each example's start."""
+    ids, labels, positions = [], [], []
+    for x, y in examples:
+        ids += x
+        # The first token of an example would be predicted from the previous example's last one.
+        labels += [IGNORE, *y[1:]]
+        positions += range(len(x))
+    batch = {
+        "input_ids": torch.tensor([ids]),
+        "labels": torch.tensor([labels]),
+        "position_ids": torch.tensor([positions]),
+    }
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def collate(examples, batching: str, pad_id: int, device="cpu") -> dict[str, torch.Tensor]:
+    if batching == "packed":
+        return collate_packed(examples, device)
+    return collate_padded(examples, pad_id, device)

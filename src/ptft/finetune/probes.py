@@ -1,0 +1,101 @@
+"""Learning-dynamics probes (Ren & Sutherland 2025): log-probabilities of fixed responses during training.
+
+A probe set is a table of (example, prompt, response_type, response). Every ``every``
+optimizer steps (and before the first one, at step 0) the run computes, for each row, the summed
+log-probability of the response tokens given the prompt and appends
+(step, example, response_type, logp, n_tokens) to ``probes.parquet``.
+
+A study gives its own probe set (``finetune.probes.path``: Parquet or JSONL with those four
+columns, e.g. derived rephrases), or uses the built-in one drawn from the first ``examples``
+training records:
+
+- ``gold``: the record's own completion;
+- ``other_label``: the next label in the task's label list (classification);
+- ``other_response``: the completion of the next probe record, a response of another prompt;
+- ``shuffled_gold``: the gold completion's words in a seeded random order (generation).
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from ptft.data.prompts import completion, join_prompt_completion, render_prompt
+from ptft.finetune.batching import IGNORE
+
+PROBE_SET_COLUMNS = ("example", "prompt", "response_type", "response")
+PROBE_COLUMNS = ("step", "example", "response_type", "logp", "n_tokens")
+
+
+def builtin_probe_set(task, records: list[dict], fmt: str, n: int, seed: int) -> pd.DataFrame:
+    if task.kind not in ("classification", "generation"):
+        raise ValueError(f"finetune.probes: no built-in probe set for {task.kind} task {task.name!r}; give probes.path")
+    records = records[:n]
+    rng = random.Random(f"probes:{seed}")
+    rows = []
+    for i, r in enumerate(records):
+        prompt = render_prompt(task, r, fmt)
+        gold = completion(task, r)
+        responses = {"gold": gold, "other_response": completion(task, records[(i + 1) % len(records)])}
+        if task.kind == "classification":
+            responses["other_label"] = task.labels[(int(r["label"]) + 1) % len(task.labels)]
+        else:
+            words = gold.split()
+            rng.shuffle(words)
+            responses["shuffled_gold"] = " ".join(words)
+        rows += [{"example": i, "prompt": prompt, "response_type": k, "response": v} for k, v in responses.items()]
+    return pd.DataFrame(rows, columns=list(PROBE_SET_COLUMNS))
+
+
+def read_probe_set(path: str | Path) -> pd.DataFrame:
+    path = Path(path)
+    df = pd.read_json(path, lines=True) if path.suffix in (".jsonl", ".json") else pd.read_parquet(path)
+    missing = [c for c in PROBE_SET_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"finetune.probes.path {path}: missing column(s) {missing}; need {list(PROBE_SET_COLUMNS)}")
+    return df[list(PROBE_SET_COLUMNS)]
+
+
+def encode_probes(tokenizer, probes: pd.DataFrame) -> list[tuple[list[int], list[int]]]:
+    """(input_ids, labels) per probe row: only the response's tokens are scored (no EOS)."""
+    out = []
+    for prompt, response in zip(probes["prompt"], probes["response"], strict=True):
+        prompt, response = join_prompt_completion(prompt, response)
+        p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        r = tokenizer(response, add_special_tokens=False)["input_ids"]
+        out.append((p + r, [IGNORE] * len(p) + r))
+    return out
+
+
+@torch.no_grad()
+def response_logps(body, head, encoded, batch_size: int, device) -> list[tuple[float, int]]:
+    """(summed log-probability, token count) of each encoded response, in packed batches."""
+    out = []
+    for start in range(0, len(encoded), batch_size):
+        chunk = encoded[start : start + batch_size]
+        ids = [t for x, _ in chunk for t in x]
+        labels = [t for _, y in chunk for t in [IGNORE, *y[1:]]]
+        pos = [p for x, _ in chunk for p in range(len(x))]
+        owner = [k for k, (x, _) in enumerate(chunk) for _ in x]
+        hidden = body(
+            input_ids=torch.tensor([ids], device=device), position_ids=torch.tensor([pos], device=device),
+            use_cache=False,
+        ).last_hidden_state[0, :-1]
+        target = torch.tensor(labels[1:], device=device)
+        keep = target != IGNORE
+        logp = torch.log_softmax(head(hidden[keep]).float(), -1).gather(1, target[keep, None])[:, 0]
+        who = torch.tensor(owner[1:], device=device)[keep]
+        sums = torch.zeros(len(chunk), device=device).index_add_(0, who, logp)
+        counts = torch.zeros(len(chunk), device=device).index_add_(0, who, torch.ones_like(logp))
+        out += [(float(s), int(c)) for s, c in zip(sums.cpu(), counts.cpu(), strict=True)]
+    return out
+
+
+def probe_rows(step: int, probes: pd.DataFrame, logps: list[tuple[float, int]]) -> list[dict]:
+    return [
+        {"step": step, "example": int(e), "response_type": t, "logp": lp, "n_tokens": n}
+        for e, t, (lp, n) in zip(probes["example"], probes["response_type"], logps, strict=True)
+    ]

@@ -1,0 +1,43 @@
+"""Learning-rate selection: per checkpoint × task × method × seed, the grid's best run on validation.
+
+Each run of the grid scores its validation split (``summary.json`` → ``validation``): ``loss``
+is the mean cross-entropy per completion token (lower is better), ``score`` the task's primary
+metric, zero-shot in the training format (higher is better). Ties go to the smaller lr.
+
+The selection is a pointer (``path``) to the chosen run's model, so an evaluation job can be
+given it as its model, and it records every candidate's value for the tables.
+"""
+
+from __future__ import annotations
+
+HIGHER_IS_BETTER = {"loss": False, "score": True}
+
+
+def select_lr(summaries: list[dict], metric: str, group: dict) -> dict:
+    """The best run of one grid; ``group`` is its {checkpoint, task, method, seed} (names, for the tables)."""
+    if metric not in HIGHER_IS_BETTER:
+        raise ValueError(f"finetune.select_lr.metric: unknown metric {metric!r}; allowed: loss, score")
+    if not summaries:
+        raise ValueError("select_lr: no runs given")
+    keys = {(s["checkpoint"], s["task"], s["method"], s["seed"]) for s in summaries}
+    if len(keys) != 1 or {(s["task"], s["method"], s["seed"]) for s in summaries} != {
+        (group["task"], group["method"], group["seed"])
+    }:
+        raise ValueError(f"select_lr: the runs {sorted(keys)} are not one grid of {group}")
+    candidates = []
+    for s in summaries:
+        value = s.get("validation", {}).get(metric)
+        if value is None:
+            raise ValueError(f"select_lr: run {s['model_dir']} has no validation {metric!r}; was it trained with one?")
+        candidates.append({"lr": s["lr"], "value": value, "path": s["model_dir"]})
+    sign = -1 if HIGHER_IS_BETTER[metric] else 1
+    best = min(candidates, key=lambda c: (sign * c["value"], c["lr"]))
+    return {
+        "selected": True,
+        "path": best["path"],
+        "lr": best["lr"],
+        "metric": metric,
+        "value": best["value"],
+        **group,
+        "candidates": sorted(candidates, key=lambda c: c["lr"]),
+    }
