@@ -162,10 +162,20 @@ def test_packed_grouped_and_one_by_one_losses_agree(tiny_model_dir, nli_data):
         torch.testing.assert_close(loss, one_by_one, atol=1e-4, rtol=1e-5)
 
 
+def test_gradient_checkpointing_changes_memory_not_results(tiny_model_dir, nli_data, tmp_path):
+    plain = finetune(tiny_model_dir, nli_data, "toy_nli", cfg(max_steps=3), 1e-2, 0, tmp_path / "a", tmp_path / "sa")
+    ckpt = finetune(tiny_model_dir, nli_data, "toy_nli", cfg(max_steps=3, gradient_checkpointing=True), 1e-2, 0,
+                    tmp_path / "b", tmp_path / "sb")  # fmt: skip
+    assert ckpt["final_loss"] == pytest.approx(plain["final_loss"], abs=1e-5)
+    a, b = weights(tmp_path / "a" / "model"), weights(tmp_path / "b" / "model")
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+
+
 def test_probes_are_logged_every_k_steps(tiny_model_dir, nli_data, tmp_path):
     probes = {"every": 2, "examples": 4, "path": None}
-    finetune(tiny_model_dir, nli_data, "toy_nli", cfg(probes=probes, max_steps=5), 1e-2, 0, tmp_path / "ft",
-             tmp_path / "st")  # fmt: skip
+    summary = finetune(tiny_model_dir, nli_data, "toy_nli", cfg(probes=probes, max_steps=5), 1e-2, 0,
+                       tmp_path / "ft", tmp_path / "st")  # fmt: skip
+    assert summary["probe_time_s"] > 0
     df = pd.read_parquet(tmp_path / "ft" / "probes.parquet")
     assert list(df.columns) == ["step", "example", "response_type", "logp", "n_tokens"]
     assert sorted(df["step"].unique()) == [0, 2, 4, 5]

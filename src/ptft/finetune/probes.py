@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 
 from ptft.data.prompts import completion, join_prompt_completion, render_prompt
-from ptft.finetune.batching import IGNORE
+from ptft.finetune.batching import IGNORE, collate_padded
 
 PROBE_SET_COLUMNS = ("example", "prompt", "response_type", "response")
 PROBE_COLUMNS = ("step", "example", "response_type", "logp", "n_tokens")
@@ -72,25 +72,26 @@ def encode_probes(tokenizer, probes: pd.DataFrame) -> list[tuple[list[int], list
 
 @torch.no_grad()
 def response_logps(body, head, encoded, batch_size: int, device) -> list[tuple[float, int]]:
-    """(summed log-probability, token count) of each encoded response, in packed batches."""
-    out = []
-    for start in range(0, len(encoded), batch_size):
-        chunk = encoded[start : start + batch_size]
-        ids = [t for x, _ in chunk for t in x]
-        labels = [t for _, y in chunk for t in [IGNORE, *y[1:]]]
-        pos = [p for x, _ in chunk for p in range(len(x))]
-        owner = [k for k, (x, _) in enumerate(chunk) for _ in x]
-        hidden = body(
-            input_ids=torch.tensor([ids], device=device), position_ids=torch.tensor([pos], device=device),
-            use_cache=False,
-        ).last_hidden_state[0, :-1]
-        target = torch.tensor(labels[1:], device=device)
+    """(summed log-probability, token count) of each encoded response.
+
+    Length-sorted, right-padded batches (padding carries no target), the head only on
+    response tokens: on CPU this is several times faster than packed rows.
+    """
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
+    out: list[tuple[float, int]] = [(0.0, 0)] * len(encoded)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        batch = collate_padded([encoded[i] for i in idx], 0, device)
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        hidden = body(**inputs, use_cache=False).last_hidden_state[:, :-1]
+        target = batch["labels"][:, 1:]
         keep = target != IGNORE
-        logp = torch.log_softmax(head(hidden[keep]).float(), -1).gather(1, target[keep, None])[:, 0]
-        who = torch.tensor(owner[1:], device=device)[keep]
-        sums = torch.zeros(len(chunk), device=device).index_add_(0, who, logp)
-        counts = torch.zeros(len(chunk), device=device).index_add_(0, who, torch.ones_like(logp))
-        out += [(float(s), int(c)) for s, c in zip(sums.cpu(), counts.cpu(), strict=True)]
+        logp = torch.log_softmax(head(hidden[keep]).float(), -1).gather(1, target[keep][:, None])[:, 0]
+        rows = keep.nonzero()[:, 0]
+        sums = torch.zeros(len(idx), device=device).index_add_(0, rows, logp)
+        counts = keep.sum(1)
+        for k, i in enumerate(idx):
+            out[i] = (float(sums[k]), int(counts[k]))
     return out
 
 

@@ -291,9 +291,7 @@ def finetune(
                 return
             inner = methods.unwrap(model)
             model.eval()
-            logps = probes.response_logps(
-                inner.base_model, inner.get_output_embeddings(), encoded_probes, cfg["batch_size"], device
-            )
+            logps = probes.response_logps(inner.base_model, inner.get_output_embeddings(), encoded_probes, 64, device)
             model.train()
             extra["probes"] += probes.probe_rows(step, probe_set, logps)
 
@@ -328,6 +326,7 @@ def finetune(
         "total_tokens": tokens,
         "wall_time_s": wall,
         "tokens_per_s": tokens / max(wall, 1e-9),
+        "probe_time_s": run["callback_time_s"],
         "n_parameters": n_params,
         "n_trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "peak_flops": flops,
