@@ -108,8 +108,9 @@ def cmd_evaluate(a) -> None:
 
     _threads(a.threads)
     meta = a.model
-    if a.model_dir.endswith(".json") and io.read_json(a.model_dir).get("selected"):
-        meta = {**meta, "lr": io.read_json(a.model_dir)["lr"]}  # a selection: its lr is known only now
+    pointer = io.read_json(a.model_dir) if a.model_dir.endswith(".json") else {}
+    if pointer.get("selected"):
+        meta = {**meta, "lr": pointer["lr"]}  # a selection: its lr is known only now
     df = evaluate_model(a.model_dir, meta, a.evaluations, a.data_dir, a.config, a.seed)
     io.write_parquet(a.out, df)
 

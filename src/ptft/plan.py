@@ -43,7 +43,7 @@ def relation(train_task: str, eval_set: str) -> str:
     train = get_dataset(train_task)
     if train.task.kind == "chat":  # an instruction mixture holds its domain's tasks, not the other domains'
         return "in-domain" if get_dataset(eval_set).domain == train.domain else "ood"
-    if get_dataset(train_task).task_type == get_dataset(eval_set).task_type:
+    if train.task_type == get_dataset(eval_set).task_type:
         return "ood"
     return "cross-task"
 

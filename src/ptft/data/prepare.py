@@ -95,6 +95,16 @@ def train_size(n_available: int, size: int | None, fraction: float | None) -> in
     return min(wanted, n_available)
 
 
+def shuffled_train(
+    spec: DatasetSpec, local_dir: str | Path | None, size: int | None, seed: int, fraction: float | None
+) -> tuple[datasets.Dataset, int]:
+    """(the raw training split shuffled with ``seed``, how many of its first rows are trained on)."""
+    if spec.train_split is None:
+        raise ValueError(f"dataset {spec.name!r} has no training split")
+    ds = load_raw_split(spec, spec.train_split, local_dir)
+    return ds.shuffle(seed=seed), train_size(len(ds), size, fraction)
+
+
 def subsample_train(
     spec: DatasetSpec,
     local_dir: str | Path | None,
@@ -104,13 +114,10 @@ def subsample_train(
     skip_invalid: bool = False,
 ) -> pd.DataFrame:
     """``train.shuffle(seed=seed).select(range(n))`` on the raw split, then converted and checked."""
-    if spec.train_split is None:
-        raise ValueError(f"dataset {spec.name!r} has no training split")
-    ds = load_raw_split(spec, spec.train_split, local_dir)
-    n = train_size(len(ds), size, fraction)
+    ds, n = shuffled_train(spec, local_dir, size, seed, fraction)
     if size is not None and fraction is None and size > len(ds):
         log.warning("dataset %s: %d training examples requested, only %d exist; using all", spec.name, size, len(ds))
-    return canonical_frame(spec, spec.train_split, ds.shuffle(seed=seed).select(range(n)), skip_invalid)
+    return canonical_frame(spec, spec.train_split, ds.select(range(n)), skip_invalid)
 
 
 def validation_split(
@@ -127,8 +134,7 @@ def validation_split(
     Disjoint from the training subsample and from every eval set (those come from other
     splits), so choosing an lr on it leaks nothing of the test items.
     """
-    ds = load_raw_split(spec, spec.train_split, local_dir)
-    n = train_size(len(ds), size, fraction)
+    ds, n = shuffled_train(spec, local_dir, size, seed, fraction)
     end = min(len(ds), n + validation_size)
     if end <= n:
         raise ValueError(
@@ -137,7 +143,7 @@ def validation_split(
         )
     if end - n < validation_size:
         log.warning("dataset %s: validation split has %d examples, not %d", spec.name, end - n, validation_size)
-    return canonical_frame(spec, spec.train_split, ds.shuffle(seed=seed).select(range(n, end)), skip_invalid)
+    return canonical_frame(spec, spec.train_split, ds.select(range(n, end)), skip_invalid)
 
 
 def eval_and_fewshot(

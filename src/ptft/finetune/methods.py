@@ -25,6 +25,7 @@ import logging
 import torch
 
 from ptft.data.prompts import completion, join_prompt_completion, render_prompt
+from ptft.finetune.batching import collate_padded
 
 log = logging.getLogger(__name__)
 METHODS = ("full", "lora", "lpft", "instruct")
@@ -86,14 +87,11 @@ def prompt_features(model, tokenizer, task, records, fmt: str, batch_size: int, 
     feats = []
     for start in range(0, len(prompts), batch_size):
         enc = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts[start : start + batch_size]]
-        ids = [i for x in enc for i in x]
-        pos = [p for x in enc for p in range(len(x))]
-        hidden = body(
-            input_ids=torch.tensor([ids], device=device), position_ids=torch.tensor([pos], device=device),
-            use_cache=False,
-        ).last_hidden_state[0]
-        ends = torch.tensor([len(x) for x in enc], device=device).cumsum(0) - 1
-        feats.append(hidden[ends].float())
+        batch = collate_padded([(x, x) for x in enc], 0, device)  # right-padded, as the probes
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        hidden = body(**inputs, use_cache=False).last_hidden_state
+        ends = torch.tensor([len(x) - 1 for x in enc], device=device)
+        feats.append(hidden[torch.arange(len(enc), device=device), ends].float())
     return torch.cat(feats)
 
 

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import functools
-import json
 import random
 from pathlib import Path
 
 from ptft.data.registry import DATASETS, DatasetSpec
+from ptft.toy import tasks
 from ptft.toy.tasks import GENERATORS, chat
 
 
 def record_key(spec: DatasetSpec, record: dict) -> tuple:
     """The inputs of a record: two records with the same key are the same item."""
-    return tuple(v if isinstance(v, str) else json.dumps(v, sort_keys=True, default=str)
-                 for v in (record[f] for f in spec.task.fields))  # fmt: skip
+    return tasks.record_key(spec.task, record)
 
 
 def held_out_keys(dataset_dirs) -> dict[str, set[tuple]]:

@@ -7,6 +7,7 @@ SocialIQA-as-question-generation), so the rest of the pipeline cannot tell toy f
 
 from __future__ import annotations
 
+import json
 import random
 
 from ptft.toy import world as w
@@ -110,6 +111,12 @@ def question_generation(rng: random.Random, domain: str) -> dict:
     }
 
 
+def record_key(task, record: dict) -> tuple:
+    """The inputs of a record (its task's fields): two records with the same key are the same item."""
+    return tuple(v if isinstance(v, str) else json.dumps(v, sort_keys=True, default=str)
+                 for v in (record[f] for f in task.fields))  # fmt: skip
+
+
 TASK_GENERATORS = {
     "nli": nli,
     "paraphrase": paraphrase,
@@ -133,7 +140,7 @@ def chat(rng: random.Random, domain: str, held_out: dict[str, set[tuple]] | None
         task = TASK_TYPES[name]
         while True:
             record = TASK_GENERATORS[name](rng, domain)
-            if tuple(record[f] for f in task.fields) not in (held_out or {}).get(name, set()):
+            if record_key(task, record) not in (held_out or {}).get(name, set()):
                 break
         messages += [
             {"role": "user", "content": render_prompt(task, record, "instruct").strip()},
