@@ -17,6 +17,7 @@ from ptft.aggregate.performance import (
     PERFORMANCE_COLUMNS,
     performance_table,
     read_predictions,
+    row_seed,
     validate_performance,
 )
 
@@ -207,6 +208,29 @@ def test_performance_table_values(perf):
     base = perf[perf["method"] == "base"]
     assert base["lr"].isna().all() and base["seed"].isna().all() and (base["shots"] == 4).all()
     assert (perf.loc[perf["method"] == "full", "lr"] == 0.001).all()
+
+
+def test_paired_interval_of_the_change_over_base(perf):
+    ft = perf[perf["method"] == "full"]
+    assert ft["diff_ci_low"].notna().all() and perf.loc[perf["method"] == "base", "diff_ci_low"].isna().all()
+    for (checkpoint, finetuned, eval_set, fmt), values in SCORES.items():
+        if not finetuned:
+            continue
+        row = ft[(ft["checkpoint"] == checkpoint) & (ft["eval_set"] == eval_set) & (ft["format"] == fmt)].iloc[0]
+        diffs = np.array(values, float) - np.array(SCORES[(checkpoint, False, eval_set, fmt)], float)
+        key = (f"ft/{checkpoint}/toy_nli/full/lr0.001/seed0", eval_set, fmt, row["metric"])
+        expected = percentile_ci(diffs, 200, 0.95, row_seed(0, *key, "paired"))
+        assert (row["diff_ci_low"], row["diff_ci_high"]) == pytest.approx(expected)
+        assert row["diff_ci_low"] <= diffs.mean() <= row["diff_ci_high"]
+    # Resampling pairs, not each model alone: a constant shift has a zero-width interval.
+    shifted = {k: ([v + 0.5 for v in SCORES[(k[0], False, *k[2:])]] if k[1] else v) for k, v in SCORES.items()}
+    table = performance_table(make_predictions(shifted), MANIFEST, "toy", 200, 0.95, seed=0)
+    changed = table[table["method"] == "full"]
+    assert np.allclose(changed["diff_ci_low"], 0.5) and np.allclose(changed["diff_ci_high"], 0.5)
+    # Without a base row for the checkpoint, there is no interval.
+    alone = {k: v for k, v in SCORES.items() if k[1] or k[0] != "step40"}
+    table = performance_table(make_predictions(alone), MANIFEST, "toy", 200, 0.95, seed=0)
+    assert table.loc[table["checkpoint"] == "step40", "diff_ci_low"].isna().all()
 
 
 def test_performance_table_dtypes_and_order(perf):

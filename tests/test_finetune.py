@@ -17,6 +17,7 @@ from ptft.data.registry import get_dataset
 from ptft.finetune import methods, state
 from ptft.finetune.batching import IGNORE, collate_packed, collate_padded, encode_examples, template_segments
 from ptft.finetune.select import select_lr
+from ptft.finetune.grad_buffers import KeptGrads
 from ptft.finetune.train import completion_loss, finetune
 from ptft.toy.generate import generate_splits
 
@@ -160,6 +161,40 @@ def test_packed_grouped_and_one_by_one_losses_agree(tiny_model_dir, nli_data):
         padded_fast = completion_loss(model, collate_padded(examples, tok.pad_token_id), True)
     for loss in (padded, packed, padded_fast):
         torch.testing.assert_close(loss, one_by_one, atol=1e-4, rtol=1e-5)
+
+
+def _untied_neox():
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    torch.manual_seed(0)
+    config = GPTNeoXConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=4, tie_word_embeddings=False, pad_token_id=0)  # fmt: skip
+    return GPTNeoXForCausalLM(config)
+
+
+@pytest.mark.parametrize("arch", ["tied llama, padding row", "untied gpt_neox"])
+def test_kept_gradient_buffers_equal_autograd(arch, tiny_model_dir):
+    model = load_pretrained(tiny_model_dir)[0] if arch.startswith("tied") else _untied_neox()
+    pad = model.config.pad_token_id
+    assert model.get_input_embeddings().padding_idx == (pad if arch.startswith("tied") else None)
+    g = torch.Generator().manual_seed(0)
+    examples = [(ids := torch.randint(3, 60, (n,), generator=g).tolist(), [IGNORE] * (n - 2) + ids[-2:])
+                for n in (5, 9, 7)]  # fmt: skip
+    batch = collate_padded(examples, pad)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    completion_loss(model, batch, True).backward()
+    reference = {n: p.grad.clone() for n, p in model.named_parameters()}
+    opt.zero_grad(set_to_none=True)
+    kept = KeptGrads(model)
+    assert kept.active
+    for _ in range(2):  # the second step reuses the zeroed buffers
+        completion_loss(model, batch, True, kept).backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+        buffer = model.get_output_embeddings().weight.grad
+        kept.zero_grad(opt)
+        assert model.get_output_embeddings().weight.grad is buffer and not buffer.any()
+    for name, grad in reference.items():
+        torch.testing.assert_close(grads[name], grad, atol=1e-6, rtol=1e-5, msg=name)
 
 
 def test_gradient_checkpointing_changes_memory_not_results(tiny_model_dir, nli_data, tmp_path):

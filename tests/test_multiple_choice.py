@@ -171,7 +171,47 @@ def test_items_with_different_numbers_of_choices_are_scattered_back(model, token
 def test_delimiter_is_prepended_to_each_choice(model, tokenizer):
     [lls] = score_multiple_choice(model, tokenizer, ["hello"], [["world", "there"]], 2, delimiter="")
     expected = continuation_loglikelihoods(model, tokenizer, [("hello", "world"), ("hello", "there")], 2)
-    np.testing.assert_allclose(lls, expected, atol=1e-6)
+    np.testing.assert_allclose(lls, expected, atol=1e-5)
+
+
+def test_shared_context_runs_once_per_item_and_matches_the_reference(model, tokenizer):
+    seen = []
+    hook = model.register_forward_pre_hook(lambda _, args, kwargs: seen.append(kwargs["attention_mask"].clone()),
+                                           with_kwargs=True)  # fmt: skip
+    try:
+        per_item = score_multiple_choice(model, tokenizer, CONTEXTS, CHOICES, batch_size=16)
+    finally:
+        hook.remove()
+    # One call for all contexts, one for all continuations; no row is a context + choice pair.
+    assert len(seen) == 2
+    split = [
+        reference_split(tokenizer, ctx, " " + c) for ctx, item in zip(CONTEXTS, CHOICES, strict=True) for c in item
+    ]
+    ctx_tokens = sum(len(reference_split(tokenizer, ctx, " x")[0]) for ctx in CONTEXTS)
+    assert int(seen[0].sum()) == ctx_tokens
+    assert int(seen[1][:, -seen[1].shape[1] + seen[0].shape[1] :].sum()) == sum(len(c) - 1 for _, c in split)
+    flat = np.concatenate(per_item)
+    expected = [reference_loglikelihood(model, ctx_ids, cont_ids) for ctx_ids, cont_ids in split]
+    np.testing.assert_allclose(flat, expected, atol=1e-4)
+
+
+def test_multiple_choice_is_independent_of_batch_size(model, tokenizer):
+    one = score_multiple_choice(model, tokenizer, CONTEXTS, CHOICES, batch_size=1)
+    sixteen = score_multiple_choice(model, tokenizer, CONTEXTS, CHOICES, batch_size=16)
+    for a, b in zip(one, sixteen, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+        assert int(np.argmax(a)) == int(np.argmax(b))
+
+
+def test_an_item_too_long_for_the_window_is_scored_request_by_request(model, tokenizer):
+    model.config.max_position_embeddings = 8
+    try:
+        [lls] = score_multiple_choice(model, tokenizer, CONTEXTS[4:5], CHOICES[4:5], batch_size=2)
+    finally:
+        model.config.max_position_embeddings = 128
+    for ll, choice in zip(lls, CHOICES[4], strict=True):
+        ctx_ids, cont_ids = reference_split(tokenizer, CONTEXTS[4], " " + choice)
+        assert ll == pytest.approx(reference_loglikelihood(model, ctx_ids, cont_ids, 8), abs=1e-4)
 
 
 def test_acc_and_acc_norm_disagree():

@@ -36,6 +36,8 @@ PERFORMANCE_COLUMNS = (
     "ci_low",
     "ci_high",
     "n",
+    "diff_ci_low",
+    "diff_ci_high",
 )
 
 METHODS = ("base", "full", "lora", "lpft", "instruct")
@@ -68,6 +70,8 @@ _DTYPES = {
     "ci_low": "float64",
     "ci_high": "float64",
     "n": "int64",
+    "diff_ci_low": "float64",
+    "diff_ci_high": "float64",
 }
 _SORT_COLUMNS = ["method", "train_task", "step", "checkpoint", "lr", "seed", "eval_set", "format", "metric"]
 
@@ -80,13 +84,14 @@ def read_predictions(paths: Iterable) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def row_seed(seed: int, model: str, eval_set: str, format: str, metric: str) -> int:
-    """Bootstrap seed of one table row: CRC-32 of ``"seed|model|eval_set|format|metric"``.
+def row_seed(seed: int, model: str, eval_set: str, format: str, metric: str, *extra: str) -> int:
+    """Bootstrap seed of one table row: CRC-32 of ``"seed|model|eval_set|format|metric"``
+    (``|`` and any ``extra`` parts appended, e.g. ``"paired"`` for the paired interval).
 
     Deriving it from the row's key (not from a shared generator) makes every row reproducible
     on its own, whatever other models are in the table.
     """
-    return zlib.crc32("|".join([str(seed), model, eval_set, format, metric]).encode("utf-8"))
+    return zlib.crc32("|".join([str(seed), model, eval_set, format, metric, *extra]).encode("utf-8"))
 
 
 def performance_table(
@@ -103,6 +108,10 @@ def performance_table(
     One row per (model, eval_set, format, metric): ``value`` is the mean of ``score``, ``n`` the
     number of examples, ``ci_low``/``ci_high`` the percentile bootstrap interval of the mean
     (``resamples`` resamples at level ``confidence``, seeded per row by :func:`row_seed`).
+    For a fine-tuned row, ``diff_ci_low``/``diff_ci_high`` is the paired bootstrap interval of
+    its change over the base row of the same checkpoint, eval set, format and metric
+    (:func:`paired_diff_ci`, seeded by the row's key plus ``"paired"``); null for base rows and
+    where no base row exists.
     ``step`` and ``tokens`` come from ``manifest["checkpoints"]`` by checkpoint name (null when the
     checkpoint or the field is missing). ``lr_selected`` marks the fine-tuned run whose lr was
     chosen on validation (``selections``, from ``ptft.finetune.select``) true and the other runs
@@ -121,12 +130,22 @@ def performance_table(
     _check_predictions(pred)
 
     meta = pred[GROUP_KEYS + META_COLUMNS].drop_duplicates(GROUP_KEYS)
+    groups = {key: rows.set_index("example_id")["score"] for key, rows in pred.groupby(GROUP_KEYS, sort=False)}
+    base_of = {
+        (m.checkpoint, m.eval_set, m.format, m.metric): (m.model, m.eval_set, m.format, m.metric)
+        for m in meta[meta["method"] == "base"].itertuples(index=False)
+    }
     stats = []
-    for (model, eval_set, fmt, metric), scores in pred.groupby(GROUP_KEYS, sort=False)["score"]:
-        values = scores.to_numpy(dtype=np.float64)
-        low, high = percentile_ci(values, resamples, confidence, row_seed(seed, model, eval_set, fmt, metric))
-        stats.append((model, eval_set, fmt, metric, values.mean(), low, high, values.size))
-    stats = pd.DataFrame(stats, columns=[*GROUP_KEYS, "value", "ci_low", "ci_high", "n"])
+    for m in meta.itertuples(index=False):
+        key = (m.model, m.eval_set, m.format, m.metric)
+        values = groups[key].to_numpy(dtype=np.float64)
+        low, high = percentile_ci(values, resamples, confidence, row_seed(seed, *key))
+        diff = (np.nan, np.nan)
+        base = base_of.get((m.checkpoint, m.eval_set, m.format, m.metric))
+        if m.method != "base" and base is not None:
+            diff = paired_diff_ci(groups[key], groups[base], resamples, confidence, row_seed(seed, *key, "paired"))
+        stats.append((*key, values.mean(), low, high, values.size, *diff))
+    stats = pd.DataFrame(stats, columns=[*GROUP_KEYS, "value", "ci_low", "ci_high", "n", "diff_ci_low", "diff_ci_high"])
 
     table = meta.merge(stats, on=GROUP_KEYS, how="inner", validate="one_to_one")
     checkpoints = {c["name"]: c for c in manifest.get("checkpoints", [])}
@@ -136,6 +155,20 @@ def performance_table(
     table["study"] = study
     table = _cast(table[list(PERFORMANCE_COLUMNS)])
     return table.sort_values(_SORT_COLUMNS, na_position="last", kind="mergesort").reset_index(drop=True)
+
+
+def paired_diff_ci(
+    scores: pd.Series, base: pd.Series, resamples: int, confidence: float, seed: int
+) -> tuple[float, float]:
+    """Paired percentile bootstrap interval of ``mean(scores) − mean(base)`` over shared examples.
+
+    Both series are indexed by ``example_id``; only examples present in both count. Resampling
+    the same examples for both models is resampling their per-example differences, so this is
+    :func:`percentile_ci` of those differences. No shared example gives ``(nan, nan)``.
+    """
+    shared = scores.index.intersection(base.index)
+    diffs = scores.loc[shared].to_numpy(dtype=np.float64) - base.loc[shared].to_numpy(dtype=np.float64)
+    return percentile_ci(diffs, resamples, confidence, seed)
 
 
 def _lr_selected(table: pd.DataFrame, selections: list[dict]) -> list:

@@ -1,16 +1,16 @@
 """Per-example metrics, defined exactly.
 
 - ``accuracy``: 1.0 if the predicted label string equals the gold label string, else 0.0.
-- ``rougeL``: the F-measure of ROUGE-L from the ``rouge-score`` package (its default
-  tokenizer: lower-case, non-alphanumeric characters as separators), gold as the target,
-  with Porter stemming only if configured.
+- ``rougeL``: the F-measure of ROUGE-L exactly as the ``rouge-score`` package computes it (its
+  default tokenizer: lower-case, non-alphanumeric characters as separators), gold as the
+  target, with Porter stemming only if configured; see :mod:`ptft.evaluate.rouge`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from rouge_score import rouge_scorer
+from ptft.evaluate.rouge import rouge_l_fmeasure
 
 
 def accuracy(predictions: Sequence[str], golds: Sequence[str]) -> list[float]:
@@ -18,5 +18,4 @@ def accuracy(predictions: Sequence[str], golds: Sequence[str]) -> list[float]:
 
 
 def rouge_l(predictions: Sequence[str], golds: Sequence[str], stemmer: bool = False) -> list[float]:
-    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=stemmer)
-    return [scorer.score(g, p)["rougeL"].fmeasure for p, g in zip(predictions, golds, strict=True)]
+    return [rouge_l_fmeasure(p, g, stemmer) for p, g in zip(predictions, golds, strict=True)]

@@ -47,7 +47,7 @@ from itertools import chain
 import numpy as np
 import torch
 
-from ptft.evaluate.batching import length_sorted_batches, model_max_length
+from ptft.evaluate.batching import left_pad, length_sorted_batches, model_max_length
 
 
 def _split_trailing_whitespace(context: str, continuation: str) -> tuple[str, str]:
@@ -160,6 +160,51 @@ def continuation_loglikelihoods(model, tokenizer, requests: Sequence[tuple[str, 
     return out
 
 
+def _shared_context_loglikelihoods(model, items: list[tuple[list[int], list[list[int]]]], pad_id: int, keep_ok: bool):
+    """Per item (context tokens, continuation token lists), each continuation's summed log-likelihood.
+
+    The context runs once, left-padded (positions count real tokens only); the first token of
+    every continuation is scored from its last position. The other continuation tokens run in
+    one right-padded batch, one row per choice, on the context's KV cache copied per choice.
+    The conditional probabilities are those of the full ``context + continuation`` sequence.
+    """
+    device = model.device
+    batch = left_pad([ctx for ctx, _ in items], pad_id, device)
+    out = model(**batch, use_cache=True, **({"logits_to_keep": 1} if keep_ok else {}))
+    first_lp = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+    conts = [cont for _, item_conts in items for cont in item_conts]
+    item_of_row = torch.tensor([i for i, (_, item_conts) in enumerate(items) for _ in item_conts], device=device)
+    first = torch.tensor([cont[0] for cont in conts], device=device)
+    row_lp = first_lp[item_of_row, first].double()
+
+    tails = [cont[1:] for cont in conts]
+    width = max(len(t) for t in tails)
+    if width:
+        cache = out.past_key_values
+        cache.reorder_cache(item_of_row)
+        inputs, mask = _right_pad([cont[:-1] for cont in conts], pad_id)
+        inputs, mask = inputs.to(device), mask.to(device)
+        ctx_len = batch["attention_mask"].sum(-1)[item_of_row]
+        logits = model(
+            input_ids=inputs,
+            attention_mask=torch.cat([batch["attention_mask"][item_of_row], mask], dim=1),
+            position_ids=ctx_len[:, None] + torch.arange(inputs.shape[1], device=device)[None, :],
+            past_key_values=cache,
+            use_cache=True,
+        ).logits
+        tail_lens = torch.tensor([len(t) for t in tails])
+        rows = torch.repeat_interleave(torch.arange(len(tails)), tail_lens)
+        cols = torch.cat([torch.arange(n) for n in tail_lens.tolist()]) if len(rows) else rows
+        targets = torch.tensor(list(chain.from_iterable(tails)), dtype=torch.long, device=device)
+        picked = torch.log_softmax(logits[rows.to(device), cols.to(device)].float(), dim=-1)
+        token_lp = picked.gather(-1, targets[:, None])[:, 0].double()
+        row_lp = row_lp.index_add(0, rows.to(device), token_lp)
+    row_lp = row_lp.cpu().numpy()
+    bounds = np.cumsum([len(item_conts) for _, item_conts in items])[:-1]
+    return np.split(row_lp, bounds)
+
+
+@torch.no_grad()
 def score_multiple_choice(
     model,
     tokenizer,
@@ -168,13 +213,43 @@ def score_multiple_choice(
     batch_size: int,
     delimiter: str = " ",
 ) -> list[np.ndarray]:
-    """Per item, the log-likelihood of each of its choices; all items' requests share the batches."""
+    """Per item, the log-likelihood of each of its choices (the module docstring's definition).
+
+    An item's context is computed once and shared by its choices (batches of ``batch_size``
+    items, sorted by context length). An item whose longest request would be truncated to the
+    context window is scored request by request instead, because lm-eval's left truncation then
+    cuts a different context for each choice.
+    """
     if len(contexts) != len(choices):
         raise ValueError(f"{len(contexts)} contexts but {len(choices)} choice lists")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
     requests = [(ctx, delimiter + choice) for ctx, item in zip(contexts, choices, strict=True) for choice in item]
-    flat = continuation_loglikelihoods(model, tokenizer, requests, batch_size)
-    bounds = np.cumsum([len(item) for item in choices])[:-1]
-    return np.split(flat, bounds) if len(choices) else []
+    encoded = encode_requests(tokenizer, requests)
+    starts = np.cumsum([0] + [len(item) for item in choices])
+    # Every request of an item has the same context tokens (the whitespace move is per context).
+    spans = list(zip(starts[:-1], starts[1:], strict=True))
+    items = [(encoded[a][0] if b > a else [], [cont for _, cont in encoded[a:b]]) for a, b in spans]
+    max_length = model_max_length(model, tokenizer)
+    fits = [bool(conts) and len(ctx) + max(map(len, conts)) <= max_length + 1 for ctx, conts in items]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    keep_ok = _accepts_logits_to_keep(model)
+
+    out: list[np.ndarray] = [np.zeros(len(item)) for item in choices]
+    shared = [i for i, ok in enumerate(fits) if ok]
+    for batch in length_sorted_batches([len(items[i][0]) for i in shared], batch_size):
+        picked = [shared[j] for j in batch]
+        scored = _shared_context_loglikelihoods(model, [items[i] for i in picked], pad_id, keep_ok)
+        for i, lls in zip(picked, scored, strict=True):
+            out[i] = lls
+    long = [i for i, ok in enumerate(fits) if not ok and choices[i]]
+    if long:
+        flat = continuation_loglikelihoods(
+            model, tokenizer, [r for i in long for r in requests[starts[i] : starts[i + 1]]], batch_size
+        )
+        for i, lls in zip(long, np.split(flat, np.cumsum([len(choices[i]) for i in long])[:-1]), strict=True):
+            out[i] = lls
+    return out
 
 
 def mc_predictions(loglikelihoods: np.ndarray, choices: Sequence[str]) -> dict[str, int]:

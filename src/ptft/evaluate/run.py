@@ -54,8 +54,15 @@ def _score(model, tokenizer, task, items, prompts, cfg) -> list[dict]:
     if task.kind == "classification":
         pred_idx, logprobs = score_token_prob(model, tokenizer, prompts, task.labels, cfg["batch_size"])
         predictions = [task.labels[i] for i in pred_idx]
-        return [{"metric": task.metric, "prediction": predictions, "gold": golds,
-                 "score": accuracy(predictions, golds), "label_logprobs": [list(map(float, r)) for r in logprobs]}]
+        return [
+            {
+                "metric": task.metric,
+                "prediction": predictions,
+                "gold": golds,
+                "score": accuracy(predictions, golds),
+                "label_logprobs": [list(map(float, r)) for r in logprobs],
+            }
+        ]
     if task.kind == "multiple_choice":
         choices = [list(r["choices"]) for r in items]
         lls = score_multiple_choice(model, tokenizer, prompts, choices, cfg["batch_size"])
@@ -65,14 +72,28 @@ def _score(model, tokenizer, task, items, prompts, cfg) -> list[dict]:
             idx = [p[metric] for p in picks]
             scores = [float(i == int(r["label"])) for i, r in zip(idx, items, strict=True)]
             predictions = [c[i] for c, i in zip(choices, idx, strict=True)]
-            out.append({"metric": metric, "prediction": predictions, "gold": golds, "score": scores,
-                        "label_logprobs": [list(map(float, ll)) for ll in lls]})
+            out.append(
+                {
+                    "metric": metric,
+                    "prediction": predictions,
+                    "gold": golds,
+                    "score": scores,
+                    "label_logprobs": [list(map(float, ll)) for ll in lls],
+                }
+            )
         return out
     predictions = generate_greedy(
         model, tokenizer, prompts, cfg["max_new_tokens"]["generation"], cfg["stop"], cfg["batch_size"]
     )
-    return [{"metric": task.metric, "prediction": predictions, "gold": golds,
-             "score": rouge_l(predictions, golds, stemmer=cfg["rouge_stemmer"]), "label_logprobs": [[] for _ in items]}]
+    return [
+        {
+            "metric": task.metric,
+            "prediction": predictions,
+            "gold": golds,
+            "score": rouge_l(predictions, golds, stemmer=cfg["rouge_stemmer"]),
+            "label_logprobs": [[] for _ in items],
+        }
+    ]
 
 
 def evaluate_model(

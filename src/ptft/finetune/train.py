@@ -36,6 +36,7 @@ from ptft.checkpoints.load import load_pretrained
 from ptft.data.registry import get_dataset
 from ptft.finetune import methods, probes, state
 from ptft.finetune.batching import IGNORE, collate, collate_padded, encode_examples, make_batches
+from ptft.finetune.grad_buffers import KeptGrads
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +63,20 @@ def count_steps(n_examples: int, cfg: dict) -> int:
     return min(steps, cfg.get("max_steps") or steps)
 
 
-def completion_loss(model, batch: dict, fast: bool) -> torch.Tensor:
-    """Summed cross-entropy over the batch's target tokens (labels shifted by one)."""
+def completion_loss(model, batch: dict, fast: bool, kept: KeptGrads | None = None) -> torch.Tensor:
+    """Summed cross-entropy over the batch's target tokens (labels shifted by one).
+
+    ``kept`` (fast path only): the embedding and head gradients go into kept buffers.
+    """
     targets = batch["labels"][:, 1:]
     keep = targets != IGNORE
     # No KV cache: it is useless in training, and with one transformers ignores packed position_ids.
     inputs = {**{k: v for k, v in batch.items() if k != "labels"}, "use_cache": False}
-    if fast:
+    if fast and kept is not None and kept.active:
+        inputs["inputs_embeds"] = kept.embed(inputs.pop("input_ids"))
+        hidden = methods.unwrap(model).base_model(**inputs).last_hidden_state[:, :-1]
+        logits = kept.head(hidden[keep])
+    elif fast:
         inner = methods.unwrap(model)
         hidden = inner.base_model(**inputs).last_hidden_state[:, :-1]
         logits = inner.get_output_embeddings()(hidden[keep])
@@ -77,23 +85,40 @@ def completion_loss(model, batch: dict, fast: bool) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(logits.float(), targets[keep], reduction="sum")
 
 
+def clip_gradients(params: list[torch.Tensor], max_norm: float) -> float:
+    """``clip_grad_norm_`` that skips the rescaling pass over every gradient when it would be
+    a multiplication by 1 (the usual case after warmup); returns the norm before clipping."""
+    norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+    value = float(norm)
+    if max_norm / (value + 1e-6) < 1:
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
+    return value
+
+
 @torch.no_grad()
-def check_shortcuts(model, examples, batching: str, pad_id: int, device) -> tuple[str, bool]:
-    """(batching, fast head) that reproduce the plain padded ``model(...).logits`` loss."""
+def check_shortcuts(model, examples, batching: str, pad_id: int, device, kept: KeptGrads | None = None):
+    """(batching, fast head) that reproduce the plain padded ``model(...).logits`` loss.
+
+    ``kept`` is switched off (``kept.active = False``) if its path does not reproduce it either.
+    """
     was_training = model.training
     model.eval()
     sample = examples[:4]
-    ref = completion_loss(model, collate_padded(sample, pad_id, device), fast=False)
+    padded = collate_padded(sample, pad_id, device)
+    ref = completion_loss(model, padded, fast=False)
 
     def same(loss):
         return bool(torch.isclose(loss, ref, rtol=1e-4, atol=1e-4))
 
-    fast = same(completion_loss(model, collate_padded(sample, pad_id, device), fast=True))
+    fast = same(completion_loss(model, padded, fast=True))
     if not fast:
         log.warning("this model's logits are not lm_head(hidden states); computing full logits (slower)")
     if batching == "packed" and not same(completion_loss(model, collate(sample, "packed", pad_id, device), fast)):
         log.warning("this model ignores position_ids when masking packed sequences; using grouped batches")
         batching = "grouped"
+    if kept is not None and kept.active and not (fast and same(completion_loss(model, padded, True, kept))):
+        log.warning("this model does not take inputs_embeds as its embedding's output; gradients not kept")
+        kept.active = False
     model.train(was_training)
     return batching, fast
 
@@ -166,7 +191,9 @@ def train_loop(
     # The fused kernel updates all parameters in one pass over memory; on CPU it is about 6x
     # faster than the default for-each one, which makes the optimizer step the bottleneck.
     opt = torch.optim.AdamW(trainable, lr=lr, weight_decay=cfg["weight_decay"], fused=device.type in ("cpu", "cuda"))
-    batching, fast = check_shortcuts(model, examples, cfg["batching"], pad_id, device)
+    # CUDA's caching allocator already reuses gradient memory; on CPU, see grad_buffers.
+    kept = KeptGrads(model) if device.type == "cpu" else None
+    batching, fast = check_shortcuts(model, examples, cfg["batching"], pad_id, device, kept)
     lengths = [len(ids) for ids, _ in examples]
 
     micro, accum = cfg["batch_size"], cfg["grad_accum"]
@@ -213,12 +240,15 @@ def train_loop(
         loss_sum = 0.0
         for b in batches:
             with autocast:
-                loss = completion_loss(model, b, fast) / n_target
+                loss = completion_loss(model, b, fast, kept) / n_target
             loss.backward()
             loss_sum += loss.item()
-        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg["max_grad_norm"]).item()
+        grad_norm = clip_gradients(trainable, cfg["max_grad_norm"])
         opt.step()
-        opt.zero_grad(set_to_none=True)
+        if kept is not None:
+            kept.zero_grad(opt)
+        else:
+            opt.zero_grad(set_to_none=True)
         n_tokens = sum(int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel()
                        for b in batches)  # fmt: skip
         step += 1
