@@ -4,6 +4,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ptft.evaluate.batching import left_pad
+from ptft.evaluate.classify import classify, label_sequences, match_label, trie_allowed
 from ptft.evaluate.generate import cut_at_stop, generate_greedy
 from ptft.evaluate.metrics import accuracy, rouge_l
 from ptft.evaluate.tokenprob import label_token_sets, score_token_prob
@@ -74,3 +75,83 @@ def test_metrics():
     assert rouge_l(["the cat ran"], ["the cat sat"])[0] == pytest.approx(2 / 3)
     assert rouge_l([""], ["a b"]) == [0.0]
     assert cut_at_stop(" a summary .\n### Input", "\n") == "a summary ."
+
+
+def _constrained_reference(model, tok, prompt, labels):
+    """Constrained greedy decoding written out: unbatched, no cache, one token at a time."""
+    seqs = label_sequences(tok, labels)
+    ids, out = tok(prompt, add_special_tokens=False)["input_ids"], []
+    while True:
+        options = {s[len(out)] for s in seqs if len(s) > len(out) and list(s[: len(out)]) == out}
+        if tuple(out) in seqs:
+            options.add(tok.eos_token_id)
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([ids + out])).logits[0, -1]
+        best = max(sorted(options), key=lambda t: logits[t].item())
+        if best == tok.eos_token_id:
+            return seqs[tuple(out)]
+        out.append(best)
+        if not any(len(s) > len(out) and list(s[: len(out)]) == out for s in seqs):
+            return seqs[tuple(out)]
+
+
+@pytest.mark.parametrize("labels", [["entailment", "neutral", "contradiction"], ["yes", "no"]])
+def test_constrained_generation_emits_a_label_as_written_out(model_and_tokenizer, labels):
+    model, tok = model_and_tokenizer
+    cfg = {"classification": "constrained", "batch_size": 16, "stop": "\n", "max_new_tokens": {"classification": 5}}
+    predictions, logprobs = classify(model, tok, PROMPTS, labels, cfg)
+    assert predictions == [_constrained_reference(model, tok, p, labels) for p in PROMPTS]
+    assert classify(model, tok, PROMPTS, labels, {**cfg, "batch_size": 1})[0] == predictions
+    np.testing.assert_allclose(logprobs, score_token_prob(model, tok, PROMPTS, labels, 16)[1])
+
+
+def test_free_generation_matches_labels_in_the_generated_text(model_and_tokenizer):
+    model, tok = model_and_tokenizer
+    labels = ["entailment", "neutral", "contradiction"]
+    cfg = {"classification": "free", "batch_size": 16, "stop": "\n", "max_new_tokens": {"classification": 5}}
+    predictions, _ = classify(model, tok, PROMPTS, labels, cfg)
+    texts = generate_greedy(model, tok, PROMPTS, 5, "\n", 16)
+    assert predictions == [match_label(t, labels) for t in texts]
+    assert match_label("It is NEUTRAL, not entailment", labels) == "neutral"
+    assert match_label("now know nothing", ["yes", "no"]) == ""  # whole words only
+    assert match_label("no. yes", ["yes", "no"]) == "no"
+    assert match_label("", labels) == ""
+    with pytest.raises(ValueError, match="evaluate.classification"):
+        classify(model, tok, PROMPTS, labels, {**cfg, "classification": "greedy"})
+
+
+def test_trie_allows_only_label_continuations():
+    allowed = trie_allowed([(5,), (5, 6), (7, 8)], eos_id=2)
+    assert allowed([]) == [5, 7]
+    assert allowed([5]) == [2, 6]  # a whole label, or the longer one
+    assert allowed([7]) == [8]
+    assert allowed([5, 6]) == [2] and allowed([5, 2]) == [2]
+
+
+def test_one_model_load_for_all_eval_sets_and_formats(tiny_model_dir, tmp_path, monkeypatch):
+    from ptft.data.prepare import eval_and_fewshot, write_toy_dataset
+    from ptft.data.registry import get_dataset
+    from ptft.evaluate import run
+
+    for name in ("toy_nli", "toy_summary"):
+        spec = get_dataset(name)
+        write_toy_dataset(spec, {"train": 4, "validation": 12, "test": 12}, 0, tmp_path / "raw" / name)
+        scored, pool = eval_and_fewshot(spec, tmp_path / "raw" / name, 6, 4, 0)
+        for folder, df in (("eval", scored), ("fewshot", pool)):
+            (tmp_path / "data" / folder).mkdir(parents=True, exist_ok=True)
+            df.to_parquet(tmp_path / "data" / folder / f"{name}.parquet")
+    loads = []
+    real = run.load_pretrained
+    monkeypatch.setattr(run, "load_pretrained", lambda *a, **k: loads.append(a) or real(*a, **k))
+    meta = {"model": "ft/x", "checkpoint": "x", "train_task": "toy_nli", "method": "full", "lr": 0.001, "seed": 0,
+            "shots": 0}  # fmt: skip
+    evaluations = [{"eval_set": "toy_nli", "relation": "in-domain", "formats": ["default", "instruct", "io"]},
+                   {"eval_set": "toy_summary", "relation": "cross-task", "formats": ["default", "io"]}]  # fmt: skip
+    cfg = {"batch_size": 4, "max_new_tokens": {"classification": 5, "generation": 4}, "stop": "\n",
+           "rouge_stemmer": False}  # fmt: skip
+    df = run.evaluate_model(tiny_model_dir, meta, evaluations, tmp_path / "data", cfg, seed=0)
+    assert len(loads) == 1
+    assert sorted(set(zip(df["eval_set"], df["format"], strict=True))) == [
+        ("toy_nli", "default"), ("toy_nli", "instruct"), ("toy_nli", "io"), ("toy_summary", "default"),
+        ("toy_summary", "io")]  # fmt: skip
+    assert len(df) == 5 * 6

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -17,15 +17,28 @@ def cut_at_stop(text: str, stop: str) -> str:
 
 @torch.no_grad()
 def generate_greedy(
-    model, tokenizer, prompts: Sequence[str], max_new_tokens: int, stop: str, batch_size: int
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    max_new_tokens: int,
+    stop: str,
+    batch_size: int,
+    allowed: Callable[[list[int]], list[int]] | None = None,
 ) -> list[str]:
-    """The greedy continuation of each prompt, cut at the first ``stop`` and stripped."""
+    """The greedy continuation of each prompt, cut at the first ``stop`` and stripped.
+
+    ``allowed(generated_ids)``, if given, lists the tokens the next step may choose from.
+    """
     encoded = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
     encoded = truncate_left(encoded, context_limit(model, max_new_tokens))
     outputs: list[str] = [""] * len(prompts)
     for batch in length_sorted_batches([len(e) for e in encoded], batch_size):
         inputs = left_pad([encoded[i] for i in batch], tokenizer.pad_token_id, model.device)
         inputs.pop("position_ids")  # generate() derives them from the attention mask
+        width = inputs["input_ids"].shape[1]
+        constraint = None
+        if allowed is not None:
+            constraint = lambda _, ids, width=width: allowed(ids[width:].tolist())  # noqa: E731
         generated = model.generate(
             **inputs,
             max_new_tokens=max_new_tokens,
@@ -34,6 +47,7 @@ def generate_greedy(
             pad_token_id=tokenizer.pad_token_id,
             stop_strings=[stop] if stop else None,
             tokenizer=tokenizer if stop else None,
+            prefix_allowed_tokens_fn=constraint,
         )
         new_tokens = generated[:, inputs["input_ids"].shape[1] :]
         for row, i in enumerate(batch):

@@ -5,7 +5,7 @@
         --config '<json>' --out predictions.parquet
 
 Each model is scored with ``shots`` in-context examples (its metadata) drawn from the eval
-set's few-shot pool, disjoint from the scored items. Classification uses TokenProb,
+set's few-shot pool, disjoint from the scored items. Classification uses TokenProb (or an ablation, see classify),
 generation greedy decoding scored by ROUGE-L, multiple choice the summed log-likelihood of
 each choice (``acc`` and ``acc_norm``, lm-evaluation-harness definitions). One row per example, with
 enough (prompt hash, prediction, gold, label log-probabilities) to recompute any table.
@@ -25,10 +25,10 @@ from tqdm import tqdm
 from ptft.checkpoints.load import load_pretrained
 from ptft.data.prompts import completion, few_shot_prompt
 from ptft.data.registry import get_dataset
+from ptft.evaluate.classify import classify
 from ptft.evaluate.generate import generate_greedy
 from ptft.evaluate.metrics import accuracy, rouge_l
 from ptft.evaluate.multiple_choice import mc_predictions, score_multiple_choice
-from ptft.evaluate.tokenprob import score_token_prob
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +52,7 @@ def _score(model, tokenizer, task, items, prompts, cfg) -> list[dict]:
     """Per-example result columns (one dict per metric) of one eval set in one format."""
     golds = [completion(task, r) for r in items]
     if task.kind == "classification":
-        pred_idx, logprobs = score_token_prob(model, tokenizer, prompts, task.labels, cfg["batch_size"])
-        predictions = [task.labels[i] for i in pred_idx]
+        predictions, logprobs = classify(model, tokenizer, prompts, task.labels, cfg)
         return [
             {
                 "metric": task.metric,
