@@ -31,6 +31,8 @@ def run(tmp_path_factory):
     cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
     cfg["study"] = "dichotomy"
     cfg["checkpoints"]["toy"]["n_checkpoints"] = 2  # same run, fewer saved checkpoints
+    final_name = f"step{cfg['checkpoints']['toy']['steps']}"
+    cfg["finetune"]["checkpoints"] = [final_name]  # only the final one is fine-tuned here
     cfg["train_tasks"] = ["toy_paraphrase", "toy_qgen"]
     cfg["finetune"]["per_task"] = cfg["data"]["per_task"] = {}
     cfg["eval_sets"] = ["toy_nli", "toy_paraphrase", "toy_summary", "toy_qgen"]

@@ -16,8 +16,8 @@ from ptft.data.convert import to_canonical
 from ptft.data.registry import get_dataset
 from ptft.finetune import methods, state
 from ptft.finetune.batching import IGNORE, collate_packed, collate_padded, encode_examples, template_segments
-from ptft.finetune.select import select_lr
 from ptft.finetune.grad_buffers import KeptGrads
+from ptft.finetune.select import select_lr
 from ptft.finetune.train import completion_loss, finetune
 from ptft.toy.generate import generate_splits
 

@@ -45,6 +45,18 @@ def test_bad_config_names_the_key(path, value, needle):
         validate(cfg, SCHEMA, set_default=True)
 
 
+def test_finetune_checkpoints_limits_training_not_base_scoring():
+    cfg = load_config()
+    cfg["finetune"]["checkpoints"] = ["step200"]
+    plan = build_plan(cfg)
+    assert {m.checkpoint for m in plan.finetune_runs} == {"step200"} and len(plan.finetune_runs) == 7
+    assert len(plan.base_models) == 4
+    assert "checkpoints" not in plan.run_config("toy_nli", "full")  # not a training job's parameter
+    cfg["finetune"]["checkpoints"] = ["step999"]
+    with pytest.raises(ValueError, match="finetune.checkpoints.*step999"):
+        build_plan(cfg)
+
+
 def test_plan_of_the_default_study():
     plan = build_plan(load_config())
     assert plan.checkpoints == ("step10", "step73", "step137", "step200")

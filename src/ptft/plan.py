@@ -19,7 +19,7 @@ from ptft.data.registry import get_dataset
 BASE = "base"
 NO_TASK = "none"
 RELATIONS = ("in-domain", "ood", "cross-task", "pretraining")
-GRID_KEYS = ("methods", "lrs", "seeds", "select_lr")
+GRID_KEYS = ("methods", "lrs", "seeds", "select_lr", "checkpoints")
 PROBE_DEFAULTS = {"every": 25, "examples": 32, "path": None}
 
 
@@ -273,6 +273,11 @@ def build_plan(config: dict, results: str | Path = "results") -> Plan:
     ev = config["evaluate"]
 
     names = tuple(e["name"] for e in entries)
+    tuned = config["finetune"].get("checkpoints")
+    if tuned is not None:
+        unknown = [c for c in tuned if c not in names]
+        if unknown:
+            raise ValueError(f"finetune.checkpoints: {unknown} are not checkpoints of the suite {list(names)}")
     base = tuple(
         Model(c, evaluations=tuple(Evaluation(e, "pretraining", formats[e]) for e in eval_sets), shots=ev["shots"])
         for c in names
@@ -286,7 +291,7 @@ def build_plan(config: dict, results: str | Path = "results") -> Plan:
     if select is not None:
         select = {"metric": "loss", "evaluate": "selected", **select}
     runs, evaluated = [], []
-    for c in names:
+    for c in names if tuned is None else [n for n in names if n in tuned]:
         for t in train_tasks:
             ft = ft_configs[t]
             evaluations = tuple(Evaluation(e, rel, formats[e]) for e, rel in pairs[t])
