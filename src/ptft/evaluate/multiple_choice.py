@@ -15,11 +15,12 @@ Encoding (``_encode_pair``)
     ``whole = encode(context + continuation)``, ``context_enc = encode(context)`` and
     ``continuation_enc = whole[len(context_enc):]``. The continuation's tokens are therefore those
     of the joint encoding, even where the tokenizer merges across the boundary. Every ``encode``
-    here is ``add_special_tokens=False``: no BOS/EOS is added, also for model families whose
-    lm-eval configuration would prepend a BOS (``add_bos_token``). An empty context is replaced by
-    the single EOS token and the continuation is encoded on its own (the older lm-eval rule; newer
-    releases use the BOS token here when the tokenizer has one). A request whose continuation
-    encodes to no tokens is an error, as in lm-eval.
+    here is ``add_special_tokens=False``. lm-eval 0.4.13's HF model encodes with the tokenizer's
+    default instead (unless ``add_bos_token`` is set), so the two agree for tokenizers that add no
+    special tokens (GPT-NeoX's of Pythia and OLMo, the toy tokenizers) and differ by a leading BOS
+    for those that add one (LLaMA's). An empty context is replaced by the single EOS token and the
+    continuation is encoded on its own; lm-eval 0.4.13 uses the BOS token there when the tokenizer
+    has one, else EOS. A request whose continuation encodes to no tokens is an error, as in lm-eval.
 
 Log-likelihood (``_loglikelihood_tokens``)
     The model reads ``(context_enc + continuation_enc)[-(max_length + 1):][:-1]``, i.e. the context
@@ -28,8 +29,11 @@ Log-likelihood (``_loglikelihood_tokens``)
     over the continuation tokens, of the log-softmax probability of each token given everything
     before it. ``max_length`` is the model config's ``n_positions``, ``max_position_embeddings`` or
     ``n_ctx`` (first present), else the tokenizer's ``model_max_length`` unless unset, else 2048.
-    Batches are right-padded; padding sits after every scored position, so it changes nothing for
-    a causal model. Unlike lm-eval, the log-softmax is taken in float32 even for bf16/fp16 models,
+    How it is computed differs from lm-eval: an item's context runs once, left-padded with
+    position ids counting real tokens, and its choices continue from its KV cache
+    (:func:`score_multiple_choice`); a request-by-request path, right-padded, serves items that
+    the window truncates. Both give lm-eval's values up to float32 rounding. Unlike lm-eval, the
+    log-softmax is taken in float32 even for bf16/fp16 models,
     so low-precision runs can differ from lm-eval at the rounding level.
 
 Metrics (``process_results``)
@@ -72,7 +76,10 @@ def encode_requests(tokenizer, requests: Sequence[tuple[str, str]]) -> list[tupl
     joint = [i for i, (ctx, _) in enumerate(pairs) if ctx]
     alone = [i for i, (ctx, _) in enumerate(pairs) if not ctx]
     wholes = _encode(tokenizer, [pairs[i][0] + pairs[i][1] for i in joint])
-    contexts = _encode(tokenizer, [pairs[i][0] for i in joint])
+    # The choices of an item share their context string: encode each distinct one once.
+    unique = list(dict.fromkeys(pairs[i][0] for i in joint))
+    by_context = dict(zip(unique, _encode(tokenizer, unique), strict=True))
+    contexts = [by_context[pairs[i][0]] for i in joint]
     conts_alone = _encode(tokenizer, [pairs[i][1] for i in alone])
 
     encoded: list[tuple[list[int], list[int]]] = [([], [])] * len(pairs)
