@@ -61,6 +61,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from report import emit
 
 from ptft.data.prompts import few_shot_prompt
 from ptft.data.registry import DATASETS
@@ -391,10 +392,7 @@ def main() -> None:
         "tasks": per_task,
         "overall": overall,
     }
-    print(json.dumps(result, indent=2))
-    if a.out:
-        with open(a.out, "w") as f:
-            json.dump(result, f, indent=2)
+    emit(result, a.out)
 
 
 if __name__ == "__main__":

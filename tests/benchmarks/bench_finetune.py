@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import platform
 import tempfile
 import time
 
 import numpy as np
 import torch
+from report import emit
 
 from ptft.finetune.batching import IGNORE
 from ptft.finetune.train import train_loop, validation_loss
@@ -151,10 +151,7 @@ def main() -> None:
         "speedup": hf_s / ours_s,
         "validation_loss_rel_diff": abs(ours_loss - hf_loss) / hf_loss,
     }
-    print(json.dumps(result, indent=2))
-    if a.out:
-        with open(a.out, "w") as f:
-            json.dump(result, f, indent=2)
+    emit(result, a.out)
 
 
 if __name__ == "__main__":
