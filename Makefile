@@ -16,7 +16,7 @@ test: $(VENV)/.installed
 	ruff check src tests
 	snakemake --lint --configfile config.yaml
 	snakemake --lint --configfile workflow/studies/amuro-char-olmo1b.yaml
-	pytest -q
+	pytest -q --durations=10
 
 env: $(VENV)/.installed
 

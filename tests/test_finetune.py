@@ -279,8 +279,9 @@ def _interrupt(cmd, st, sig, after_step):
 
 def test_killed_run_resumes_to_the_uninterrupted_weights(tiny_model_dir, nli_data, tmp_path):
     steps = 60
-    subprocess.run(_finetune_cmd(tiny_model_dir, nli_data, tmp_path / "a", tmp_path / "sa", steps), check=True,
-                   capture_output=True)  # fmt: skip
+    # The uninterrupted run goes alongside the interrupted ones (each process is mostly start-up).
+    uninterrupted = subprocess.Popen(_finetune_cmd(tiny_model_dir, nli_data, tmp_path / "a", tmp_path / "sa", steps),
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
 
     cmd = _finetune_cmd(tiny_model_dir, nli_data, tmp_path / "b", tmp_path / "sb", steps)
     rc, _ = _interrupt(cmd, tmp_path / "sb", signal.SIGKILL, 10)
@@ -293,6 +294,8 @@ def test_killed_run_resumes_to_the_uninterrupted_weights(tiny_model_dir, nli_dat
     assert done.returncode == 0, done.stderr[-2000:]
     assert "resuming at step" in done.stderr
 
+    _, err = uninterrupted.communicate(timeout=300)
+    assert uninterrupted.returncode == 0, err[-2000:]
     a, b = weights(tmp_path / "a" / "model"), weights(tmp_path / "b" / "model")
     assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
     log_a = pd.read_parquet(tmp_path / "a" / "train_log.parquet")
