@@ -66,6 +66,15 @@ def test_performance_table_contract(micro_run):
     assert (perf["tokens"] == perf["step"] * 8 * 64).all()
 
 
+def test_mrc_table_is_written(micro_run):
+    from ptft.analysis.transfer import MRC_COLUMNS
+
+    mrc = pd.read_parquet(micro_run / "results/micro/tables/mrc.parquet")
+    assert tuple(mrc.columns) == MRC_COLUMNS
+    assert set(mrc["group"]) <= {"classification→generation", "generation→classification", "ood"}
+    assert (mrc["n_pairs"] > 0).all()
+
+
 def test_the_lr_grid_is_selected_on_validation(micro_run):
     results = micro_run / "results/micro"
     perf = pd.read_parquet(results / "tables/performance.parquet")

@@ -142,6 +142,29 @@ def cmd_change(a) -> None:
     io.write_parquet(a.out, change_after_finetuning(perf, format=a.format))
 
 
+def cmd_mrc(a) -> None:
+    import pandas as pd
+
+    from ptft import io
+    from ptft.analysis import mean_ratio_of_change
+
+    boot = a.config["bootstrap"]
+    perf = pd.read_parquet(a.performance)
+    io.write_parquet(a.out, mean_ratio_of_change(perf, a.format, boot["resamples"], boot["confidence"], boot["seed"]))
+
+
+def cmd_import_released(a) -> None:
+    import yaml
+
+    from ptft import io
+    from ptft.analysis import import_released_results
+
+    relations = yaml.safe_load(Path(a.study_config).read_text())["relations"] if a.study_config else None
+    table, skipped = import_released_results(a.csv, a.study, relations, a.shots)
+    print(f"imported {len(table)} rows; skipped by reason: {skipped}", file=sys.stderr)
+    io.write_parquet(a.out, table)
+
+
 def cmd_figures(a) -> None:
     import pandas as pd
 
@@ -267,6 +290,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--format", default="default")
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_change)
+
+    s = sub.add_parser("mrc", help="mean ratio of change (cross-task and OOD transfer), with bootstrap intervals")
+    s.add_argument("--performance", required=True)
+    s.add_argument("--format", default="default")
+    s.add_argument("--config", type=json.loads, required=True, help="the aggregate section as JSON")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_mrc)
+
+    s = sub.add_parser("import-released", help="a released results table (Amuro & Char's) as a performance table")
+    s.add_argument("--csv", required=True, help="all_perf_table.csv")
+    s.add_argument("--study", required=True)
+    s.add_argument("--study-config", default=None, help="study YAML whose relations table to use")
+    s.add_argument("--shots", type=int, default=4)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_import_released)
 
     s = sub.add_parser("figures", help="figures of base vs fine-tuned and of the average change")
     s.add_argument("--performance", required=True)

@@ -40,6 +40,26 @@ rule change_table:
         "ptft change --performance {input} --format {params.format} --out {output} > {log} 2>&1"
 
 
+rule mrc_table:
+    input:
+        f"{RESULTS}/tables/performance.parquet",
+    output:
+        report(
+            f"{RESULTS}/tables/mrc.parquet",
+            caption="../report/mrc.rst",
+            category="Tables",
+        ),
+    log:
+        f"{RESULTS}/logs/aggregate/mrc.log",
+    params:
+        format=config["aggregate"]["figure_format"],
+        config=as_json(config["aggregate"]),
+    conda:
+        "../../envs/ptft.yaml"
+    shell:
+        "ptft mrc --performance {input} --format {params.format} --config {params.config:q} --out {output} > {log} 2>&1"
+
+
 rule figures:
     input:
         performance=f"{RESULTS}/tables/performance.parquet",

@@ -30,6 +30,7 @@ def get_final_output():
     return [
         f"{RESULTS}/tables/performance.parquet",
         f"{RESULTS}/tables/change_per_checkpoint.parquet",
+        f"{RESULTS}/tables/mrc.parquet",
         f"{RESULTS}/figures/base_vs_finetuned.png",
         f"{RESULTS}/figures/average_change.png",
     ]

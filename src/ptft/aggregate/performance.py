@@ -153,7 +153,7 @@ def performance_table(
     table["tokens"] = [checkpoints.get(c, {}).get("tokens") for c in table["checkpoint"]]
     table["lr_selected"] = _lr_selected(table, selections or [])
     table["study"] = study
-    table = _cast(table[list(PERFORMANCE_COLUMNS)])
+    table = cast_performance(table[list(PERFORMANCE_COLUMNS)])
     return table.sort_values(_SORT_COLUMNS, na_position="last", kind="mergesort").reset_index(drop=True)
 
 
@@ -221,7 +221,7 @@ def _check_predictions(pred: pd.DataFrame) -> None:
         )
 
 
-def _cast(table: pd.DataFrame) -> pd.DataFrame:
+def cast_performance(table: pd.DataFrame) -> pd.DataFrame:
     table = table.copy()
     for column, dtype in _DTYPES.items():
         if dtype == "float64":

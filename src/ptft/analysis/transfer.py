@@ -1,0 +1,79 @@
+"""Mean ratio of change (MRC): what fine-tuning on one task does to other tasks and domains.
+
+Amuro & Char §6.2: for a model fine-tuned on task ``t`` from checkpoint ``i``,
+
+    MRC = 1/|D_E \\ {t}| · Σ_{d ∈ D_E \\ {t}} (Perf_t^i(d) − Perf_BASE^i(d)) / Perf_BASE^i(d)
+
+over the eval sets ``d`` of a group, in percent. The groups here are the rows' ``relation`` and
+the kinds of the training and eval tasks:
+
+- ``classification→generation`` / ``generation→classification``: ``relation == "cross-task"``,
+  by the kind of the training task and of the eval set;
+- ``ood``: ``relation == "ood"`` (same task, another domain).
+
+Each fine-tuned row is paired with the base row of the same checkpoint, eval set, format and
+metric (:func:`ptft.aggregate.change.paired_change`); pairs whose base is 0 have no ratio and
+are left out. ``mrc_pct`` is the mean of the pairs' ratios over every training task, eval set
+and checkpoint of the group (``checkpoint == "all"``) or over one checkpoint. ``ci_low`` /
+``ci_high``: the seeded percentile bootstrap of that mean over its pairs
+(:func:`ptft.aggregate.bootstrap.percentile_ci`, seed = CRC-32 of ``"seed|group|checkpoint"``).
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import pandas as pd
+
+from ptft.aggregate.bootstrap import percentile_ci
+from ptft.aggregate.change import paired_change
+from ptft.data.registry import DATASETS
+from ptft.data.tasks import TASK_TYPES
+
+MRC_COLUMNS = ("group", "checkpoint", "step", "mrc_pct", "ci_low", "ci_high", "n_pairs")
+
+
+def _kind_of_dataset(name: str) -> str | None:
+    spec = DATASETS.get(name)
+    return spec.task.kind if spec else None
+
+
+def transfer_group(train_task: str, eval_task: str, relation: str) -> str | None:
+    """The MRC group of a fine-tuned row, or None if it belongs to none."""
+    if relation == "ood":
+        return "ood"
+    if relation != "cross-task":
+        return None
+    train_kind = _kind_of_dataset(train_task)
+    eval_kind = TASK_TYPES[eval_task].kind if eval_task in TASK_TYPES else None
+    if train_kind and eval_kind and train_kind != eval_kind:
+        return f"{train_kind}→{eval_kind}"
+    return None
+
+
+def mean_ratio_of_change(
+    perf: pd.DataFrame, format: str = "default", resamples: int = 3000, confidence: float = 0.95, seed: int = 0
+) -> pd.DataFrame:
+    """MRC per group, overall (``checkpoint == "all"``) and per checkpoint; see the module docstring."""
+    pairs = paired_change(perf, format)
+    pairs["group"] = [transfer_group(*row) for row in pairs[["train_task", "eval_task", "relation"]].itertuples(False)]
+    pairs = pairs[pairs["group"].notna() & pairs["ratio_pct"].notna()]
+    rows = []
+    for group, by_group in pairs.groupby("group", sort=True):
+        parts = [("all", pd.NA, by_group)]
+        parts += [(c, g["step"].iloc[0], g) for c, g in by_group.groupby("checkpoint", sort=False)]
+        for checkpoint, step, part in parts:
+            ratios = part["ratio_pct"].to_numpy(dtype=np.float64)
+            key = zlib.crc32(f"{seed}|{group}|{checkpoint}".encode())
+            low, high = percentile_ci(ratios, resamples, confidence, key)
+            rows.append((group, checkpoint, step, float(ratios.mean()), low, high, ratios.size))
+    out = pd.DataFrame(rows, columns=list(MRC_COLUMNS))
+    out = out.astype({"group": "str", "checkpoint": "str", "step": "Int64", "n_pairs": "int64"})
+    order = out["checkpoint"].ne("all")
+    return (
+        out.assign(_order=order)
+        .sort_values(["group", "_order", "step"], na_position="last", kind="mergesort")
+        .drop(columns="_order")
+        .reset_index(drop=True)
+    )
