@@ -1,3 +1,14 @@
+localrules:
+    aggregate,
+
+
+# Every table and figure, from the per-example predictions already there:
+#   snakemake aggregate --forcerun performance_table
+rule aggregate:
+    input:
+        get_final_output(),
+
+
 rule performance_table:
     input:
         predictions=get_all_predictions,
