@@ -8,7 +8,14 @@ import yaml
 
 from conftest import ROOT
 from ptft.aggregate.performance import PERFORMANCE_COLUMNS, validate_performance
-from ptft.analysis import import_released_results, mean_ratio_of_change, parse_model_id
+from ptft.analysis import (
+    format_sensitivity,
+    format_sensitivity_summary,
+    import_released_results,
+    learned_during_pretraining,
+    mean_ratio_of_change,
+    parse_model_id,
+)
 
 # A copy of ../shared/reference/amuro-char-results/all_perf_table.csv, the paper's released results.
 RELEASED = ROOT / "tests/data/amuro_char_all_perf_table.csv"
@@ -70,3 +77,26 @@ def test_mean_ratio_of_change_gives_the_papers_headline_numbers(released):
     assert len(per_checkpoint) == 8 and per_checkpoint["n_pairs"].sum() == 32
     weighted = (per_checkpoint["mrc_pct"] * per_checkpoint["n_pairs"]).sum() / 32
     assert weighted == pytest.approx(cls_gen["mrc_pct"])
+
+
+def test_learned_during_pretraining_rule_on_the_released_results(released):
+    learned = learned_during_pretraining(released[0], min_gain=0.05).set_index("eval_set")
+    assert set(learned.index[learned["learned"]]) == {"sciq", "socialiqa"}
+    # The paper's never-learned sets stay unlearned: MNLI and XSum.
+    assert not learned.loc[["mnli_matched", "mnli_mismatched", "xsum"], "learned"].any()
+    assert learned.loc["sciq", "gain"] == pytest.approx(0.163364 - 0.027622, abs=1e-5)
+    assert (learned["first_step"] == 1000).all() and (learned["last_step"] == 750000).all()
+    assert set(learned_during_pretraining(released[0], min_gain=0.1).query("learned")["eval_set"]) == {"sciq"}
+
+
+def test_format_sensitivity(released):
+    table = format_sensitivity(released[0])
+    row = table[(table["checkpoint"] == "step1000") & (table["method"] == "base")
+                & (table["eval_set"] == "mnli_matched")].iloc[0]  # fmt: skip
+    values = [row["value_default"], row["value_instruct"], row["value_io"]]
+    assert row["range"] == pytest.approx(max(values) - min(values)) and row["best_format"] == "instruct"
+    assert (table[["value_default", "value_instruct", "value_io"]].notna().sum(axis=1) >= 2).all()
+    summary = format_sensitivity_summary(table)
+    base1000 = summary[(summary["checkpoint"] == "step1000") & (summary["method"] == "base")].iloc[0]
+    part = table[(table["checkpoint"] == "step1000") & (table["method"] == "base")]
+    assert base1000["mean_range"] == pytest.approx(part["range"].mean()) and base1000["n_eval_sets"] == len(part)

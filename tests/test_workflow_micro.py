@@ -73,6 +73,10 @@ def test_mrc_table_is_written(micro_run):
     assert tuple(mrc.columns) == MRC_COLUMNS
     assert set(mrc["group"]) <= {"classification→generation", "generation→classification", "ood"}
     assert (mrc["n_pairs"] > 0).all()
+    learned = pd.read_parquet(micro_run / "results/micro/tables/learned_during_pretraining.parquet")
+    assert set(learned["eval_set"]) == {"toy_nli", "toy_paraphrase_ood", "toy_summary", "toy_qgen"}
+    sensitivity = pd.read_parquet(micro_run / "results/micro/tables/format_sensitivity.parquet")
+    assert len(sensitivity) == 6 * 4 and sensitivity["value_instruct"].isna().all()  # default and io only
 
 
 def test_the_lr_grid_is_selected_on_validation(micro_run):
@@ -131,7 +135,7 @@ def test_figures_exist(micro_run):
         assert (figs / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-AGGREGATION_JOBS = {"performance_table", "change_table", "mrc_table", "figures", "all", "aggregate"}
+AGGREGATION_JOBS = {"performance_table", "change_table", "mrc_table", "analysis_tables", "figures", "all", "aggregate"}
 
 
 def planned_jobs(out) -> dict[str, int]:
@@ -152,7 +156,7 @@ def test_an_analysis_setting_reruns_only_aggregation(micro_run, tmp_path):
     changed = tmp_path / "micro.yaml"
     changed.write_text(yaml.safe_dump(cfg))
     jobs = planned_jobs(run_snakemake(micro_run, changed, "-n"))
-    assert {"performance_table", "mrc_table", "figures"} <= set(jobs) <= AGGREGATION_JOBS, jobs
+    assert {"performance_table", "mrc_table", "analysis_tables", "figures"} <= set(jobs) <= AGGREGATION_JOBS, jobs
     # The documented target regenerates every table and figure and touches nothing upstream.
     jobs = planned_jobs(snakemake(micro_run, "aggregate", "--forcerun", "performance_table", "-n"))
     assert set(jobs) == AGGREGATION_JOBS - {"all"}, jobs

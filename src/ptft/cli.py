@@ -153,6 +153,19 @@ def cmd_mrc(a) -> None:
     io.write_parquet(a.out, mean_ratio_of_change(perf, a.format, boot["resamples"], boot["confidence"], boot["seed"]))
 
 
+def cmd_analysis_tables(a) -> None:
+    import pandas as pd
+
+    from ptft import io
+    from ptft.analysis import format_sensitivity, format_sensitivity_summary, learned_during_pretraining
+
+    perf = pd.read_parquet(a.performance)
+    io.write_parquet(a.learned, learned_during_pretraining(perf, a.format, a.config["learned_min_gain"]))
+    sensitivity = format_sensitivity(perf)
+    io.write_parquet(a.format_sensitivity, sensitivity)
+    io.write_parquet(a.format_summary, format_sensitivity_summary(sensitivity))
+
+
 def cmd_import_released(a) -> None:
     import yaml
 
@@ -297,6 +310,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", type=json.loads, required=True, help="the aggregate section as JSON")
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_mrc)
+
+    s = sub.add_parser("analysis-tables", help="learned-during-pre-training sets and format sensitivity")
+    s.add_argument("--performance", required=True)
+    s.add_argument("--format", default="default")
+    s.add_argument("--config", type=json.loads, required=True, help="the aggregate section as JSON")
+    s.add_argument("--learned", required=True)
+    s.add_argument("--format-sensitivity", required=True)
+    s.add_argument("--format-summary", required=True)
+    s.set_defaults(func=cmd_analysis_tables)
 
     s = sub.add_parser("import-released", help="a released results table (Amuro & Char's) as a performance table")
     s.add_argument("--csv", required=True, help="all_perf_table.csv")

@@ -71,6 +71,38 @@ rule mrc_table:
         "ptft mrc --performance {input} --format {params.format} --config {params.config:q} --out {output} > {log} 2>&1"
 
 
+rule analysis_tables:
+    input:
+        f"{RESULTS}/tables/performance.parquet",
+    output:
+        learned=report(
+            f"{RESULTS}/tables/learned_during_pretraining.parquet",
+            caption="../report/learned.rst",
+            category="Tables",
+        ),
+        sensitivity=report(
+            f"{RESULTS}/tables/format_sensitivity.parquet",
+            caption="../report/format_sensitivity.rst",
+            category="Tables",
+        ),
+        summary=report(
+            f"{RESULTS}/tables/format_sensitivity_per_checkpoint.parquet",
+            caption="../report/format_sensitivity.rst",
+            category="Tables",
+        ),
+    log:
+        f"{RESULTS}/logs/aggregate/analysis_tables.log",
+    params:
+        format=config["aggregate"]["figure_format"],
+        config=as_json(config["aggregate"]),
+    conda:
+        "../../envs/ptft.yaml"
+    shell:
+        "ptft analysis-tables --performance {input} --format {params.format} --config {params.config:q} "
+        "--learned {output.learned} --format-sensitivity {output.sensitivity} --format-summary {output.summary} "
+        "> {log} 2>&1"
+
+
 rule figures:
     input:
         performance=f"{RESULTS}/tables/performance.parquet",

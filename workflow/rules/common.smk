@@ -31,6 +31,8 @@ def get_final_output():
         f"{RESULTS}/tables/performance.parquet",
         f"{RESULTS}/tables/change_per_checkpoint.parquet",
         f"{RESULTS}/tables/mrc.parquet",
+        f"{RESULTS}/tables/learned_during_pretraining.parquet",
+        f"{RESULTS}/tables/format_sensitivity_per_checkpoint.parquet",
         f"{RESULTS}/figures/base_vs_finetuned.png",
         f"{RESULTS}/figures/average_change.png",
     ]
