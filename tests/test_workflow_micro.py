@@ -135,7 +135,16 @@ def test_figures_exist(micro_run):
         assert (figs / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-AGGREGATION_JOBS = {"performance_table", "change_table", "mrc_table", "analysis_tables", "figures", "all", "aggregate"}
+AGGREGATION_JOBS = {
+    "performance_table",
+    "change_table",
+    "mrc_table",
+    "analysis_tables",
+    "figures",
+    "report_table",
+    "all",
+    "aggregate",
+}
 
 
 def planned_jobs(out) -> dict[str, int]:
@@ -160,6 +169,18 @@ def test_an_analysis_setting_reruns_only_aggregation(micro_run, tmp_path):
     # The documented target regenerates every table and figure and touches nothing upstream.
     jobs = planned_jobs(snakemake(micro_run, "aggregate", "--forcerun", "performance_table", "-n"))
     assert set(jobs) == AGGREGATION_JOBS - {"all"}, jobs
+
+
+def test_report_holds_every_table_and_figure_with_captions(micro_run, tmp_path):
+    report = tmp_path / "report.html"
+    out = snakemake(micro_run, "--report", str(report))
+    assert out.returncode == 0, out.stderr[-3000:]
+    html = report.read_text()
+    tables = ["performance", "change_per_checkpoint", "mrc", "learned_during_pretraining", "format_sensitivity",
+              "format_sensitivity_per_checkpoint"]  # fmt: skip
+    for name in [f"{t}.html" for t in tables] + ["average_change.png", "base_vs_finetuned.png"]:
+        assert name in html, name
+    assert "Mean ratio of change" in html and "Prompt-format sensitivity" in html  # captions rendered
 
 
 def test_second_run_does_nothing(micro_run):

@@ -166,6 +166,21 @@ def cmd_analysis_tables(a) -> None:
     io.write_parquet(a.format_summary, format_sensitivity_summary(sensitivity))
 
 
+def cmd_table_html(a) -> None:
+    import pandas as pd
+
+    from ptft import io
+
+    table = pd.read_parquet(a.table)
+    html = table.to_html(index=False, float_format=lambda x: f"{x:.4g}", na_rep="–", border=0)
+    style = ("<style>body{font:13px sans-serif;margin:1em} table{border-collapse:collapse} "
+             "th,td{padding:2px 8px;text-align:right;border-bottom:1px solid #ddd} th{position:sticky;top:0;"
+             "background:#f4f4f4}</style>")  # fmt: skip
+    title = Path(a.table).stem
+    io.write_text(a.out, f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>{style}</head>"
+                         f"<body><p>{title}: {len(table)} rows</p>{html}</body></html>")  # fmt: skip
+
+
 def cmd_import_released(a) -> None:
     import yaml
 
@@ -319,6 +334,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--format-sensitivity", required=True)
     s.add_argument("--format-summary", required=True)
     s.set_defaults(func=cmd_analysis_tables)
+
+    s = sub.add_parser("table-html", help="a Parquet table as an HTML page (for the report)")
+    s.add_argument("--table", required=True)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_table_html)
 
     s = sub.add_parser("import-released", help="a released results table (Amuro & Char's) as a performance table")
     s.add_argument("--csv", required=True, help="all_perf_table.csv")

@@ -15,11 +15,7 @@ rule performance_table:
         manifest=f"{RESULTS}/checkpoints/manifest.json",
         selections=get_all_selections,
     output:
-        report(
-            f"{RESULTS}/tables/performance.parquet",
-            caption="../report/performance.rst",
-            category="Tables",
-        ),
+        f"{RESULTS}/tables/performance.parquet",
     log:
         f"{RESULTS}/logs/aggregate/performance.log",
     params:
@@ -36,11 +32,7 @@ rule change_table:
     input:
         f"{RESULTS}/tables/performance.parquet",
     output:
-        report(
-            f"{RESULTS}/tables/change_per_checkpoint.parquet",
-            caption="../report/change.rst",
-            category="Tables",
-        ),
+        f"{RESULTS}/tables/change_per_checkpoint.parquet",
     log:
         f"{RESULTS}/logs/aggregate/change.log",
     params:
@@ -55,11 +47,7 @@ rule mrc_table:
     input:
         f"{RESULTS}/tables/performance.parquet",
     output:
-        report(
-            f"{RESULTS}/tables/mrc.parquet",
-            caption="../report/mrc.rst",
-            category="Tables",
-        ),
+        f"{RESULTS}/tables/mrc.parquet",
     log:
         f"{RESULTS}/logs/aggregate/mrc.log",
     params:
@@ -75,21 +63,9 @@ rule analysis_tables:
     input:
         f"{RESULTS}/tables/performance.parquet",
     output:
-        learned=report(
-            f"{RESULTS}/tables/learned_during_pretraining.parquet",
-            caption="../report/learned.rst",
-            category="Tables",
-        ),
-        sensitivity=report(
-            f"{RESULTS}/tables/format_sensitivity.parquet",
-            caption="../report/format_sensitivity.rst",
-            category="Tables",
-        ),
-        summary=report(
-            f"{RESULTS}/tables/format_sensitivity_per_checkpoint.parquet",
-            caption="../report/format_sensitivity.rst",
-            category="Tables",
-        ),
+        learned=f"{RESULTS}/tables/learned_during_pretraining.parquet",
+        sensitivity=f"{RESULTS}/tables/format_sensitivity.parquet",
+        summary=f"{RESULTS}/tables/format_sensitivity_per_checkpoint.parquet",
     log:
         f"{RESULTS}/logs/aggregate/analysis_tables.log",
     params:
@@ -101,6 +77,27 @@ rule analysis_tables:
         "ptft analysis-tables --performance {input} --format {params.format} --config {params.config:q} "
         "--learned {output.learned} --format-sensitivity {output.sensitivity} --format-summary {output.summary} "
         "> {log} 2>&1"
+
+
+# Each table as an HTML page for the report (a browser cannot show Parquet).
+rule report_table:
+    input:
+        f"{RESULTS}/tables/{{table}}.parquet",
+    output:
+        report(
+            f"{RESULTS}/report/{{table}}.html",
+            caption="../report/table.rst",
+            category="Tables",
+            labels={"table": "{table}"},
+        ),
+    log:
+        f"{RESULTS}/logs/aggregate/report_table/{{table}}.log",
+    wildcard_constraints:
+        table="|".join(REPORT_TABLES),
+    conda:
+        "../../envs/ptft.yaml"
+    shell:
+        "ptft table-html --table {input} --out {output} > {log} 2>&1"
 
 
 rule figures:

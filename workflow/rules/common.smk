@@ -26,8 +26,19 @@ def as_json(obj):
     return json.dumps(obj, sort_keys=True)
 
 
+# Tables shown in the report; each has its caption in workflow/report/table.rst.
+REPORT_TABLES = [
+    "performance",
+    "change_per_checkpoint",
+    "mrc",
+    "learned_during_pretraining",
+    "format_sensitivity",
+    "format_sensitivity_per_checkpoint",
+]
+
+
 def get_final_output():
-    return [
+    return expand(f"{RESULTS}/report/{{table}}.html", table=REPORT_TABLES) + [
         f"{RESULTS}/tables/performance.parquet",
         f"{RESULTS}/tables/change_per_checkpoint.parquet",
         f"{RESULTS}/tables/mrc.parquet",
