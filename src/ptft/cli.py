@@ -319,21 +319,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_change)
 
-    s = sub.add_parser("mrc", help="mean ratio of change (cross-task and OOD transfer), with bootstrap intervals")
-    s.add_argument("--performance", required=True)
-    s.add_argument("--format", default="default")
-    s.add_argument("--config", type=json.loads, required=True, help="the aggregate section as JSON")
-    s.add_argument("--out", required=True)
-    s.set_defaults(func=cmd_mrc)
+    def analysis(name: str, help: str, func) -> argparse.ArgumentParser:
+        """A command reading performance.parquet with the aggregate section's settings."""
+        s = sub.add_parser(name, help=help)
+        s.add_argument("--performance", required=True)
+        s.add_argument("--format", default="default")
+        s.add_argument("--config", type=_json, required=True, help="the aggregate section as JSON")
+        s.set_defaults(func=func)
+        return s
 
-    s = sub.add_parser("analysis-tables", help="learned-during-pre-training sets and format sensitivity")
-    s.add_argument("--performance", required=True)
-    s.add_argument("--format", default="default")
-    s.add_argument("--config", type=json.loads, required=True, help="the aggregate section as JSON")
+    s = analysis("mrc", "mean ratio of change (cross-task and OOD transfer), with bootstrap intervals", cmd_mrc)
+    s.add_argument("--out", required=True)
+
+    s = analysis("analysis-tables", "learned-during-pre-training sets and format sensitivity", cmd_analysis_tables)
     s.add_argument("--learned", required=True)
     s.add_argument("--format-sensitivity", required=True)
     s.add_argument("--format-summary", required=True)
-    s.set_defaults(func=cmd_analysis_tables)
 
     s = sub.add_parser("table-html", help="a Parquet table as an HTML page (for the report)")
     s.add_argument("--table", required=True)
