@@ -39,6 +39,9 @@ AMURO_JOBS = {
     "evaluate_finetuned": 40,
     "performance_table": 1,
     "change_table": 1,
+    "mrc_table": 1,
+    "analysis_tables": 1,
+    "report_table": 6,
     "figures": 1,
     "all": 1,
 }
