@@ -135,16 +135,21 @@ def _batch_loglikelihoods(model, windows: list[list[int]], conts: list[list[int]
         kwargs["logits_to_keep"] = width - offset
     logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device), **kwargs).logits
 
-    cont_lens = torch.tensor([len(c) for c in conts])
-    rows = torch.repeat_interleave(torch.arange(len(conts)), cont_lens)
-    first = torch.cumsum(cont_lens, 0) - cont_lens  # flat index of each row's first continuation token
-    within = torch.arange(len(rows)) - torch.repeat_interleave(first, cont_lens)
-    positions = torch.repeat_interleave(torch.tensor(starts), cont_lens) + within - offset
-    targets = torch.tensor(list(chain.from_iterable(conts)), dtype=torch.long)
+    return _summed_logprobs(logits, [s - offset for s in starts], conts).cpu().numpy()
+
+
+def _summed_logprobs(logits: torch.Tensor, starts: list[int], targets: list[list[int]]) -> torch.Tensor:
+    """Per row r, the float64 sum over j of ``log_softmax(logits[r, starts[r] + j])[targets[r][j]]``."""
+    lens = torch.tensor([len(t) for t in targets])
+    rows = torch.repeat_interleave(torch.arange(len(targets)), lens)
+    first = torch.cumsum(lens, 0) - lens  # flat index of each row's first target
+    within = torch.arange(len(rows)) - torch.repeat_interleave(first, lens)
+    positions = torch.repeat_interleave(torch.tensor(starts, dtype=torch.long), lens) + within
+    flat = torch.tensor(list(chain.from_iterable(targets)), dtype=torch.long, device=logits.device)
     picked = logits[rows.to(logits.device), positions.to(logits.device)].float()
-    token_lp = torch.log_softmax(picked, dim=-1).gather(-1, targets.to(logits.device)[:, None])[:, 0]
-    sums = torch.zeros(len(conts), dtype=torch.float64)
-    return sums.index_add_(0, rows, token_lp.double().cpu()).numpy()
+    token_lp = torch.log_softmax(picked, dim=-1).gather(-1, flat[:, None])[:, 0]
+    sums = torch.zeros(len(targets), dtype=torch.float64, device=logits.device)
+    return sums.index_add_(0, rows.to(logits.device), token_lp.double())
 
 
 @torch.no_grad()
@@ -185,8 +190,7 @@ def _shared_context_loglikelihoods(model, items: list[tuple[list[int], list[list
     row_lp = first_lp[item_of_row, first].double()
 
     tails = [cont[1:] for cont in conts]
-    width = max(len(t) for t in tails)
-    if width:
+    if any(tails):
         cache = out.past_key_values
         cache.reorder_cache(item_of_row)
         inputs, mask = _right_pad([cont[:-1] for cont in conts], pad_id)
@@ -199,13 +203,7 @@ def _shared_context_loglikelihoods(model, items: list[tuple[list[int], list[list
             past_key_values=cache,
             use_cache=True,
         ).logits
-        tail_lens = torch.tensor([len(t) for t in tails])
-        rows = torch.repeat_interleave(torch.arange(len(tails)), tail_lens)
-        cols = torch.cat([torch.arange(n) for n in tail_lens.tolist()]) if len(rows) else rows
-        targets = torch.tensor(list(chain.from_iterable(tails)), dtype=torch.long, device=device)
-        picked = torch.log_softmax(logits[rows.to(device), cols.to(device)].float(), dim=-1)
-        token_lp = picked.gather(-1, targets[:, None])[:, 0].double()
-        row_lp = row_lp.index_add(0, rows.to(device), token_lp)
+        row_lp = row_lp + _summed_logprobs(logits, [0] * len(tails), tails)
     row_lp = row_lp.cpu().numpy()
     bounds = np.cumsum([len(item_conts) for _, item_conts in items])[:-1]
     return np.split(row_lp, bounds)

@@ -72,14 +72,13 @@ def completion_loss(model, batch: dict, fast: bool, kept: KeptGrads | None = Non
     keep = targets != IGNORE
     # No KV cache: it is useless in training, and with one transformers ignores packed position_ids.
     inputs = {**{k: v for k, v in batch.items() if k != "labels"}, "use_cache": False}
-    if fast and kept is not None and kept.active:
-        inputs["inputs_embeds"] = kept.embed(inputs.pop("input_ids"))
-        hidden = methods.unwrap(model).base_model(**inputs).last_hidden_state[:, :-1]
-        logits = kept.head(hidden[keep])
-    elif fast:
+    if fast:
         inner = methods.unwrap(model)
-        hidden = inner.base_model(**inputs).last_hidden_state[:, :-1]
-        logits = inner.get_output_embeddings()(hidden[keep])
+        kept = kept if kept is not None and kept.active else None
+        if kept is not None:
+            inputs["inputs_embeds"] = kept.embed(inputs.pop("input_ids"))
+        hidden = inner.base_model(**inputs).last_hidden_state[:, :-1][keep]
+        logits = kept.head(hidden) if kept is not None else inner.get_output_embeddings()(hidden)
     else:
         logits = model(**inputs).logits[:, :-1][keep]
     return torch.nn.functional.cross_entropy(logits.float(), targets[keep], reduction="sum")
