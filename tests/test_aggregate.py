@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -12,7 +13,13 @@ import pytest
 from ptft.aggregate import bootstrap
 from ptft.aggregate.bootstrap import percentile_ci
 from ptft.aggregate.change import change_after_finetuning, change_slope, paired_change
-from ptft.aggregate.figures import plot_average_change, plot_base_vs_finetuned, plot_base_vs_finetuned_grid
+from ptft.aggregate.figures import (
+    plot_average_change,
+    plot_base_vs_finetuned,
+    plot_base_vs_finetuned_grid,
+    plot_format_sensitivity,
+    plot_learning_dynamics,
+)
 from ptft.aggregate.performance import (
     PERFORMANCE_COLUMNS,
     performance_table,
@@ -294,7 +301,8 @@ def test_read_predictions_concatenates(tmp_path):
 
 def test_change_after_finetuning_from_predictions(perf):
     change = change_after_finetuning(perf, "default")
-    assert list(change.columns) == ["checkpoint", "step", "relation", "avg_diff", "avg_ratio_pct", "n_pairs"]
+    assert list(change.columns) == ["checkpoint", "step", "relation", "learned", "avg_diff", "avg_ratio_pct", "n_pairs"]
+    assert change["learned"].isna().all()  # no learned table given: unclassified
     got = {(r.checkpoint, r.relation): (r.avg_diff, r.avg_ratio_pct, r.n_pairs) for r in change.itertuples()}
     assert got[("step20", "in-domain")] == pytest.approx((0.25, 50.0, 1))  # 0.75 vs 0.5
     assert got[("step20", "cross-task")] == pytest.approx((-0.25, -200 / 3, 1))  # 0.125 vs 0.375
@@ -326,6 +334,27 @@ def test_change_averages_pairs_and_skips_zero_base():
     assert change.loc["ood", "avg_diff"] == pytest.approx(0.125)
     assert change.loc["ood", "avg_ratio_pct"] == pytest.approx(-50.0)
     assert change.loc["ood", "n_pairs"] == 2
+
+
+def test_change_split_by_learned_during_pretraining(perf):
+    learned = pd.DataFrame({"eval_set": ["toy_nli", "toy_sum"], "metric": ["accuracy", "rougeL"],
+                            "learned": [True, False]})  # fmt: skip
+    change = change_after_finetuning(perf, "default", learned)
+    got = {(r.checkpoint, r.relation, r.learned): (r.avg_diff, r.n_pairs) for r in change.itertuples()}
+    # toy_nli (in-domain) is the learned set, toy_sum (cross-task) the unlearned one.
+    assert got == {
+        ("step20", "in-domain", True): pytest.approx((0.25, 1)),
+        ("step20", "cross-task", False): pytest.approx((-0.25, 1)),
+        ("step40", "in-domain", True): pytest.approx((0.25, 1)),
+        ("step40", "cross-task", False): pytest.approx((0.375, 1)),
+    }
+    slope = change_slope(change)
+    assert slope[["relation", "learned"]].values.tolist() == [["cross-task", False], ["in-domain", True]]
+    # cross-task: -0.25 at step 20, 0.375 at step 40: +0.625 per 20 steps = 3125 per 100k steps.
+    assert slope.set_index("relation").loc["cross-task", "slope_avg_diff"] == pytest.approx(0.625 / 20 * 1e5)
+    # An eval set the learned table does not classify stays null rather than joining a side.
+    partial = change_after_finetuning(perf, "default", learned.iloc[:1])
+    assert partial.set_index("relation").loc["cross-task", "learned"].isna().all()
 
 
 def test_change_slope_linear():
@@ -363,6 +392,31 @@ def test_figures_write_png(perf, tmp_path):
     assert_png(tmp_path / "grid.png")
     plot_average_change(change_after_finetuning(perf), tmp_path / "change.png")
     assert_png(tmp_path / "change.png")
+    assert plt.get_fignums() == []
+
+
+def test_figures_svg_format_relation_and_learning_dynamics(perf, tmp_path):
+    plot_base_vs_finetuned_grid(perf, ["toy_sum"], "default", tmp_path / "cross_task.png", relation="cross-task")
+    plot_format_sensitivity(perf, ["toy_nli", "toy_sum"], tmp_path / "formats.png")
+    steps = np.arange(0, 50, 25)
+    probes = pd.DataFrame([(panel, s, e, t, -5.0 + s / 25 * (1 if t == "gold" else -1), 2)
+                           for panel in ("step20", "step40") for s in steps for e in range(3)
+                           for t in ("gold", "other_label")],
+                          columns=["panel", "step", "example", "response_type", "logp", "n_tokens"])  # fmt: skip
+    plot_learning_dynamics(probes, "Learning dynamics: toy_nli (full)", tmp_path / "dynamics.png")
+    for name in ("cross_task", "formats", "dynamics"):
+        assert_png(tmp_path / f"{name}.png")
+        svg = (tmp_path / f"{name}.svg").read_text()
+        assert svg.lstrip().startswith("<?xml") and "</svg>" in svg
+    # Text stays text in the SVG (editable in a paper), and every curve is labelled in the legend.
+    svg = (tmp_path / "formats.svg").read_text()
+    for label in ("toy_nli · accuracy", "default, base", "instruct, fine-tuned"):
+        assert label in svg
+    assert "toy_sum" not in svg  # scored in one format only: no panel
+    texts = set(re.findall(r">([\w ]+)</text>", (tmp_path / "dynamics.svg").read_text()))
+    assert {"gold", "other_label", "step40"} <= texts
+    with pytest.raises(ValueError, match="more than one format"):
+        plot_format_sensitivity(perf, ["toy_sum"], tmp_path / "none.png")
     assert plt.get_fignums() == []
 
 

@@ -163,6 +163,43 @@ def test_packed_grouped_and_one_by_one_losses_agree(tiny_model_dir, nli_data):
         torch.testing.assert_close(loss, one_by_one, atol=1e-4, rtol=1e-5)
 
 
+@pytest.mark.parametrize("arch", ["llama", "untied gpt_neox"])
+def test_packed_attention_is_per_example_and_exact(arch, tiny_model_dir, nli_data, monkeypatch):
+    from ptft.finetune import packed_attention
+
+    model, tok = load_pretrained(tiny_model_dir)
+    if arch != "llama":
+        model = _untied_neox()
+    pad = model.config.pad_token_id or 0
+    records = pd.read_parquet(nli_data).to_dict("records")[:5]
+    examples = encode_examples(tok, get_dataset("toy_nli").task, records, "default", 256)
+    examples = [([i % model.config.vocab_size for i in x], [-100 if t == -100 else t % model.config.vocab_size
+                 for t in y]) for x, y in examples]  # fmt: skip
+    padded = collate_padded(examples, pad)
+    ref = completion_loss(model, padded, True)
+    ref.backward()
+    ref_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+
+    calls = []
+    sdpa = packed_attention.F.scaled_dot_product_attention
+    monkeypatch.setattr(packed_attention.F, "scaled_dot_product_attention",
+                        lambda q, *a, **k: calls.append(q.shape[2]) or sdpa(q, *a, **k))  # fmt: skip
+    with packed_attention.use_packed_attention(model) as used:
+        assert used and model.config._attn_implementation == packed_attention.NAME
+        loss = completion_loss(model, collate_packed(examples), True)
+        loss.backward()
+        # Padded batches in the same model still get SDPA's masks (validation, probes).
+        torch.testing.assert_close(completion_loss(model, padded, True), ref, atol=1e-5, rtol=1e-5)
+    assert model.config._attn_implementation == "sdpa"
+    lengths = [len(x) for x, _ in examples]
+    # One causal SDPA per example and layer, each over that example's tokens only.
+    assert calls[: len(lengths)] == lengths and len(calls) >= len(lengths) * model.config.num_hidden_layers
+    torch.testing.assert_close(loss, ref, atol=1e-5, rtol=1e-5)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, ref_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
 def _untied_neox():
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
@@ -178,23 +215,36 @@ def test_kept_gradient_buffers_equal_autograd(arch, tiny_model_dir):
     pad = model.config.pad_token_id
     assert model.get_input_embeddings().padding_idx == (pad if arch.startswith("tied") else None)
     g = torch.Generator().manual_seed(0)
-    examples = [(ids := torch.randint(3, 60, (n,), generator=g).tolist(), [IGNORE] * (n - 2) + ids[-2:])
-                for n in (5, 9, 7)]  # fmt: skip
-    batch = collate_padded(examples, pad)
+
+    def batch(lengths):
+        return collate_padded([(ids := torch.randint(3, 60, (n,), generator=g).tolist(), [IGNORE] * (n - 2) + ids[-2:])
+                               for n in lengths], pad)  # fmt: skip
+
+    # Steps of different token ids: stale rows of one step must not leak into the next; the
+    # third step has two micro-batches (accumulation into a live buffer).
+    steps = [[batch((5, 9, 7))], [batch((6, 4))], [batch((8, 3)), batch((4, 4, 6))]]
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    completion_loss(model, batch, True).backward()
-    reference = {n: p.grad.clone() for n, p in model.named_parameters()}
-    opt.zero_grad(set_to_none=True)
+    reference = []
+    for micro in steps:
+        for b in micro:
+            completion_loss(model, b, True).backward()
+        reference.append({n: p.grad.clone() for n, p in model.named_parameters()})
+        opt.zero_grad(set_to_none=True)
     kept = KeptGrads(model)
     assert kept.active
-    for _ in range(2):  # the second step reuses the zeroed buffers
-        completion_loss(model, batch, True, kept).backward()
-        grads = {n: p.grad.clone() for n, p in model.named_parameters()}
-        buffer = model.get_output_embeddings().weight.grad
+    buffer = None
+    for micro, expected in zip(steps, reference, strict=True):
+        for b in micro:
+            completion_loss(model, b, True, kept).backward()
+        kept.settle()
+        for name, p in model.named_parameters():
+            torch.testing.assert_close(p.grad, expected[name], atol=1e-6, rtol=1e-5, msg=name)
+        buffer = buffer if buffer is not None else model.get_output_embeddings().weight.grad
         kept.zero_grad(opt)
-        assert model.get_output_embeddings().weight.grad is buffer and not buffer.any()
-    for name, grad in reference.items():
-        torch.testing.assert_close(grads[name], grad, atol=1e-6, rtol=1e-5, msg=name)
+        assert model.get_output_embeddings().weight.grad is buffer  # the same memory, every step
+    # A step in which nothing writes a buffer leaves it zero, not stale.
+    kept.settle()
+    assert not model.get_input_embeddings().weight.grad.any()
 
 
 def test_gradient_checkpointing_changes_memory_not_results(tiny_model_dir, nli_data, tmp_path):
@@ -303,3 +353,20 @@ def test_killed_run_resumes_to_the_uninterrupted_weights(tiny_model_dir, nli_dat
     assert list(log_b["step"]) == list(range(1, steps + 1))
     pd.testing.assert_series_equal(log_a["loss"], log_b["loss"], atol=1e-6, rtol=0)
     assert not (tmp_path / "sb" / "state.pt").exists()  # cleaned up after the final save
+
+
+@pytest.mark.parametrize("total,ratio", [(80, 0.03), (3, 0.03), (250, 0.1), (10, 0.0)])
+def test_lr_schedule_is_transformers_linear_schedule_with_warmup(total, ratio):
+    from transformers import TrainingArguments
+    from transformers.optimization import get_linear_schedule_with_warmup
+
+    from ptft.finetune.train import linear_lr, warmup_steps
+
+    warmup = warmup_steps(total, ratio)
+    assert warmup == TrainingArguments(output_dir="unused", warmup_steps=ratio).get_warmup_steps(total)
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    reference = get_linear_schedule_with_warmup(opt, warmup, total)
+    for step in range(total):
+        assert linear_lr(step, total, warmup) == pytest.approx(reference.get_last_lr()[0], abs=1e-12), step
+        opt.step()
+        reference.step()

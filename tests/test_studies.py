@@ -41,7 +41,7 @@ AMURO_JOBS = {
     "change_table": 1,
     "mrc_table": 1,
     "analysis_tables": 1,
-    "report_table": 6,
+    "report_table": 7,
     "figures": 1,
     "all": 1,
 }

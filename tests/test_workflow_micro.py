@@ -75,6 +75,12 @@ def test_mrc_table_is_written(micro_run):
     assert (mrc["n_pairs"] > 0).all()
     learned = pd.read_parquet(micro_run / "results/micro/tables/learned_during_pretraining.parquet")
     assert set(learned["eval_set"]) == {"toy_nli", "toy_paraphrase_ood", "toy_summary", "toy_qgen"}
+    # The change table is split by that classification (Table 6's learned / not learned).
+    change = pd.read_parquet(micro_run / "results/micro/tables/change_per_checkpoint.parquet")
+    in_domain = change[change["relation"] == "in-domain"]  # toy_nli only
+    assert in_domain["learned"].tolist() == [learned.set_index("eval_set").loc["toy_nli", "learned"]]
+    slope = pd.read_parquet(micro_run / "results/micro/tables/change_slope.parquet")
+    assert slope["n_steps"].eq(1).all() and slope["slope_avg_diff"].isna().all()  # one fine-tuned checkpoint
     sensitivity = pd.read_parquet(micro_run / "results/micro/tables/format_sensitivity.parquet")
     assert len(sensitivity) == 6 * 4 and sensitivity["value_instruct"].isna().all()  # default and io only
 
@@ -129,10 +135,18 @@ def test_checkpoints_and_finetuned_models_are_hub_folders(micro_run):
     assert not list((micro_run / "results/micro/.state/finetune").rglob("state.pt"))
 
 
+FIGURES = ["base_vs_finetuned", "average_change", "base_vs_finetuned_toy_nli", "cross_task", "format_sensitivity"]
+FIGURES += [f"learning_dynamics_toy_nli_{method}" for method in ("full", "lora", "lpft")]
+
+
 def test_figures_exist(micro_run):
     figs = micro_run / "results/micro/figures"
-    for name in ["base_vs_finetuned.png", "average_change.png", "base_vs_finetuned_toy_nli.png"]:
-        assert (figs / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for name in FIGURES:
+        assert (figs / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        assert "</svg>" in (figs / f"{name}.svg").read_text(), name
+    assert not (figs / "ood.png").exists()  # the micro study has no OOD pair
+    probes = pd.read_parquet(micro_run / "results/micro/finetune/step12/toy_nli/lora/lr0.001/seed0/probes.parquet")
+    assert sorted(probes["step"].unique()) == [0, 2, 3] and set(probes["response_type"]) >= {"gold", "other_label"}
 
 
 AGGREGATION_JOBS = {
@@ -176,11 +190,13 @@ def test_report_holds_every_table_and_figure_with_captions(micro_run, tmp_path):
     out = snakemake(micro_run, "--report", str(report))
     assert out.returncode == 0, out.stderr[-3000:]
     html = report.read_text()
-    tables = ["performance", "change_per_checkpoint", "mrc", "learned_during_pretraining", "format_sensitivity",
-              "format_sensitivity_per_checkpoint"]  # fmt: skip
-    for name in [f"{t}.html" for t in tables] + ["average_change.png", "base_vs_finetuned.png"]:
+    tables = ["performance", "change_per_checkpoint", "change_slope", "mrc", "learned_during_pretraining",
+              "format_sensitivity", "format_sensitivity_per_checkpoint"]  # fmt: skip
+    for name in [f"{t}.html" for t in tables] + [f"{f}.png" for f in FIGURES]:
         assert name in html, name
-    assert "Mean ratio of change" in html and "Prompt-format sensitivity" in html  # captions rendered
+    for caption in ("Mean ratio of change", "Prompt-format sensitivity", "Trend of the average change",
+                    "Learning dynamics during fine-tuning", "Transfer of fine-tuning"):  # fmt: skip
+        assert caption in html, caption
 
 
 def test_second_run_does_nothing(micro_run):

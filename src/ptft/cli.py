@@ -136,10 +136,14 @@ def cmd_change(a) -> None:
     import pandas as pd
 
     from ptft import io
-    from ptft.aggregate.change import change_after_finetuning
+    from ptft.aggregate.change import change_after_finetuning, change_slope
+    from ptft.analysis import learned_during_pretraining
 
     perf = pd.read_parquet(a.performance)
-    io.write_parquet(a.out, change_after_finetuning(perf, format=a.format))
+    learned = learned_during_pretraining(perf, a.format, a.config["learned_min_gain"])
+    change = change_after_finetuning(perf, a.format, learned)
+    io.write_parquet(a.out, change)
+    io.write_parquet(a.slope_out, change_slope(change))
 
 
 def cmd_mrc(a) -> None:
@@ -204,6 +208,35 @@ def cmd_figures(a) -> None:
         figures.plot_base_vs_finetuned(perf, eval_set, a.format, out / f"base_vs_finetuned_{eval_set}.png")
     figures.plot_base_vs_finetuned_grid(perf, a.eval_sets, a.format, out / "base_vs_finetuned.png")
     figures.plot_average_change(pd.read_parquet(a.change), out / "average_change.png")
+    for relation in a.relations:
+        eval_sets = sorted(perf.loc[perf["relation"] == relation, "eval_set"].unique())
+        name = relation.replace("-", "_")
+        figures.plot_base_vs_finetuned_grid(perf, eval_sets, a.format, out / f"{name}.png", relation=relation)
+    if a.format_eval_sets:
+        figures.plot_format_sensitivity(perf, a.format_eval_sets, out / "format_sensitivity.png")
+    if a.probe_runs:
+        _probe_figures(a.probe_runs, a.manifest, out)
+
+
+def _probe_figures(runs: list[dict], manifest: str, out_dir: Path) -> None:
+    """One learning-dynamics figure per (task, method), a panel per checkpoint (and lr, seed)."""
+    import pandas as pd
+
+    from ptft import io
+    from ptft.aggregate import figures
+
+    steps = {e["name"]: e.get("step") for e in io.read_json(manifest)["checkpoints"]}
+    runs = pd.DataFrame(runs)
+    several = runs.groupby(["task", "method"])[["lr", "seed"]].transform("nunique").max(axis=1) > 1
+    for (task, method), group in runs.assign(several=several).groupby(["task", "method"], sort=True):
+        group = group.assign(order=group["checkpoint"].map(steps))
+        group = group.sort_values(["order", "lr", "seed"], kind="mergesort")
+        parts = []
+        for run in group.itertuples():
+            panel = run.checkpoint + (f" · lr {run.lr:g} · seed {run.seed}" if run.several else "")
+            parts.append(pd.read_parquet(run.path).assign(panel=panel))
+        out = out_dir / f"learning_dynamics_{task}_{method}.png"
+        figures.plot_learning_dynamics(pd.concat(parts), f"Learning dynamics: {task} ({method})", out)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -313,12 +346,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_performance)
 
-    s = sub.add_parser("change", help="average change after fine-tuning per checkpoint")
-    s.add_argument("--performance", required=True)
-    s.add_argument("--format", default="default")
-    s.add_argument("--out", required=True)
-    s.set_defaults(func=cmd_change)
-
     def analysis(name: str, help: str, func) -> argparse.ArgumentParser:
         """A command reading performance.parquet with the aggregate section's settings."""
         s = sub.add_parser(name, help=help)
@@ -327,6 +354,10 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--config", type=_json, required=True, help="the aggregate section as JSON")
         s.set_defaults(func=func)
         return s
+
+    s = analysis("change", "average change after fine-tuning per checkpoint, split by learned sets", cmd_change)
+    s.add_argument("--out", required=True)
+    s.add_argument("--slope-out", required=True, help="slope of the change per 100k steps")
 
     s = analysis("mrc", "mean ratio of change (cross-task and OOD transfer), with bootstrap intervals", cmd_mrc)
     s.add_argument("--out", required=True)
@@ -349,11 +380,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_import_released)
 
-    s = sub.add_parser("figures", help="figures of base vs fine-tuned and of the average change")
+    s = sub.add_parser("figures", help="every figure: performance, change, OOD, cross-task, formats, probes")
     s.add_argument("--performance", required=True)
     s.add_argument("--change", required=True)
     s.add_argument("--eval-sets", nargs="+", required=True)
     s.add_argument("--format", default="default")
+    s.add_argument("--relations", nargs="*", default=[], help="one figure of each relation's fine-tuned models")
+    s.add_argument("--format-eval-sets", nargs="*", default=[], help="eval sets of the format-sensitivity figure")
+    s.add_argument("--probe-runs", type=_json, default=[], help="[{checkpoint, task, method, lr, seed, path}]")
+    s.add_argument("--manifest", help="with --probe-runs: the checkpoints' steps, to order the panels")
     s.add_argument("--out-dir", required=True)
     s.set_defaults(func=cmd_figures)
     return p

@@ -1,7 +1,7 @@
 """Our fine-tuning loop against ``transformers.Trainer``, side by side in one process (not run in CI).
 
-    .venv/bin/python tests/benchmarks/bench_finetune.py --model toy --steps 60
-    .venv/bin/python tests/benchmarks/bench_finetune.py --model pythia-160m --steps 12
+    .venv/bin/python tests/benchmarks/bench_finetune.py --model toy --steps 150
+    .venv/bin/python tests/benchmarks/bench_finetune.py --model pythia-160m --steps 80
 
 Same randomly initialised model (copied), same examples, same hyperparameters: one epoch of
 ``steps × 8`` examples, 8 examples per optimizer step (micro-batch 8, no accumulation), AdamW
@@ -14,13 +14,20 @@ at a fixed lr, linear schedule with 3 % warmup, clipping at 1.0, fp32 on CPU.
   plus EOS; the loss is on the completion only (labels -100 on the prompt) in both trainers.
 - **transformers.Trainer** gets its stock padding collator for labelled sequences
   (``DataCollatorForSeq2Seq``: pad to the longest in the batch, labels padded with -100), its
-  default random sampler, no ``group_by_length``, no packing.
-- **Ours** is ``ptft.finetune.train.train_loop`` with its defaults (length-grouped batches, the
-  LM head only on target positions).
+  default random sampler, no ``group_by_length``, no packing. It runs first; a wrapper around
+  its collator records which examples each of its optimizer steps got.
+- **Ours** is ``ptft.finetune.train.train_loop``, LM head only on target positions, and
+  (``--batching``):
+  - ``replay`` (default): *the same examples in every optimizer step as Trainer's*, in its
+    order, each micro-batch packed into one row without padding (``batching: packed``,
+    attention example by example). The two runs then differ only in how a step is computed,
+    so their losses are comparable step for step, not only in distribution;
+  - ``grouped``: its own seeded order with length-grouped micro-batches (its default).
 
 Reported: tokens/s of each (real, non-pad tokens of the epoch over the wall time of the whole
-``train`` call), their ratio, and the validation loss of both trained models on 64 held-out
-examples (the same function for both). Results go to ``--out`` as JSON.
+``train`` call), their ratio, the validation loss of both trained models on 64 held-out
+examples (the same function for both), the largest difference between their weights, and
+how many tokens Trainer's padded batches held per real token. Results go to ``--out`` as JSON.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ import numpy as np
 import torch
 from report import emit
 
+from ptft.finetune import train
 from ptft.finetune.batching import IGNORE
 from ptft.finetune.train import train_loop, validation_loss
 
@@ -85,16 +93,38 @@ def hf_tokenizer(vocab: int):
     return tok
 
 
-def run_ours(model, examples, steps: int, lr: float, seed: int) -> float:
+def run_ours(model, examples, steps: int, lr: float, seed: int, replay: list[list[int]] | None) -> float:
     cfg = {"epochs": 1, "batch_size": BATCH, "grad_accum": 1, "warmup_ratio": 0.03, "weight_decay": 0.0,
-           "max_steps": steps, "save_every": 10**9, "precision": "fp32", "batching": "grouped",
-           "max_grad_norm": 1.0}  # fmt: skip
-    t = time.perf_counter()
-    train_loop(model, examples, cfg, lr, seed, PAD, desc="ours")
-    return time.perf_counter() - t
+           "max_steps": steps, "save_every": 10**9, "precision": "fp32",
+           "batching": "packed" if replay else "grouped", "max_grad_norm": 1.0}  # fmt: skip
+    make_batches = train.make_batches
+    if replay:
+        assert len(replay) == steps and all(len(b) == BATCH for b in replay), "Trainer's batches were not recorded"
+        # The loop draws its epoch's micro-batches from make_batches; replay Trainer's instead.
+        train.make_batches = lambda *_args: [list(b) for b in replay]
+    try:
+        t = time.perf_counter()
+        train_loop(model, examples, cfg, lr, seed, PAD, desc="ours")
+        return time.perf_counter() - t
+    finally:
+        train.make_batches = make_batches
 
 
-def run_hf_trainer(model, examples, steps: int, lr: float, seed: int, vocab: int) -> float:
+class RecordingCollator:
+    """Trainer's collator, unchanged, noting the indices of the examples of every batch."""
+
+    def __init__(self, collator, examples):
+        self.collator = collator
+        self.index = {tuple(x): i for i, (x, _) in enumerate(examples)}
+        assert len(self.index) == len(examples), "examples must be distinct to be traced"
+        self.batches: list[list[int]] = []
+
+    def __call__(self, features):
+        self.batches.append([self.index[tuple(f["input_ids"])] for f in features])
+        return self.collator(features)
+
+
+def run_hf_trainer(model, examples, steps: int, lr: float, seed: int, vocab: int) -> tuple[float, list[list[int]]]:
     from datasets import Dataset
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
@@ -103,15 +133,17 @@ def run_hf_trainer(model, examples, steps: int, lr: float, seed: int, vocab: int
     with tempfile.TemporaryDirectory() as out:
         args = TrainingArguments(
             output_dir=out, per_device_train_batch_size=BATCH, gradient_accumulation_steps=1, learning_rate=lr,
-            weight_decay=0.0, lr_scheduler_type="linear", warmup_steps=max(1, round(0.03 * steps)), max_steps=steps,
+            weight_decay=0.0, lr_scheduler_type="linear", warmup_steps=0.03, max_steps=steps,
             max_grad_norm=1.0, save_strategy="no", report_to="none", use_cpu=True, seed=seed, logging_steps=10**9,
             disable_tqdm=True, dataloader_num_workers=0,
         )  # fmt: skip
-        collator = DataCollatorForSeq2Seq(hf_tokenizer(vocab), padding="longest", label_pad_token_id=IGNORE)
+        collator = RecordingCollator(
+            DataCollatorForSeq2Seq(hf_tokenizer(vocab), padding="longest", label_pad_token_id=IGNORE), examples
+        )
         trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=collator)
         t = time.perf_counter()
         trainer.train()
-        return time.perf_counter() - t
+        return time.perf_counter() - t, collator.batches
 
 
 def main() -> None:
@@ -121,19 +153,21 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=None, help="default: 1e-3 (toy), 1e-4 (pythia-160m)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batching", choices=["replay", "grouped"], default="replay", help="see the module docstring")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     lr = a.lr or (1e-3 if a.model == "toy" else 1e-4)
     vocab = MODELS[a.model][1]["vocab_size"]
-    train = mnli_like(a.steps * BATCH, vocab, a.seed)
+    train_examples = mnli_like(a.steps * BATCH, vocab, a.seed)
     valid = mnli_like(64, vocab, a.seed + 1)
-    tokens = sum(len(x) for x, _ in train)
+    tokens = sum(len(x) for x, _ in train_examples)
     base = build_model(a.model, a.seed)
     ours_model, hf_model = copy.deepcopy(base), copy.deepcopy(base)
 
-    ours_s = run_ours(ours_model, train, a.steps, lr, a.seed)
-    hf_s = run_hf_trainer(hf_model, train, a.steps, lr, a.seed, vocab)
+    hf_s, hf_batches = run_hf_trainer(hf_model, train_examples, a.steps, lr, a.seed, vocab)
+    ours_s = run_ours(ours_model, train_examples, a.steps, lr, a.seed, hf_batches if a.batching == "replay" else None)
+    padded = sum(BATCH * max(len(train_examples[i][0]) for i in b) for b in hf_batches)
     ours_loss = validation_loss(ours_model, valid, "grouped", PAD, BATCH, False, "cpu")
     hf_loss = validation_loss(hf_model, valid, "grouped", PAD, BATCH, False, "cpu")
     result = {
@@ -142,12 +176,20 @@ def main() -> None:
         "steps": a.steps,
         "examples_per_step": BATCH,
         "tokens": tokens,
-        "mean_example_tokens": tokens / len(train),
+        "mean_example_tokens": tokens / len(train_examples),
+        "batching": a.batching,
+        "trainer_padded_tokens_ratio": padded / tokens,
         "threads": a.threads,
         "cpu": platform.processor() or platform.machine(),
         "torch": torch.__version__,
         "ours": {"seconds": ours_s, "tokens_per_s": tokens / ours_s, "validation_loss": ours_loss},
+        "lr": lr,
         "transformers_trainer": {"seconds": hf_s, "tokens_per_s": tokens / hf_s, "validation_loss": hf_loss},
+        # How far apart the two trained models are: replayed batches differ only in rounding.
+        "max_abs_weight_diff": max(
+            float((a - b).detach().abs().max())
+            for a, b in zip(ours_model.parameters(), hf_model.parameters(), strict=True)
+        ),  # fmt: skip
         "speedup": hf_s / ours_s,
         "validation_loss_rel_diff": abs(ours_loss - hf_loss) / hf_loss,
     }

@@ -32,15 +32,18 @@ rule change_table:
     input:
         f"{RESULTS}/tables/performance.parquet",
     output:
-        f"{RESULTS}/tables/change_per_checkpoint.parquet",
+        change=f"{RESULTS}/tables/change_per_checkpoint.parquet",
+        slope=f"{RESULTS}/tables/change_slope.parquet",
     log:
         f"{RESULTS}/logs/aggregate/change.log",
     params:
         format=config["aggregate"]["figure_format"],
+        config=as_json(config["aggregate"]),
     conda:
         "../../envs/ptft.yaml"
     shell:
-        "ptft change --performance {input} --format {params.format} --out {output} > {log} 2>&1"
+        "ptft change --performance {input} --format {params.format} --config {params.config:q} "
+        "--out {output.change} --slope-out {output.slope} > {log} 2>&1"
 
 
 rule mrc_table:
@@ -104,30 +107,66 @@ rule figures:
     input:
         performance=f"{RESULTS}/tables/performance.parquet",
         change=f"{RESULTS}/tables/change_per_checkpoint.parquet",
+        probes=[f"{RESULTS}/finetune/{m.id.removeprefix('ft/')}/probes.parquet" for m in PROBE_RUNS],
+        manifest=f"{RESULTS}/checkpoints/manifest.json",
     output:
         report(
             f"{RESULTS}/figures/base_vs_finetuned.png",
             caption="../report/base_vs_finetuned.rst",
             category="Figures",
+            subcategory="Base vs fine-tuned",
         ),
         report(
             expand(f"{RESULTS}/figures/base_vs_finetuned_{{name}}.png", name=PLAN.eval_sets),
             caption="../report/base_vs_finetuned.rst",
             category="Figures",
+            subcategory="Base vs fine-tuned",
         ),
         report(
             f"{RESULTS}/figures/average_change.png",
             caption="../report/average_change.rst",
             category="Figures",
+            subcategory="Change after fine-tuning",
+        ),
+        report(
+            expand(f"{RESULTS}/figures/{{name}}.png", name=[r.replace("-", "_") for r in FIGURE_RELATIONS]),
+            caption="../report/relation.rst",
+            category="Figures",
+            subcategory="OOD and cross-task transfer",
+        ),
+        report(
+            [f"{RESULTS}/figures/format_sensitivity.png"] if FORMAT_EVAL_SETS else [],
+            caption="../report/format_sensitivity.rst",
+            category="Figures",
+            subcategory="Prompt formats",
+        ),
+        report(
+            [f"{RESULTS}/figures/learning_dynamics_{t}_{m}.png" for t, m in PROBE_FIGURES],
+            caption="../report/learning_dynamics.rst",
+            category="Figures",
+            subcategory="Learning dynamics",
+        ),
+        [f"{RESULTS}/figures/learning_dynamics_{t}_{m}.svg" for t, m in PROBE_FIGURES],
+        expand(
+            f"{RESULTS}/figures/{{name}}.svg",
+            name=["base_vs_finetuned", "average_change"]
+            + [f"base_vs_finetuned_{e}" for e in PLAN.eval_sets]
+            + [r.replace("-", "_") for r in FIGURE_RELATIONS]
+            + (["format_sensitivity"] if FORMAT_EVAL_SETS else []),
         ),
     log:
         f"{RESULTS}/logs/aggregate/figures.log",
     params:
         eval_sets=PLAN.eval_sets,
         format=config["aggregate"]["figure_format"],
+        relations=FIGURE_RELATIONS,
+        format_eval_sets=FORMAT_EVAL_SETS,
+        probe_runs=get_probe_runs,
         out_dir=get_parent_dir,
     conda:
         "../../envs/ptft.yaml"
     shell:
         "ptft figures --performance {input.performance} --change {input.change} "
-        "--eval-sets {params.eval_sets} --format {params.format} --out-dir {params.out_dir} > {log} 2>&1"
+        "--eval-sets {params.eval_sets} --format {params.format} --relations {params.relations} "
+        "--format-eval-sets {params.format_eval_sets} --probe-runs {params.probe_runs:q} --manifest {input.manifest} "
+        "--out-dir {params.out_dir} > {log} 2>&1"

@@ -30,6 +30,7 @@ def as_json(obj):
 REPORT_TABLES = [
     "performance",
     "change_per_checkpoint",
+    "change_slope",
     "mrc",
     "learned_during_pretraining",
     "format_sensitivity",
@@ -37,16 +38,35 @@ REPORT_TABLES = [
 ]
 
 
+# Relations with a figure of their own (the fine-tuned models of that relation per eval set).
+FIGURE_RELATIONS = [r for r in ("ood", "cross-task") if r in {row["relation"] for row in PLAN.relation_rows()}]
+# Eval sets scored in more than one prompt format, for the format-sensitivity figure.
+FORMAT_EVAL_SETS = [e.eval_set for e in (PLAN.base_models[0].evaluations if PLAN.base_models else ()) if len(e.formats) > 1]
+# Training runs that log learning-dynamics probes, and their (task, method) figures.
+PROBE_RUNS = [m for m in PLAN.training_runs if PLAN.finetune_configs[m.train_task].get("probes")]
+PROBE_FIGURES = list(dict.fromkeys((m.train_task, m.method) for m in PROBE_RUNS))
+
+
+def figure_paths(names):
+    """PNG and SVG of each figure name under figures/."""
+    return [f"{RESULTS}/figures/{n}.{ext}" for n in names for ext in ("png", "svg")]
+
+
 def get_final_output():
-    return expand(f"{RESULTS}/report/{{table}}.html", table=REPORT_TABLES) + [
-        f"{RESULTS}/tables/performance.parquet",
-        f"{RESULTS}/tables/change_per_checkpoint.parquet",
-        f"{RESULTS}/tables/mrc.parquet",
-        f"{RESULTS}/tables/learned_during_pretraining.parquet",
-        f"{RESULTS}/tables/format_sensitivity_per_checkpoint.parquet",
-        f"{RESULTS}/figures/base_vs_finetuned.png",
-        f"{RESULTS}/figures/average_change.png",
-    ]
+    return (
+        expand(f"{RESULTS}/report/{{table}}.html", table=REPORT_TABLES)
+        + expand(f"{RESULTS}/tables/{{table}}.parquet", table=REPORT_TABLES)
+        + figure_paths(["base_vs_finetuned", "average_change"])
+        + figure_paths([r.replace("-", "_") for r in FIGURE_RELATIONS])
+        + figure_paths(["format_sensitivity"] if FORMAT_EVAL_SETS else [])
+        + figure_paths([f"learning_dynamics_{t}_{m}" for t, m in PROBE_FIGURES])
+    )
+
+
+def get_probe_runs(_wildcards):
+    return as_json([{"checkpoint": m.checkpoint, "task": m.train_task, "method": m.method, "lr": m.lr,
+                     "seed": m.seed, "path": f"{RESULTS}/finetune/{m.id.removeprefix('ft/')}/probes.parquet"}
+                    for m in PROBE_RUNS])  # fmt: skip
 
 
 def get_download_output():

@@ -1,10 +1,14 @@
-"""Figures of the performance and change tables (PNG, 150 dpi, one style for the whole paper)."""
+"""Figures of the performance, change and probe tables, in one style for the whole paper.
+
+Every figure is written twice: PNG at 150 dpi (the report, slides) and SVG (the paper).
+"""
 
 from __future__ import annotations
 
 import math
 import os
 from contextlib import contextmanager
+from pathlib import Path
 
 import matplotlib
 
@@ -41,6 +45,10 @@ RELATION_COLORS = {
     "cross-task": "tab:green",
     "pretraining": "black",
 }
+# The change table's split by eval sets learned during pre-training (null: not classified).
+LEARNED_LINESTYLES = {"learned": "-", "not learned": "--", "unclassified": ":"}
+LEARNED_LABELS = {"learned": "learned in pre-training", "not learned": "not learned", "unclassified": "unclassified"}
+FORMAT_COLORS = {"default": "tab:blue", "instruct": "tab:red", "io": "tab:purple"}
 # Color says the train task, line style the fine-tuning method (base: black dashed).
 METHOD_LINESTYLES = {"full": "-", "lora": ":", "lpft": "-.", "instruct": (0, (5, 1))}
 
@@ -69,21 +77,24 @@ def plot_base_vs_finetuned(perf: pd.DataFrame, eval_set: str, format: str, path:
         _save(fig, path)
 
 
-def plot_base_vs_finetuned_grid(perf: pd.DataFrame, eval_sets: list[str], format: str, path: str | os.PathLike) -> None:
-    """:func:`plot_base_vs_finetuned` for several eval sets, one small panel each, shared legend."""
+def plot_base_vs_finetuned_grid(
+    perf: pd.DataFrame, eval_sets: list[str], format: str, path: str | os.PathLike, relation: str | None = None
+) -> None:
+    """:func:`plot_base_vs_finetuned` for several eval sets, one small panel each, shared legend.
+
+    ``relation`` (``ood``, ``cross-task``, ...): draw only the fine-tuned models of that relation
+    to the panel's eval set (the OOD and cross-task figures).
+    """
     if not eval_sets:
         raise ValueError("plot_base_vs_finetuned_grid: no eval sets given")
     colors = _task_colors(perf)
-    ncols = min(MAX_COLUMNS, len(eval_sets))
-    nrows = math.ceil(len(eval_sets) / ncols)
-    size = (PANEL_SIZE[0] * ncols, PANEL_SIZE[1] * nrows + 0.4)
-    with _figure(nrows=nrows, ncols=ncols, figsize=size, squeeze=False) as (fig, axes):
+    with _grid(len(eval_sets)) as (fig, axes, ncols):
         legend = {}
         for i, ax in enumerate(axes.flat):
             if i >= len(eval_sets):
                 ax.set_visible(False)
                 continue
-            metric = _draw_base_vs_finetuned(ax, perf, eval_sets[i], format, colors)
+            metric = _draw_base_vs_finetuned(ax, perf, eval_sets[i], format, colors, relation)
             ax.set_ylabel(metric)
             if i + ncols >= len(eval_sets):  # lowest panel of its column
                 ax.set_xlabel("pre-training step")
@@ -101,14 +112,18 @@ def plot_average_change(change_df: pd.DataFrame, path: str | os.PathLike) -> Non
         raise ValueError("plot_average_change: no rows with a pre-training step")
     with _figure(figsize=SINGLE_SIZE) as (fig, ax):
         ax.axhline(0.0, color="0.4", linewidth=0.8)
-        for relation, group in rows.groupby("relation", sort=True):
+        learned = rows["learned"] if "learned" in rows else pd.Series(pd.NA, index=rows.index, dtype="boolean")
+        split = learned.notna().any()
+        side = learned.astype("object").map({True: "learned", False: "not learned"}).fillna("unclassified")
+        for (relation, side_name), group in rows.assign(_side=side).groupby(["relation", "_side"], sort=True):
             group = group.sort_values("step")
             ax.plot(
                 group["step"].to_numpy(dtype=float),
                 group["avg_diff"].to_numpy(dtype=float),
                 marker="o",
                 color=RELATION_COLORS.get(relation),
-                label=relation,
+                linestyle=LEARNED_LINESTYLES[side_name],
+                label=f"{relation}, {LEARNED_LABELS[side_name]}" if split else relation,
             )
         ax.set_title("Average change after fine-tuning")
         ax.set_xlabel("pre-training step")
@@ -118,7 +133,83 @@ def plot_average_change(change_df: pd.DataFrame, path: str | os.PathLike) -> Non
         _save(fig, path)
 
 
-def _draw_base_vs_finetuned(ax, perf: pd.DataFrame, eval_set: str, format: str, colors: dict) -> str:
+def plot_format_sensitivity(perf: pd.DataFrame, eval_sets: list[str], path: str | os.PathLike) -> None:
+    """Score per pre-training step in each prompt format, one panel per eval set.
+
+    Color says the format; the base checkpoints are dashed, the models fine-tuned in-domain
+    (averaged over training runs) solid. Eval sets scored in a single format are skipped.
+    """
+    rows = perf[perf["step"].notna() & perf["eval_set"].isin(eval_sets)]
+    rows = rows[(rows["method"] == "base") | (rows["relation"] == "in-domain")]
+    panels = [e for e in eval_sets if rows.loc[rows["eval_set"] == e, "format"].nunique() > 1]
+    if not panels:
+        raise ValueError("plot_format_sensitivity: no eval set is scored in more than one format")
+    with _grid(len(panels)) as (fig, axes, ncols):
+        for i, ax in enumerate(axes.flat):
+            if i >= len(panels):
+                ax.set_visible(False)
+                continue
+            panel = rows[rows["eval_set"] == panels[i]]
+            for (fmt, is_base), group in panel.groupby(["format", panel["method"] == "base"], sort=True):
+                by_step = group.groupby("step", sort=True)["value"].mean()
+                kind = "base" if is_base else "fine-tuned"
+                ax.plot(by_step.index.to_numpy(dtype=float), by_step.to_numpy(dtype=float),
+                        color=FORMAT_COLORS.get(fmt), linestyle="--" if is_base else "-",
+                        marker="s" if is_base else "o", label=f"{fmt}, {kind}")  # fmt: skip
+            ax.set_title(f"{panels[i]} · {panel['metric'].iloc[0]}")
+            ax.set_ylabel(panel["metric"].iloc[0])
+            if i + ncols >= len(panels):
+                ax.set_xlabel("pre-training step")
+            _format_step_axis(ax)
+        handles = {}
+        for ax in axes.flat:
+            for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+                handles.setdefault(label, handle)
+        order = sorted(handles, key=lambda label: (label.endswith("fine-tuned"), label))
+        _legend_below(fig, [handles[k] for k in order], order, max_columns=3)
+        _save(fig, path)
+
+
+def plot_learning_dynamics(probes: pd.DataFrame, title: str, path: str | os.PathLike) -> None:
+    """Mean summed log-probability of each probe response type over fine-tuning steps.
+
+    ``probes``: the runs' ``probes.parquet`` rows with a ``panel`` column (one panel each, e.g.
+    the checkpoint), in the order panels should appear. Each line is one response type, averaged
+    over the probe examples (Ren & Sutherland's curves).
+    """
+    if probes.empty:
+        raise ValueError(f"plot_learning_dynamics: no probe rows for {title}")
+    panels = list(dict.fromkeys(probes["panel"]))
+    types = sorted(probes["response_type"].unique())
+    cycle = plt.get_cmap("tab10").colors
+    colors = {t: cycle[i % len(cycle)] for i, t in enumerate(types)}
+    with _grid(len(panels)) as (fig, axes, ncols):
+        for i, ax in enumerate(axes.flat):
+            if i >= len(panels):
+                ax.set_visible(False)
+                continue
+            panel = probes[probes["panel"] == panels[i]]
+            mean = panel.groupby(["response_type", "step"], sort=True)["logp"].mean()
+            for t in types:
+                if t in mean.index.get_level_values(0):
+                    curve = mean.loc[t]
+                    ax.plot(curve.index.to_numpy(dtype=float), curve.to_numpy(dtype=float), color=colors[t], label=t)
+            ax.set_title(str(panels[i]))
+            ax.set_ylabel("log p(response)")
+            if i + ncols >= len(panels):
+                ax.set_xlabel("fine-tuning step")
+        fig.suptitle(title)
+        handles = {}
+        for ax in axes.flat:
+            for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+                handles.setdefault(label, handle)
+        _legend_below(fig, list(handles.values()), list(handles), max_columns=4)
+        _save(fig, path)
+
+
+def _draw_base_vs_finetuned(
+    ax, perf: pd.DataFrame, eval_set: str, format: str, colors: dict, relation: str | None = None
+) -> str:
     rows = perf[(perf["eval_set"] == eval_set) & (perf["format"] == format) & perf["step"].notna()]
     if rows.empty:
         raise ValueError(f"no performance rows with a step for eval_set {eval_set!r}, format {format!r}")
@@ -131,6 +222,8 @@ def _draw_base_vs_finetuned(ax, perf: pd.DataFrame, eval_set: str, format: str, 
     if not base.empty:
         _line(ax, base, color="black", linestyle="--", marker="s", label="base")
     finetuned = rows[rows["method"] != "base"]
+    if relation is not None:
+        finetuned = finetuned[finetuned["relation"] == relation]
     several_methods = finetuned["method"].nunique() > 1
     for (task, method), group in finetuned.groupby(["train_task", "method"], sort=True):
         relation = group["relation"].iloc[0]
@@ -196,6 +289,16 @@ def _step_label(x: float, _pos) -> str:
 
 
 @contextmanager
+def _grid(n_panels: int):
+    """Yield ``(fig, axes, ncols)``: ``n_panels`` small panels, at most ``MAX_COLUMNS`` a row."""
+    ncols = min(MAX_COLUMNS, n_panels)
+    nrows = math.ceil(n_panels / ncols)
+    size = (PANEL_SIZE[0] * ncols, PANEL_SIZE[1] * nrows + 0.4)
+    with _figure(nrows=nrows, ncols=ncols, figsize=size, squeeze=False) as (fig, axes):
+        yield fig, axes, ncols
+
+
+@contextmanager
 def _figure(**subplots_kw):
     """Yield ``(fig, axes)`` in the house style; the figure is closed even if drawing fails."""
     with plt.rc_context(STYLE):
@@ -207,5 +310,8 @@ def _figure(**subplots_kw):
 
 
 def _save(fig, path: str | os.PathLike) -> None:
+    """``path`` (PNG) and the same name with ``.svg``; text stays text in the SVG."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight")
+    with plt.rc_context({"svg.fonttype": "none"}), atomic_path(Path(path).with_suffix(".svg")) as tmp:
+        fig.savefig(tmp, format="svg", bbox_inches="tight")

@@ -110,23 +110,32 @@ def collate_padded(examples, pad_id: int, device="cpu") -> dict[str, torch.Tenso
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def collate_packed(examples, device="cpu") -> dict[str, torch.Tensor]:
-    """One row of concatenated examples; ``position_ids`` restart at each example's start."""
+def collate_packed(examples, device="cpu") -> dict:
+    """One row of concatenated examples; ``position_ids`` restart at each example's start.
+
+    ``cu_seq_lens_*`` / ``max_length_*`` (the examples' boundaries) are what variable-length
+    attention kernels take (``flash_attention_2``, :mod:`ptft.finetune.packed_attention`);
+    other attention implementations ignore them and mask by ``position_ids``.
+    """
     ids, labels, positions = [], [], []
     for x, y in examples:
         ids += x
         # The first token of an example would be predicted from the previous example's last one.
         labels += [IGNORE, *y[1:]]
         positions += range(len(x))
+    lengths = [len(x) for x, _ in examples]
+    bounds = torch.tensor([0, *lengths], dtype=torch.int32).cumsum(0, dtype=torch.int32)
     batch = {
         "input_ids": torch.tensor([ids]),
         "labels": torch.tensor([labels]),
         "position_ids": torch.tensor([positions]),
+        "cu_seq_lens_q": bounds,
+        "cu_seq_lens_k": bounds,
     }
-    return {k: v.to(device) for k, v in batch.items()}
+    return {k: v.to(device) for k, v in batch.items()} | {"max_length_q": max(lengths), "max_length_k": max(lengths)}
 
 
-def collate(examples, batching: str, pad_id: int, device="cpu") -> dict[str, torch.Tensor]:
+def collate(examples, batching: str, pad_id: int, device="cpu") -> dict:
     if batching == "packed":
         return collate_packed(examples, device)
     return collate_padded(examples, pad_id, device)

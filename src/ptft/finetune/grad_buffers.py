@@ -10,6 +10,13 @@ functions write those gradients straight into the parameter's ``.grad`` (``index
 dropping it. The values are the ones autograd computes (a test compares them). CUDA's
 caching allocator already reuses memory, so the trainer uses this on CPU only.
 
+Zeroing those buffers is lazy, because a 150 MB fill per weight per step is itself a cost: after
+``zero_grad`` a buffer is *stale* (logically zero, physically last step's values). The head's
+first write of a step overwrites it (``addmm_`` with ``beta=0``, reading nothing); the
+embedding's first write zeroes only the rows written since the last real zeroing (an untied
+embedding's gradient is non-zero only on the step's token ids) and then adds. ``settle()``,
+called before the gradients are read, zeroes a buffer nothing wrote this step.
+
 The weight's own accumulator never fires: gradient hooks on these two weights would not run,
 which nothing in ptft uses.
 """
@@ -20,17 +27,49 @@ import torch
 import torch.nn.functional as F
 
 
-def _grad_buffer(weight: torch.Tensor) -> torch.Tensor:
-    if weight.grad is None:
-        weight.grad = torch.zeros_like(weight)
-    return weight.grad
+class _Buffer:
+    """One weight's kept gradient and what is known of its stale content."""
+
+    def __init__(self, weight: torch.Tensor):
+        self.weight = weight
+        self.stale = False
+        self.dirty_rows: list[torch.Tensor] | None = []  # rows that may be non-zero; None: any
+
+    @property
+    def grad(self) -> torch.Tensor:
+        if self.weight.grad is None:
+            self.weight.grad = torch.zeros_like(self.weight)
+            self.stale, self.dirty_rows = False, []
+        return self.weight.grad
+
+    def add_rows(self, ids: torch.Tensor, rows: torch.Tensor) -> None:
+        grad = self.grad
+        if self.stale:
+            if self.dirty_rows is None:
+                grad.zero_()
+            elif self.dirty_rows:
+                grad.index_fill_(0, torch.cat(self.dirty_rows).unique(), 0.0)
+            self.stale, self.dirty_rows = False, []
+        grad.index_add_(0, ids, rows.to(grad.dtype))
+        if self.dirty_rows is not None:
+            self.dirty_rows.append(ids)
+
+    def add_dense(self, a: torch.Tensor, b: torch.Tensor) -> None:
+        grad = self.grad
+        grad.addmm_(a.to(grad.dtype), b.to(grad.dtype), beta=0.0 if self.stale else 1.0)
+        self.stale, self.dirty_rows = False, None
+
+    def settle(self) -> None:
+        if self.stale and self.weight.grad is not None:
+            self.weight.grad.zero_()
+            self.stale, self.dirty_rows = False, []
 
 
 class _Embedding(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, ids, weight, padding_idx):
+    def forward(ctx, ids, weight, padding_idx, buffer):
         ctx.save_for_backward(ids)
-        ctx.weight, ctx.padding_idx = weight, padding_idx
+        ctx.padding_idx, ctx.buffer = padding_idx, buffer
         return F.embedding(ids, weight, padding_idx)
 
     @staticmethod
@@ -41,30 +80,30 @@ class _Embedding(torch.autograd.Function):
         if ctx.padding_idx is not None:  # nn.Embedding never updates its padding row
             keep = ids != ctx.padding_idx
             ids, flat = ids[keep], flat[keep]
-        _grad_buffer(ctx.weight).index_add_(0, ids, flat.to(ctx.weight.dtype))
-        return None, None, None
+        ctx.buffer.add_rows(ids, flat)
+        return None, None, None, None
 
 
 class _Head(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight):
+    def forward(ctx, hidden, weight, buffer):
         ctx.save_for_backward(hidden)
-        ctx.weight = weight
+        ctx.weight, ctx.buffer = weight, buffer
         return hidden @ weight.t()
 
     @staticmethod
     def backward(ctx, grad):
         (hidden,) = ctx.saved_tensors
-        weight = ctx.weight
-        _grad_buffer(weight).addmm_(grad.t().to(weight.dtype), hidden.to(weight.dtype))
-        return grad @ weight.to(grad.dtype), None
+        ctx.buffer.add_dense(grad.t(), hidden)
+        return grad @ ctx.weight.to(grad.dtype), None, None
 
 
 class KeptGrads:
     """The model's input-embedding and LM-head weights, when both are plain and trained.
 
     ``embed(ids)`` and ``head(hidden)`` replace the modules' calls in the loss;
-    ``zero_grad(opt)`` replaces ``opt.zero_grad``.
+    ``zero_grad(opt)`` replaces ``opt.zero_grad``; ``settle()`` goes between the last backward
+    and whatever reads the gradients (clipping, the optimizer).
     """
 
     def __init__(self, model):
@@ -79,16 +118,24 @@ class KeptGrads:
             and self.embedding.max_norm is None
             and not self.embedding.scale_grad_by_freq
         )
+        # A tied head and embedding share one weight, hence one buffer.
+        buffers = {id(w): _Buffer(w) for w in (self.embedding.weight, self.lm_head.weight)}
+        self.buffers = list(buffers.values())
+        self._embed_buffer, self._head_buffer = buffers[id(self.embedding.weight)], buffers[id(self.lm_head.weight)]
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        return _Embedding.apply(ids, self.embedding.weight, self.embedding.padding_idx)
+        return _Embedding.apply(ids, self.embedding.weight, self.embedding.padding_idx, self._embed_buffer)
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
-        return _Head.apply(hidden, self.lm_head.weight)
+        return _Head.apply(hidden, self.lm_head.weight, self._head_buffer)
 
     def zero_grad(self, opt: torch.optim.Optimizer) -> None:
-        kept = [(p, p.grad) for p in {id(w): w for w in (self.embedding.weight, self.lm_head.weight)}.values()]
+        kept = [(b, b.weight.grad) for b in self.buffers]
         opt.zero_grad(set_to_none=True)
-        for p, grad in kept:
-            if grad is not None:
-                p.grad = grad.zero_()
+        for b, grad in kept:
+            b.weight.grad = grad
+            b.stale = grad is not None
+
+    def settle(self) -> None:
+        for b in self.buffers:
+            b.settle()

@@ -19,6 +19,7 @@ are in :mod:`ptft.finetune.state`; probes in :mod:`ptft.finetune.probes`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
@@ -37,6 +38,7 @@ from ptft.data.registry import get_dataset
 from ptft.finetune import methods, probes, state
 from ptft.finetune.batching import IGNORE, collate, collate_padded, encode_examples, make_batches
 from ptft.finetune.grad_buffers import KeptGrads
+from ptft.finetune.packed_attention import use_packed_attention
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +53,17 @@ def set_seed(seed: int) -> None:
 
 
 def linear_lr(step: int, total: int, warmup: int) -> float:
-    """Multiplier of the peak lr: linear warmup over ``warmup`` steps, then linear decay to 0."""
+    """Multiplier of the peak lr at optimizer step ``step`` (from 0): linear warmup over ``warmup``
+    steps, then linear decay to 0. This is ``transformers``' ``get_linear_schedule_with_warmup``
+    (the first step has lr 0), which the paper's runs used, so schedules match theirs step for step."""
     if step < warmup:
-        return (step + 1) / warmup
+        return step / max(1, warmup)
     return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def warmup_steps(total: int, ratio: float) -> int:
+    """``ceil(ratio × total)``, as ``transformers.TrainingArguments`` turns a warmup ratio into steps."""
+    return math.ceil(total * ratio)
 
 
 def count_steps(n_examples: int, cfg: dict) -> int:
@@ -165,7 +174,18 @@ def peak_memory_bytes(device: str) -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
 
 
-def train_loop(
+def train_loop(model, examples: list[tuple[list[int], list[int]]], cfg: dict, *args, **kwargs) -> dict:
+    """Train ``model`` in place on encoded examples; the run's record (``extra`` plus timings).
+
+    Arguments as :func:`_train_loop`. Packed batches run with the example-by-example attention
+    of :mod:`ptft.finetune.packed_attention` when the model uses SDPA.
+    """
+    packed = cfg["batching"] == "packed"
+    with use_packed_attention(methods.unwrap(model)) if packed else contextlib.nullcontext():
+        return _train_loop(model, examples, cfg, *args, **kwargs)
+
+
+def _train_loop(
     model,
     examples: list[tuple[list[int], list[int]]],
     cfg: dict,
@@ -177,9 +197,7 @@ def train_loop(
     on_step=None,
     desc: str = "finetune",
 ) -> dict:
-    """Train ``model`` in place on encoded examples; the run's record (``extra`` plus timings).
-
-    ``extra`` holds what is saved with the state and restored on resume (``log`` rows at least);
+    """``extra`` holds what is saved with the state and restored on resume (``log`` rows at least);
     ``on_step(step, extra)`` runs before the first step and after every step (probes).
     """
     device = next(model.parameters()).device
@@ -197,7 +215,7 @@ def train_loop(
 
     micro, accum = cfg["batch_size"], cfg["grad_accum"]
     total_steps = count_steps(len(examples), cfg)
-    warmup = max(1, round(cfg["warmup_ratio"] * total_steps))
+    warmup = warmup_steps(total_steps, cfg["warmup_ratio"])
 
     step = 0
     if state_path is not None and state_path.exists():
@@ -242,6 +260,8 @@ def train_loop(
                 loss = completion_loss(model, b, fast, kept) / n_target
             loss.backward()
             loss_sum += loss.item()
+        if kept is not None:
+            kept.settle()
         grad_norm = clip_gradients(trainable, cfg["max_grad_norm"])
         opt.step()
         if kept is not None:
