@@ -35,9 +35,11 @@ STYLE = {
     "lines.linewidth": 1.5,
     "lines.markersize": 4,
 }
-PANEL_SIZE = (3.0, 2.3)  # inches per grid panel; two panels fit a two-column paper's text width
+# Inches per grid panel: three in a row are 7.2 in, a two-column paper's full text width, and
+# about 1080 px at 150 dpi, shown near full size in the report (four were shrunk to unreadable).
+PANEL_SIZE = (2.4, 2.0)
 SINGLE_SIZE = (4.0, 3.2)  # one-panel figure, legend below the axes
-MAX_COLUMNS = 4
+MAX_COLUMNS = 3
 BAND_ALPHA = 0.18
 RELATION_COLORS = {
     "in-domain": "tab:blue",
@@ -89,19 +91,14 @@ def plot_base_vs_finetuned_grid(
         raise ValueError("plot_base_vs_finetuned_grid: no eval sets given")
     colors = _task_colors(perf)
     with _grid(len(eval_sets)) as (fig, axes, ncols):
-        legend = {}
-        for i, ax in enumerate(axes.flat):
-            if i >= len(eval_sets):
-                ax.set_visible(False)
-                continue
+        for i, ax in _panels(axes, len(eval_sets)):
             metric = _draw_base_vs_finetuned(ax, perf, eval_sets[i], format, colors, relation)
             ax.set_ylabel(metric)
             if i + ncols >= len(eval_sets):  # lowest panel of its column
                 ax.set_xlabel("pre-training step")
-            for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
-                # The shared legend names tasks only: the relation differs from panel to panel.
-                legend.setdefault(_task_label(label), handle)
-        _legend_below(fig, list(legend.values()), list(legend), max_columns=5)
+        # The shared legend names tasks only: the relation differs from panel to panel.
+        legend = _legend_entries(axes, _task_label)
+        _legend_below(fig, list(legend.values()), list(legend), max_columns=MAX_COLUMNS)
         _save(fig, path)
 
 
@@ -145,10 +142,7 @@ def plot_format_sensitivity(perf: pd.DataFrame, eval_sets: list[str], path: str 
     if not panels:
         raise ValueError("plot_format_sensitivity: no eval set is scored in more than one format")
     with _grid(len(panels)) as (fig, axes, ncols):
-        for i, ax in enumerate(axes.flat):
-            if i >= len(panels):
-                ax.set_visible(False)
-                continue
+        for i, ax in _panels(axes, len(panels)):
             panel = rows[rows["eval_set"] == panels[i]]
             for (fmt, is_base), group in panel.groupby(["format", panel["method"] == "base"], sort=True):
                 by_step = group.groupby("step", sort=True)["value"].mean()
@@ -161,10 +155,7 @@ def plot_format_sensitivity(perf: pd.DataFrame, eval_sets: list[str], path: str 
             if i + ncols >= len(panels):
                 ax.set_xlabel("pre-training step")
             _format_step_axis(ax)
-        handles = {}
-        for ax in axes.flat:
-            for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
-                handles.setdefault(label, handle)
+        handles = _legend_entries(axes)
         order = sorted(handles, key=lambda label: (label.endswith("fine-tuned"), label))
         _legend_below(fig, [handles[k] for k in order], order, max_columns=3)
         _save(fig, path)
@@ -184,10 +175,7 @@ def plot_learning_dynamics(probes: pd.DataFrame, title: str, path: str | os.Path
     cycle = plt.get_cmap("tab10").colors
     colors = {t: cycle[i % len(cycle)] for i, t in enumerate(types)}
     with _grid(len(panels)) as (fig, axes, ncols):
-        for i, ax in enumerate(axes.flat):
-            if i >= len(panels):
-                ax.set_visible(False)
-                continue
+        for i, ax in _panels(axes, len(panels)):
             panel = probes[probes["panel"] == panels[i]]
             mean = panel.groupby(["response_type", "step"], sort=True)["logp"].mean()
             for t in types:
@@ -199,10 +187,7 @@ def plot_learning_dynamics(probes: pd.DataFrame, title: str, path: str | os.Path
             if i + ncols >= len(panels):
                 ax.set_xlabel("fine-tuning step")
         fig.suptitle(title)
-        handles = {}
-        for ax in axes.flat:
-            for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
-                handles.setdefault(label, handle)
+        handles = _legend_entries(axes)
         _legend_below(fig, list(handles.values()), list(handles), max_columns=4)
         _save(fig, path)
 
@@ -296,6 +281,24 @@ def _grid(n_panels: int):
     size = (PANEL_SIZE[0] * ncols, PANEL_SIZE[1] * nrows + 0.4)
     with _figure(nrows=nrows, ncols=ncols, figsize=size, squeeze=False) as (fig, axes):
         yield fig, axes, ncols
+
+
+def _panels(axes, n: int):
+    """``(i, ax)`` of the first ``n`` panels of a grid; the others are hidden."""
+    for i, ax in enumerate(axes.flat):
+        if i < n:
+            yield i, ax
+        else:
+            ax.set_visible(False)
+
+
+def _legend_entries(axes, key=lambda label: label) -> dict:
+    """One handle per legend entry (``key`` of its label) over every panel, first seen first."""
+    entries = {}
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            entries.setdefault(key(label), handle)
+    return entries
 
 
 @contextmanager
