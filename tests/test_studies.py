@@ -41,7 +41,10 @@ AMURO_JOBS = {
     "change_table": 1,
     "mrc_table": 1,
     "analysis_tables": 1,
-    "report_table": 7,
+    "report_table_performance": 1,
+    "report_table_change": 3,
+    "report_table_transfer": 1,
+    "report_table_formats": 2,
     "figures": 1,
     "all": 1,
 }

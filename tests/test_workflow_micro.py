@@ -155,7 +155,10 @@ AGGREGATION_JOBS = {
     "mrc_table",
     "analysis_tables",
     "figures",
-    "report_table",
+    "report_table_performance",
+    "report_table_change",
+    "report_table_transfer",
+    "report_table_formats",
     "all",
     "aggregate",
 }
@@ -197,6 +200,10 @@ def test_report_holds_every_table_and_figure_with_captions(micro_run, tmp_path):
     for caption in ("Mean ratio of change", "Prompt-format sensitivity", "Trend of the average change",
                     "Learning dynamics during fine-tuning", "Transfer of fine-tuning"):  # fmt: skip
         assert caption in html, caption
+    # Grouped by analysis: each analysis is a category holding its figures and its tables.
+    for analysis in ("Performance across checkpoints", "Change after fine-tuning", "Transfer: OOD and cross-task",
+                     "Prompt formats", "Learning dynamics"):  # fmt: skip
+        assert analysis in html, analysis
 
 
 def test_second_run_does_nothing(micro_run):

@@ -14,8 +14,9 @@ at a fixed lr, linear schedule with 3 % warmup, clipping at 1.0, fp32 on CPU.
   plus EOS; the loss is on the completion only (labels -100 on the prompt) in both trainers.
 - **transformers.Trainer** gets its stock padding collator for labelled sequences
   (``DataCollatorForSeq2Seq``: pad to the longest in the batch, labels padded with -100), its
-  default random sampler, no ``group_by_length``, no packing. It runs first; a wrapper around
-  its collator records which examples each of its optimizer steps got.
+  default random sampler, no ``group_by_length``, no packing, and ptft's lr schedule (its own
+  runs the first warmup step at lr 0, ptft's at ``1/warmup`` of the peak). It runs first; a
+  wrapper around its collator records which examples each of its optimizer steps got.
 - **Ours** is ``ptft.finetune.train.train_loop``, LM head only on target positions, and
   (``--batching``):
   - ``replay`` (default): *the same examples in every optimizer step as Trainer's*, in its
@@ -44,7 +45,7 @@ from report import emit
 
 from ptft.finetune import train
 from ptft.finetune.batching import IGNORE
-from ptft.finetune.train import train_loop, validation_loss
+from ptft.finetune.train import linear_lr, train_loop, validation_loss, warmup_steps
 
 MODELS = {
     # The toy study's model (config.yaml: checkpoints.toy.model, vocab 1024).
@@ -56,6 +57,7 @@ MODELS = {
                                      use_parallel_residual=True, tie_word_embeddings=False)),
 }  # fmt: skip
 BATCH = 8
+WARMUP_RATIO = 0.03
 LABEL_IDS = (5, 6, 7)
 EOS, PAD = 2, 0
 
@@ -94,7 +96,7 @@ def hf_tokenizer(vocab: int):
 
 
 def run_ours(model, examples, steps: int, lr: float, seed: int, replay: list[list[int]] | None) -> float:
-    cfg = {"epochs": 1, "batch_size": BATCH, "grad_accum": 1, "warmup_ratio": 0.03, "weight_decay": 0.0,
+    cfg = {"epochs": 1, "batch_size": BATCH, "grad_accum": 1, "warmup_ratio": WARMUP_RATIO, "weight_decay": 0.0,
            "max_steps": steps, "save_every": 10**9, "precision": "fp32",
            "batching": "packed" if replay else "grouped", "max_grad_norm": 1.0}  # fmt: skip
     make_batches = train.make_batches
@@ -124,23 +126,41 @@ class RecordingCollator:
         return self.collator(features)
 
 
+def same_schedule_trainer():
+    """``transformers.Trainer`` whose lr follows ptft's schedule, the one hyperparameter where the two
+    differ by definition: ``transformers`` runs the first warmup step at lr 0, ptft at ``1/warmup``."""
+    from torch.optim.lr_scheduler import LambdaLR
+    from transformers import Trainer
+
+    class SameScheduleTrainer(Trainer):
+        def create_scheduler(self, num_training_steps: int, optimizer=None):
+            warmup = warmup_steps(num_training_steps, WARMUP_RATIO)
+            self.lr_scheduler = LambdaLR(optimizer or self.optimizer,
+                                         lambda step: linear_lr(step, num_training_steps, warmup))  # fmt: skip
+            return self.lr_scheduler
+
+    return SameScheduleTrainer
+
+
 def run_hf_trainer(model, examples, steps: int, lr: float, seed: int, vocab: int) -> tuple[float, list[list[int]]]:
     from datasets import Dataset
-    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
+    from transformers import DataCollatorForSeq2Seq, TrainingArguments
+
+    SameScheduleTrainer = same_schedule_trainer()
 
     data = Dataset.from_dict({"input_ids": [x for x, _ in examples], "labels": [y for _, y in examples],
                               "attention_mask": [[1] * len(x) for x, _ in examples]})  # fmt: skip
     with tempfile.TemporaryDirectory() as out:
         args = TrainingArguments(
             output_dir=out, per_device_train_batch_size=BATCH, gradient_accumulation_steps=1, learning_rate=lr,
-            weight_decay=0.0, lr_scheduler_type="linear", warmup_steps=0.03, max_steps=steps,
+            weight_decay=0.0, lr_scheduler_type="linear", max_steps=steps,
             max_grad_norm=1.0, save_strategy="no", report_to="none", use_cpu=True, seed=seed, logging_steps=10**9,
             disable_tqdm=True, dataloader_num_workers=0,
         )  # fmt: skip
         collator = RecordingCollator(
             DataCollatorForSeq2Seq(hf_tokenizer(vocab), padding="longest", label_pad_token_id=IGNORE), examples
         )
-        trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=collator)
+        trainer = SameScheduleTrainer(model=model, args=args, train_dataset=data, data_collator=collator)
         t = time.perf_counter()
         trainer.train()
         return time.perf_counter() - t, collator.batches

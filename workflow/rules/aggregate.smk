@@ -82,25 +82,31 @@ rule analysis_tables:
         "> {log} 2>&1"
 
 
-# Each table as an HTML page for the report (a browser cannot show Parquet).
-rule report_table:
-    input:
-        f"{RESULTS}/tables/{{table}}.parquet",
-    output:
-        report(
-            f"{RESULTS}/report/{{table}}.html",
-            caption="../report/table.rst",
-            category="Tables",
-            labels={"table": "{table}"},
-        ),
-    log:
-        f"{RESULTS}/logs/aggregate/report_table/{{table}}.log",
-    wildcard_constraints:
-        table="|".join(REPORT_TABLES),
-    conda:
-        "../../envs/ptft.yaml"
-    shell:
-        "ptft table-html --table {input} --out {output} > {log} 2>&1"
+# Each table as an HTML page for the report (a browser cannot show Parquet), filed under its
+# analysis next to that analysis's figures: one rule per analysis, as a category is fixed per rule.
+for _analysis, _tables in REPORT_TABLES.items():
+
+    rule:
+        name:
+            f"report_table_{_analysis}"
+        input:
+            f"{RESULTS}/tables/{{table}}.parquet",
+        output:
+            report(
+                f"{RESULTS}/report/{{table}}.html",
+                caption="../report/table.rst",
+                category=ANALYSES[_analysis],
+                subcategory="Tables",
+                labels={"table": "{table}"},
+            ),
+        log:
+            f"{RESULTS}/logs/aggregate/report_table/{{table}}.log",
+        wildcard_constraints:
+            table="|".join(_tables),
+        conda:
+            "../../envs/ptft.yaml"
+        shell:
+            "ptft table-html --table {input} --out {output} > {log} 2>&1"
 
 
 rule figures:
@@ -113,38 +119,38 @@ rule figures:
         report(
             f"{RESULTS}/figures/base_vs_finetuned.png",
             caption="../report/base_vs_finetuned.rst",
-            category="Figures",
-            subcategory="Base vs fine-tuned",
+            category=ANALYSES["performance"],
+            subcategory="Figures",
         ),
         report(
             expand(f"{RESULTS}/figures/base_vs_finetuned_{{name}}.png", name=PLAN.eval_sets),
             caption="../report/base_vs_finetuned.rst",
-            category="Figures",
-            subcategory="Base vs fine-tuned",
+            category=ANALYSES["performance"],
+            subcategory="Figures",
         ),
         report(
             f"{RESULTS}/figures/average_change.png",
             caption="../report/average_change.rst",
-            category="Figures",
-            subcategory="Change after fine-tuning",
+            category=ANALYSES["change"],
+            subcategory="Figures",
         ),
         report(
             expand(f"{RESULTS}/figures/{{name}}.png", name=[r.replace("-", "_") for r in FIGURE_RELATIONS]),
             caption="../report/relation.rst",
-            category="Figures",
-            subcategory="OOD and cross-task transfer",
+            category=ANALYSES["transfer"],
+            subcategory="Figures",
         ),
         report(
             [f"{RESULTS}/figures/format_sensitivity.png"] if FORMAT_EVAL_SETS else [],
             caption="../report/format_sensitivity.rst",
-            category="Figures",
-            subcategory="Prompt formats",
+            category=ANALYSES["formats"],
+            subcategory="Figures",
         ),
         report(
             [f"{RESULTS}/figures/learning_dynamics_{t}_{m}.png" for t, m in PROBE_FIGURES],
             caption="../report/learning_dynamics.rst",
-            category="Figures",
-            subcategory="Learning dynamics",
+            category=ANALYSES["dynamics"],
+            subcategory="Figures",
         ),
         [f"{RESULTS}/figures/learning_dynamics_{t}_{m}.svg" for t, m in PROBE_FIGURES],
         expand(

@@ -26,16 +26,22 @@ def as_json(obj):
     return json.dumps(obj, sort_keys=True)
 
 
-# Tables shown in the report; each has its caption in workflow/report/table.rst.
-REPORT_TABLES = [
-    "performance",
-    "change_per_checkpoint",
-    "change_slope",
-    "mrc",
-    "learned_during_pretraining",
-    "format_sensitivity",
-    "format_sensitivity_per_checkpoint",
-]
+# The report's categories, one per analysis, each with its figures and tables.
+ANALYSES = {
+    "performance": "Performance across checkpoints",
+    "change": "Change after fine-tuning",
+    "transfer": "Transfer: OOD and cross-task",
+    "formats": "Prompt formats",
+    "dynamics": "Learning dynamics",
+}
+# Tables shown in the report, by analysis; each has its caption in workflow/report/table.rst.
+REPORT_TABLES = {
+    "performance": ["performance"],
+    "change": ["change_per_checkpoint", "change_slope", "learned_during_pretraining"],
+    "transfer": ["mrc"],
+    "formats": ["format_sensitivity", "format_sensitivity_per_checkpoint"],
+}
+ALL_REPORT_TABLES = [t for tables in REPORT_TABLES.values() for t in tables]
 
 
 # Relations with a figure of their own (the fine-tuned models of that relation per eval set).
@@ -54,8 +60,8 @@ def figure_paths(names):
 
 def get_final_output():
     return (
-        expand(f"{RESULTS}/report/{{table}}.html", table=REPORT_TABLES)
-        + expand(f"{RESULTS}/tables/{{table}}.parquet", table=REPORT_TABLES)
+        expand(f"{RESULTS}/report/{{table}}.html", table=ALL_REPORT_TABLES)
+        + expand(f"{RESULTS}/tables/{{table}}.parquet", table=ALL_REPORT_TABLES)
         + figure_paths(["base_vs_finetuned", "average_change"])
         + figure_paths([r.replace("-", "_") for r in FIGURE_RELATIONS])
         + figure_paths(["format_sensitivity"] if FORMAT_EVAL_SETS else [])

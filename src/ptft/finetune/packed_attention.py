@@ -32,22 +32,15 @@ def packed_sdpa_attention(module, query, key, value, attention_mask, dropout=0.0
     if bounds is None or query.shape[0] != 1:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
     gqa = query.shape[1] != key.shape[1]
-    bounds = bounds.tolist()
+    sizes = bounds.diff().tolist()
+    # split, not slicing: the backward of a slice writes its gradient into a zero-filled copy of
+    # the whole row, one per example, tensor and layer; split's backward is one concatenation.
+    pieces = zip(query.split(sizes, 2), key.split(sizes, 2), value.split(sizes, 2), strict=True)
     out = torch.cat(
-        [
-            F.scaled_dot_product_attention(
-                query[:, :, s:e],
-                key[:, :, s:e],
-                value[:, :, s:e],
-                dropout_p=dropout,
-                is_causal=True,
-                scale=scaling,
-                enable_gqa=gqa,
-            )  # fmt: skip
-            for s, e in zip(bounds[:-1], bounds[1:], strict=True)
-        ],
+        [F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, scale=scaling, enable_gqa=gqa)
+         for q, k, v in pieces],
         dim=2,
-    )
+    )  # fmt: skip
     return out.transpose(1, 2).contiguous(), None
 
 

@@ -54,16 +54,16 @@ def set_seed(seed: int) -> None:
 
 def linear_lr(step: int, total: int, warmup: int) -> float:
     """Multiplier of the peak lr at optimizer step ``step`` (from 0): linear warmup over ``warmup``
-    steps, then linear decay to 0. This is ``transformers``' ``get_linear_schedule_with_warmup``
-    (the first step has lr 0), which the paper's runs used, so schedules match theirs step for step."""
+    steps, then linear decay to 0. Unlike ``transformers``' ``get_linear_schedule_with_warmup``,
+    the first step already trains (at ``1 / warmup`` of the peak) instead of running at lr 0."""
     if step < warmup:
-        return step / max(1, warmup)
+        return (step + 1) / warmup
     return max(0.0, (total - step) / max(1, total - warmup))
 
 
 def warmup_steps(total: int, ratio: float) -> int:
-    """``ceil(ratio × total)``, as ``transformers.TrainingArguments`` turns a warmup ratio into steps."""
-    return math.ceil(total * ratio)
+    """Warmup steps of a run of ``total`` optimizer steps: ``ratio × total``, rounded, at least 1."""
+    return max(1, round(ratio * total))
 
 
 def count_steps(n_examples: int, cfg: dict) -> int:
