@@ -420,6 +420,19 @@ def test_figures_svg_format_relation_and_learning_dynamics(perf, tmp_path):
     assert plt.get_fignums() == []
 
 
+def test_grid_legend_names_each_task_and_method_once(tmp_path):
+    # Panel a has two methods of task_a, panel b one method of task_b: task_b's line must still
+    # carry its method, or the shared legend would list "task_b" beside "task_a (full)".
+    rows = [(c, s, "none", "base", e, "pretraining", 0.5) for c, s in (("s1", 1), ("s2", 2)) for e in ("a", "b")]
+    rows += [(c, s, "task_a", m, "a", "in-domain", 0.6) for c, s in (("s1", 1), ("s2", 2)) for m in ("full", "lora")]
+    rows += [(c, s, "task_b", "full", "b", "in-domain", 0.7) for c, s in (("s1", 1), ("s2", 2))]
+    plot_base_vs_finetuned_grid(perf_rows(rows), ["a", "b"], "default", tmp_path / "grid.png")
+    texts = re.findall(r">([\w ()]+)</text>", (tmp_path / "grid.svg").read_text())
+    legend = [t for t in texts if t.startswith(("task_", "base"))]
+    assert legend == ["base", "task_a (full)", "task_a (lora)", "task_b (full)"]
+    assert plt.get_fignums() == []
+
+
 def test_figure_without_rows_raises(perf, tmp_path):
     with pytest.raises(ValueError, match="toy_nli"):
         plot_base_vs_finetuned(perf, "toy_nli", "io", tmp_path / "x.png")

@@ -209,7 +209,9 @@ def _draw_base_vs_finetuned(
     finetuned = rows[rows["method"] != "base"]
     if relation is not None:
         finetuned = finetuned[finetuned["relation"] == relation]
-    several_methods = finetuned["method"].nunique() > 1
+    # Decided over the whole study, not the panel: a task is named the same in every panel,
+    # so a shared legend has one entry per (task, method).
+    several_methods = perf.loc[perf["method"] != "base", "method"].nunique() > 1
     for (task, method), group in finetuned.groupby(["train_task", "method"], sort=True):
         relation = group["relation"].iloc[0]
         name = f"{task} ({method})" if several_methods else task
