@@ -27,6 +27,11 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/aggregate.smk"
 
 
+if DERIVE:
+
+    include: "workflow/rules/derive.smk"
+
+
 rule all:
     input:
         get_final_output(),

@@ -126,3 +126,27 @@ def test_bad_study_is_named(amuro, tmp_path, edit, error):
     edit(cfg)
     with pytest.raises((ValueError, KeyError), match=error):
         build_plan(cfg, tmp_path)
+
+
+def test_a_real_study_with_the_dissecting_stage_dry_runs_offline(tmp_path):
+    """docs/derivation.md's example: pythia-160m plus a PubMed corpus, an openai backend and dissect."""
+    import yaml
+
+    cfg = load_study(PYTHIA)
+    cfg["train_tasks"].append("pubmed")
+    cfg["finetune"]["per_task"]["pubmed"] = {"methods": ["full", "lora"], "lrs": [3e-6]}
+    cfg["derive"] = {"corpus": {"dataset": "pubmed", "split": "test"},
+                     "backend": {"name": "openai", "base_url": "http://gpu-node:8000/v1", "model": "llama",
+                                 "api_key_env": "VLLM_API_KEY"}}  # fmt: skip
+    cfg["dissect"] = {"train_task": "pubmed"}
+    study = tmp_path / "study.yaml"
+    study.write_text(yaml.safe_dump(cfg))
+    counts, _ = dry_run(study, tmp_path)
+    # 5 checkpoints x (4 tasks + pubmed full and lora); pubmed's models are measured, not scored.
+    assert counts["finetune"] == 30 and counts["evaluate_finetuned"] == 20
+    assert counts["dissect_loglik"] == 5 + 10 and counts["derive_variants"] == counts["derive_corpus"] == 1
+    assert counts["download_dataset"] == 15  # pythia-160m's 14 datasets (13 eval sets and mnli), and pubmed
+    plan = build_plan(cfg, tmp_path)
+    assert plan.relation_rows() and not [m for m in plan.finetune_runs if m.train_task == "pubmed"]
+    with pytest.raises(ValueError, match=r"dissect.train_task: 'mnli' is not a plain-document corpus"):
+        build_plan({**cfg, "dissect": {"train_task": "mnli"}}, tmp_path)

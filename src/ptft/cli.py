@@ -391,6 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--manifest", help="with --probe-runs: the checkpoints' steps, to order the panels")
     s.add_argument("--out-dir", required=True)
     s.set_defaults(func=cmd_figures)
+    from ptft.derive.cli import add_commands
+
+    add_commands(sub, _json)
     return p
 
 

@@ -114,6 +114,15 @@ class Plan:
     data_configs: dict[str, dict]
     training_runs: tuple[Model, ...] = ()  # every run of the grid (more than the evaluated with select_lr)
     select_lr: dict | None = None
+    dissect_task: str | None = None  # the corpus whose fine-tuned models the Dissecting analysis measures
+
+    @property
+    def dissect_models(self) -> tuple[Model, ...]:
+        """Models whose log-likelihood of each variant is measured: every run on the Dissecting
+        corpus and the base checkpoint of each."""
+        runs = tuple(m for m in self.training_runs if m.train_task == self.dissect_task)
+        tuned = {m.checkpoint for m in runs}
+        return tuple(m for m in self.base_models if m.checkpoint in tuned) + runs
 
     def run_config(self, task: str, method: str) -> dict:
         """What one training job is given: the task's finetune settings without the grid keys
@@ -131,7 +140,9 @@ class Plan:
         """(checkpoint, task, method, seed) of every lr grid that is selected over."""
         if not self.select_lr:
             return []
-        return list(dict.fromkeys((m.checkpoint, m.train_task, m.method, m.seed) for m in self.training_runs))
+        # Only what is evaluated is selected: a corpus's runs (no eval sets) are all measured.
+        return list(dict.fromkeys((m.checkpoint, m.train_task, m.method, m.seed) for m in self.training_runs
+                                  if m.evaluations))  # fmt: skip
 
     def grid_runs(self, checkpoint: str, task: str, method: str, seed: int) -> list[Model]:
         return [m for m in self.training_runs if (m.checkpoint, m.train_task, m.method, m.seed)
@@ -202,8 +213,10 @@ def _formats(config: dict, eval_set: str) -> tuple[str, ...]:
 def relation_table(config: dict, train_tasks: tuple[str, ...], eval_sets: tuple[str, ...]) -> dict:
     """train task -> ((eval set, relation), ...), from the config's table or derived from task types."""
     table = config.get("relations")
+    # A corpus of plain documents is no task to score: its models are measured by the Dissecting analysis.
+    corpus = {t for t in train_tasks if get_dataset(t).task.kind == "text"}
     if table is None:
-        return {t: tuple((e, relation(t, e)) for e in eval_sets) for t in train_tasks}
+        return {t: () if t in corpus else tuple((e, relation(t, e)) for e in eval_sets) for t in train_tasks}
     unknown = [t for t in table if t not in train_tasks]
     if unknown:
         raise ValueError(f"relations: {unknown} are not in train_tasks {list(train_tasks)}")
@@ -218,7 +231,7 @@ def relation_table(config: dict, train_tasks: tuple[str, ...], eval_sets: tuple[
         names = [e for e, _ in pairs]
         if len(set(names)) != len(names):
             raise ValueError(f"relations.{task}: an eval set is listed under two relations: {names}")
-        if not pairs:
+        if not pairs and task not in corpus:
             raise ValueError(f"relations: train task {task!r} has no eval sets")
         out[task] = tuple(pairs)
     return out
@@ -299,10 +312,20 @@ def build_plan(config: dict, results: str | Path = "results") -> Plan:
                 for s in ft["seeds"]:
                     grid = [Model(c, t, m, float(lr), int(s), evaluations, ev["finetuned_shots"]) for lr in ft["lrs"]]
                     runs += grid
+                    if not evaluations:
+                        continue
                     if select and select["evaluate"] == "selected":
                         evaluated.append(Model(c, t, m, None, int(s), evaluations, ev["finetuned_shots"], True))
                     else:
                         evaluated += grid
+    dissect = config.get("dissect")
+    if dissect is not None:
+        task = dissect["train_task"]
+        if task not in train_tasks or get_dataset(task).task.kind != "text":
+            corpora = [t for t in train_tasks if get_dataset(t).task.kind == "text"]
+            raise ValueError(f"dissect.train_task: {task!r} is not a plain-document corpus in train_tasks {corpora}")
+        if not config.get("derive"):
+            raise ValueError("dissect: needs a derive section (the variants it measures)")
     return Plan(
         study=config["study"],
         suite=config["checkpoints"]["suite"],
@@ -315,4 +338,5 @@ def build_plan(config: dict, results: str | Path = "results") -> Plan:
         data_configs=data_configs,
         training_runs=tuple(runs),
         select_lr=select,
+        dissect_task=dissect and dissect["train_task"],
     )

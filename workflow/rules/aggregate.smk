@@ -3,7 +3,7 @@ localrules:
 
 
 # Every table and figure, from the per-example predictions already there:
-#   snakemake aggregate --forcerun performance_table
+#   snakemake aggregate --forcerun performance_table [dissect_tables]
 rule aggregate:
     input:
         get_final_output(),

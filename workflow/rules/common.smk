@@ -33,6 +33,7 @@ ANALYSES = {
     "transfer": "Transfer: OOD and cross-task",
     "formats": "Prompt formats",
     "dynamics": "Learning dynamics",
+    "dissect": "Dissecting: what fine-tuning changes",
 }
 # Tables shown in the report, by analysis; each has its caption in workflow/report/table.rst.
 REPORT_TABLES = {
@@ -41,6 +42,10 @@ REPORT_TABLES = {
     "transfer": ["mrc"],
     "formats": ["format_sensitivity", "format_sensitivity_per_checkpoint"],
 }
+DERIVE = config.get("derive")
+DISSECT_MODELS = PLAN.dissect_models
+if DERIVE:
+    REPORT_TABLES["dissect"] = ["derive_stats"] + (["dissect_change", "dissect_components"] if DISSECT_MODELS else [])
 ALL_REPORT_TABLES = [t for tables in REPORT_TABLES.values() for t in tables]
 
 
@@ -66,6 +71,7 @@ def get_final_output():
         + figure_paths([r.replace("-", "_") for r in FIGURE_RELATIONS])
         + figure_paths(["format_sensitivity"] if FORMAT_EVAL_SETS else [])
         + figure_paths([f"learning_dynamics_{t}_{m}" for t, m in PROBE_FIGURES])
+        + figure_paths(["dissecting"] if DISSECT_MODELS else [])
     )
 
 
@@ -214,3 +220,49 @@ def get_data_dir(_wildcards, input):
 
 def get_all_predictions(_wildcards):
     return [f"{RESULTS}/eval/{m.id}/predictions.parquet" for m in PLAN.models]
+
+
+def get_corpus_input(_wildcards):
+    """A registered corpus's raw split files: generated (toy) or fetched (hub) first."""
+    name = DERIVE["corpus"].get("dataset")
+    if not name:
+        return []
+    if get_dataset(name).source == "toy":
+        return f"{RESULTS}/raw/{name}"
+    return f"{RESULTS}/downloads/{name}.json"
+
+
+def get_corpus_local_dir(_wildcards, input):
+    from ptft.download import dataset_local_dir
+
+    name = DERIVE["corpus"].get("dataset")
+    if not name:
+        return ""
+    if get_dataset(name).source == "toy":
+        return input[0]
+    return dataset_local_dir(config["data"]["data_dir"], name) or ""
+
+
+def template_path(path):
+    """A template path as given if it exists here (the working directory), else in the workflow's root."""
+    if os.path.isabs(path) or os.path.exists(path):
+        return path
+    return os.path.relpath(os.path.join(workflow.basedir, path))
+
+
+def get_derive_config():
+    """What the derive job's result depends on (the corpus is its input file)."""
+    return as_json({k: v for k, v in DERIVE.items() if k != "corpus"})
+
+
+def get_dissect_model_dir(wildcards):
+    if wildcards.kind == "base":
+        return get_checkpoint_path(wildcards.model)
+    return f"{RESULTS}/finetune/{wildcards.model}/model"
+
+
+def get_dissect_pairs(_wildcards):
+    loglik = f"{RESULTS}/dissect/{{}}/loglik.parquet"
+    steps = {e["name"]: e.get("step") for e in PLAN.checkpoint_entries}
+    return as_json([{"meta": {**m.metadata(), "step": steps[m.checkpoint]}, "base": loglik.format(f"base/{m.checkpoint}"), "ft": loglik.format(m.id)}
+                    for m in DISSECT_MODELS if not m.is_base])  # fmt: skip

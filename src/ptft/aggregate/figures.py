@@ -130,6 +130,32 @@ def plot_average_change(change_df: pd.DataFrame, path: str | os.PathLike) -> Non
         _save(fig, path)
 
 
+def plot_dissecting(change: pd.DataFrame, components: pd.DataFrame, path: str | os.PathLike) -> None:
+    """The Dissecting figure: change in per-token log-likelihood per variant (left) and its split
+    into facts, topic, style and other (right), per pre-training step; line style is the method."""
+    if change.empty or change["step"].isna().all():
+        raise ValueError("plot_dissecting: no change rows with a pre-training step")
+    panels = [("change", change, "variant", "Change per variant"),
+              ("value", components, "component", "Decomposition of the original's change")]  # fmt: skip
+    with _figure(nrows=1, ncols=2, figsize=(2 * PANEL_SIZE[0] * 1.25, PANEL_SIZE[1] * 1.25 + 0.6)) as (fig, axes):
+        for ax, (column, df, key, title) in zip(axes, panels, strict=True):
+            ax.axhline(0.0, color="0.4", linewidth=0.8)
+            df = df[df["step"].notna()].rename(columns={column: "value"})
+            names = list(dict.fromkeys(df[key]))
+            colors = {n: plt.get_cmap("tab10").colors[i % 10] for i, n in enumerate(names)}
+            several = df["method"].nunique() > 1
+            for (name, method), group in df.groupby([key, "method"], sort=False):
+                label = f"{name} ({method})" if several else str(name)
+                _line(ax, group, colors[name], METHOD_LINESTYLES.get(method, "-"), "o", label)
+            ax.set_title(title)
+            ax.set_xlabel("pre-training step")
+            _format_step_axis(ax)
+        axes[0].set_ylabel("Δ per-token log-likelihood")
+        legend = _legend_entries(axes)
+        _legend_below(fig, list(legend.values()), list(legend), max_columns=4)
+        _save(fig, path)
+
+
 def plot_format_sensitivity(perf: pd.DataFrame, eval_sets: list[str], path: str | os.PathLike) -> None:
     """Score per pre-training step in each prompt format, one panel per eval set.
 

@@ -110,7 +110,7 @@ def required_columns(spec: DatasetSpec) -> list[str]:
     cols = [spec.columns.get(f, f) for f in task.fields]
     if task.kind == "classification":
         cols.append(spec.label_column)
-    elif task.kind == "generation":
+    elif task.kind in ("generation", "text"):
         cols.append(spec.columns.get(task.target, task.target))
     return cols
 
@@ -130,7 +130,7 @@ def _label_index(spec: DatasetSpec, value) -> int:
 def _renamed(spec: DatasetSpec, r: dict) -> dict:
     task = spec.task
     out = {f: r[spec.columns.get(f, f)] for f in task.fields}
-    if task.kind == "generation":
+    if task.kind in ("generation", "text"):
         out[task.target] = r[spec.columns.get(task.target, task.target)]
     return out
 
@@ -179,7 +179,7 @@ def _canonical_record(spec: DatasetSpec, split: str, idx: int, r: dict) -> dict:
 def _check_texts(spec: DatasetSpec, split: str, idx: int, c: dict) -> None:
     task = spec.task
     texts = [f for f in task.fields if f not in task.optional_fields]
-    if task.kind == "generation":
+    if task.kind in ("generation", "text"):
         texts.append(task.target)
     for f in texts:
         value = c[f]

@@ -116,6 +116,11 @@ HUB_DATASETS = (
                   "answerC": "distractor2"}),
     _hub("tweetqa", "question_generation", "twitter", "ucsbnlp/tweet_qa", train_split=None,
          eval_split="validation", fewshot_split="train", converter="tweetqa"),
+    # --- corpora of plain documents (Dissecting: fine-tune on them, derive variants of them) ---
+    _hub("pubmed", "text", "biomedical", "ccdv/pubmed-summarization", "document", eval_split="test",
+         fewshot_split="validation", columns={"text": "abstract"}),
+    _hub("c4", "text", "web", "allenai/c4", "en", train_split=None, eval_split="validation",
+         fewshot_split="validation"),
     # --- instruction tuning ---
     _hub("tulu", "chat", "mixture", "allenai/tulu-v2-sft-mixture", eval_split="train", fewshot_split="train",
          converter="tulu"),
@@ -144,6 +149,8 @@ DATASETS: dict[str, DatasetSpec] = {
         _toy("toy_summary_ood", "summary", "summary", "wild", False),
         _toy("toy_qgen", "question_generation", "question_generation", "home", True),
         _toy("toy_qgen_ood", "question_generation", "question_generation", "wild", False),
+        # Stories of the home domain whose facts the derivation's toy backend knows (ptft.toy.docs).
+        _toy("toy_docs", "text", "document", "home", True),
         # Instruction tuning: the four home tasks as chats, in Tulu's schema (read by its converter).
         _toy("toy_chat", "chat", "chat", "home", True, converter="tulu"),
         *HUB_DATASETS,

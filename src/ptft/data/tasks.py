@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 @dataclass(frozen=True)
 class TaskType:
     name: str
-    kind: str  # "classification", "generation", "multiple_choice" or "chat"
+    kind: str  # "classification", "generation", "multiple_choice", "chat" or "text"
     fields: tuple[str, ...]  # canonical input fields, none of them may be empty
     formats: dict[str, str]
     labels: tuple[str, ...] = ()  # label words, classification only
@@ -94,6 +94,10 @@ TASK_TYPES = {
     ),
     # Instruction tuning on chat transcripts (Tulu v2): ``messages`` is a list of {role, content}.
     "chat": TaskType(name="chat", kind="chat", fields=("messages",), target="messages", formats={"default": ""}),
+    # Plain documents (continued pre-training on a corpus, as in Zhang & Wu's Dissecting study):
+    # no prompt, the loss is on every token of ``text``. Not scored by the evaluation engine;
+    # the Dissecting analysis measures such models (ptft.derive.dissect).
+    "text": TaskType(name="text", kind="text", fields=(), target="text", formats={"default": ""}),
 }
 
 FORMATS = ("default", "instruct", "io")

@@ -59,6 +59,8 @@ def segments(task, record: dict, fmt: str, tokenizer=None) -> tuple[list[tuple[s
         if tokenizer is not None and getattr(tokenizer, "chat_template", None):
             return template_segments(tokenizer, list(record["messages"])), False
         return chat_segments(record["messages"]), True
+    if task.kind == "text":  # a plain document: every token is trained on
+        return [(record[task.target], True)], True
     prompt, target = join_prompt_completion(render_prompt(task, record, fmt), completion(task, record))
     return [(prompt, False), (target, True)], True
 

@@ -113,8 +113,9 @@ def question_generation(rng: random.Random, domain: str) -> dict:
 
 def record_key(task, record: dict) -> tuple:
     """The inputs of a record (its task's fields): two records with the same key are the same item."""
+    fields = task.fields or (task.target,)  # a plain document is its own input
     return tuple(v if isinstance(v, str) else json.dumps(v, sort_keys=True, default=str)
-                 for v in (record[f] for f in task.fields))  # fmt: skip
+                 for v in (record[f] for f in fields))  # fmt: skip
 
 
 TASK_GENERATORS = {
@@ -150,4 +151,10 @@ def chat(rng: random.Random, domain: str, held_out: dict[str, set[tuple]] | None
     return {"dataset": "toy_" + "+".join(names), "id": "", "messages": messages}
 
 
-GENERATORS = {**TASK_GENERATORS, "chat": chat}
+def document(rng: random.Random, domain: str) -> dict:
+    from ptft.toy.docs import document as toy_document
+
+    return toy_document(rng, domain)
+
+
+GENERATORS = {**TASK_GENERATORS, "chat": chat, "document": document}

@@ -1,0 +1,1 @@
+"""Controlled-variable data derivation: rewrite documents into variants with an LLM backend."""
