@@ -92,16 +92,16 @@ rule dissect_figure:
         change=f"{RESULTS}/tables/dissect_change.parquet",
         components=f"{RESULTS}/tables/dissect_components.parquet",
     output:
-        report(
+        png=report(
             f"{RESULTS}/figures/dissecting.png",
             caption="../report/dissecting.rst",
             category=ANALYSES["dissect"],
             subcategory="Figures",
         ),
-        f"{RESULTS}/figures/dissecting.svg",
+        svg=f"{RESULTS}/figures/dissecting.svg",
     log:
         f"{RESULTS}/logs/dissect/figure.log",
     conda:
         "../../envs/ptft.yaml"
     shell:
-        "ptft dissect-figure --change {input.change} --components {input.components} --out {output[0]} > {log} 2>&1"
+        "ptft dissect-figure --change {input.change} --components {input.components} --out {output.png} > {log} 2>&1"
