@@ -344,3 +344,24 @@ def test_text_logliks_sum_each_tokens_log_probability(tiny_model_dir):
 def test_variant_messages_are_stable():
     v = Variant("topic", "topic", "1", "", "Rewrite:\n{text}")
     assert v.messages("x") == ({"role": "user", "content": "Rewrite:\nx"},)
+
+
+def test_dissecting_figure_labels_every_variant_and_component(tmp_path):
+    import re
+
+    from ptft.aggregate.figures import plot_dissecting
+
+    base = {(d, v): -3.0 for d in ("a", "b", "c") for v in ("original", "topic", "casual", "rap", "cf")}
+    boot = {"resamples": 200, "confidence": 0.95, "seed": 0}
+    pairs = []
+    for step, gain in ((10, 1.0), (20, 0.5)):
+        ft = {(d, v): ll + gain * (1 + "abc".index(d)) * (v != "rap") for (d, v), ll in base.items()}
+        meta = {"checkpoint": f"step{step}", "step": step, "train_task": "t", "method": "full", "lr": 1e-3, "seed": 0}
+        pairs.append((meta, loglik_rows(base), loglik_rows(ft)))
+    change, comps = dissect_tables(pairs, boot)
+    plot_dissecting(change, comps, tmp_path / "d.png")
+    assert (tmp_path / "d.png").read_bytes()[:4] == b"\x89PNG"
+    texts = set(re.findall(r">([\w: ]+)</text>", (tmp_path / "d.svg").read_text()))
+    assert {"original", "topic", "casual", "rap", "cf", "facts", "style", "other"} <= texts
+    with pytest.raises(ValueError, match="no change rows"):
+        plot_dissecting(change.iloc[0:0], comps, tmp_path / "e.png")

@@ -51,6 +51,11 @@ RELATION_COLORS = {
 LEARNED_LINESTYLES = {"learned": "-", "not learned": "--", "unclassified": ":"}
 LEARNED_LABELS = {"learned": "learned in pre-training", "not learned": "not learned", "unclassified": "unclassified"}
 FORMAT_COLORS = {"default": "tab:blue", "instruct": "tab:red", "io": "tab:purple"}
+# The Dissecting figure: a variant and the component it measures share the factor's color.
+FACTOR_ORDER = {"original": 0, "topic": 1, "style": 2, "facts": 3, "other": 4}
+FACTOR_COLORS = {"original": "black", "topic": "tab:purple", "style": "tab:green", "facts": "tab:orange",
+                 "other": "tab:gray"}  # fmt: skip
+DISSECT_MARKERS = ("o", "^", "s", "D")
 # Color says the train task, line style the fine-tuning method (base: black dashed).
 METHOD_LINESTYLES = {"full": "-", "lora": ":", "lpft": "-.", "instruct": (0, (5, 1))}
 
@@ -132,28 +137,42 @@ def plot_average_change(change_df: pd.DataFrame, path: str | os.PathLike) -> Non
 
 def plot_dissecting(change: pd.DataFrame, components: pd.DataFrame, path: str | os.PathLike) -> None:
     """The Dissecting figure: change in per-token log-likelihood per variant (left) and its split
-    into facts, topic, style and other (right), per pre-training step; line style is the method."""
+    into facts, topic, style and other (right), per pre-training step.
+
+    Color is the factor, in both panels (a variant's and the component it measures); variants
+    sharing a factor differ by marker; line style is the method. Each panel has its own legend.
+    """
     if change.empty or change["step"].isna().all():
         raise ValueError("plot_dissecting: no change rows with a pre-training step")
-    panels = [("change", change, "variant", "Change per variant"),
-              ("value", components, "component", "Decomposition of the original's change")]  # fmt: skip
-    with _figure(nrows=1, ncols=2, figsize=(2 * PANEL_SIZE[0] * 1.25, PANEL_SIZE[1] * 1.25 + 0.6)) as (fig, axes):
-        for ax, (column, df, key, title) in zip(axes, panels, strict=True):
-            ax.axhline(0.0, color="0.4", linewidth=0.8)
-            df = df[df["step"].notna()].rename(columns={column: "value"})
-            names = list(dict.fromkeys(df[key]))
-            colors = {n: plt.get_cmap("tab10").colors[i % 10] for i, n in enumerate(names)}
-            several = df["method"].nunique() > 1
-            for (name, method), group in df.groupby([key, "method"], sort=False):
-                label = f"{name} ({method})" if several else str(name)
-                _line(ax, group, colors[name], METHOD_LINESTYLES.get(method, "-"), "o", label)
-            ax.set_title(title)
-            ax.set_xlabel("pre-training step")
-            _format_step_axis(ax)
-        axes[0].set_ylabel("Δ per-token log-likelihood")
-        legend = _legend_entries(axes)
-        _legend_below(fig, list(legend.values()), list(legend), max_columns=4)
+    size = (2 * PANEL_SIZE[0] * 1.25, PANEL_SIZE[1] * 1.25 + 0.9)
+    with _figure(nrows=1, ncols=2, figsize=size) as (fig, (left, right)):
+        variants = change[change["step"].notna()].rename(columns={"change": "value"})
+        variants = variants.assign(_order=variants["factor"].map(FACTOR_ORDER).fillna(len(FACTOR_ORDER)))
+        _dissect_lines(left, variants.sort_values(["_order", "variant"], kind="stable"), "variant")
+        parts = components[components["step"].notna()].rename(columns={"component": "factor"})
+        parts = parts.assign(variant=parts["factor"], _order=parts["factor"].map(FACTOR_ORDER))
+        _dissect_lines(right, parts.sort_values("_order", kind="stable"), "variant")
+        left.set_title("Change per variant")
+        right.set_title("Split of the original's change")
+        left.set_ylabel("Δ per-token log-likelihood")
         _save(fig, path)
+
+
+def _dissect_lines(ax, df: pd.DataFrame, key: str) -> None:
+    ax.axhline(0.0, color="0.4", linewidth=0.8)
+    several = df["method"].nunique() > 1
+    factor_of = dict(zip(df[key], df["factor"], strict=True))
+    rank: dict[str, int] = {}
+    for name in dict.fromkeys(df[key]):  # the n-th variant of a factor gets the n-th marker
+        rank[name] = sum(factor_of[other] == factor_of[name] for other in rank)
+    for (name, method), group in df.groupby([key, "method"], sort=False):
+        factor = factor_of[name]
+        marker = DISSECT_MARKERS[rank[name] % len(DISSECT_MARKERS)]
+        label = f"{name} ({method})" if several else str(name)
+        _line(ax, group, FACTOR_COLORS.get(factor, "tab:brown"), METHOD_LINESTYLES.get(method, "-"), marker, label)
+    ax.set_xlabel("pre-training step")
+    _format_step_axis(ax)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.28), ncols=2, frameon=False)
 
 
 def plot_format_sensitivity(perf: pd.DataFrame, eval_sets: list[str], path: str | os.PathLike) -> None:
