@@ -194,6 +194,29 @@ HUB_DATASETS: dict[str, dict] = {
         notes="lm-evaluation-harness#3171 (Jul 2025) marks csebuetnlp/xlsum as fixed (no script needed any more); "
         "could not confirm the main-branch layout, the refs/convert/parquet export works either way",
     ),
+    "pubmed_summarization": _entry(
+        "ccdv/pubmed-summarization",
+        "document",
+        ["train", "validation", "test"],
+        {"article": _S, "abstract": _S},
+        hub_format="script",
+        revision="refs/convert/parquet",
+        export_config="document",
+        text_columns=["article", "abstract"],
+        source="ccdv/pubmed-summarization README (Data Fields id/article/abstract; 'remove ids' commit 3ddddf4 leaves "
+        "article/abstract); pubmed-summarization.py configs section and document; viewer lists both subsets",
+        verified=False,
+        notes="the script era's export; abstracts average 216 whitespace tokens",
+    ),
+    "c4_en": _entry(
+        "allenai/c4",
+        "en",
+        ["train", "validation"],
+        {"text": _S, "timestamp": _S, "url": _S},
+        hub_format="json",
+        text_columns=["text", "url"],
+        source="allenai/c4 README dataset_info (config en: text, timestamp, url; en/c4-validation.*.json.gz)",
+    ),
     "cnn_dailymail": _entry(
         "abisee/cnn_dailymail",
         "3.0.0",
@@ -516,6 +539,22 @@ _SIQA_QUESTIONS = [
 ]
 
 
+def _pubmed(g: _Gen, i: int, split: str, labelled: bool) -> dict:
+    t = g.topic()
+    abstract = (f"Background: {t.name} and colleagues studied {t.helpers} patients in {t.town} over {t.days} days. "
+                f"Methods: the {t.obj} was measured before and after treatment. "
+                f"Results: the {t.noun} {t.past} in {t.helpers // 2 + 1} patients. "
+                f"Conclusions: the treatment may {t.base2} the {t.obj2} in similar cohorts.")  # fmt: skip
+    return {"article": "\n".join(_story(t)) + "\n" + abstract, "abstract": abstract}
+
+
+def _c4(g: _Gen, i: int, split: str, labelled: bool) -> dict:
+    t = g.topic()
+    slug = f"{t.town.lower()}-{g.next_id()}"
+    return {"text": " ".join(_story(t)), "timestamp": f"2019-04-{1 + i % 28:02d}T08:{i % 60:02d}:00Z",
+            "url": f"https://news.example.org/{slug}"}  # fmt: skip
+
+
 def _siqa(g: _Gen, i: int, split: str, labelled: bool) -> dict:
     t = g.topic()
     question, answers = _SIQA_QUESTIONS[g.rng.randrange(len(_SIQA_QUESTIONS))]
@@ -653,6 +692,8 @@ _BUILDERS: dict[str, _RowFn] = {
     "xsum": _xsum,
     "xlsum_english": _xlsum,
     "cnn_dailymail": _cnn,
+    "pubmed_summarization": _pubmed,
+    "c4_en": _c4,
     "social_i_qa": _siqa,
     "sciq": _sciq,
     "tweet_qa": _tweet_qa,

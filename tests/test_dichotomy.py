@@ -35,6 +35,7 @@ def run(tmp_path_factory):
     cfg["finetune"]["checkpoints"] = [final_name]  # only the final one is fine-tuned here
     cfg["train_tasks"] = ["toy_paraphrase", "toy_qgen"]
     cfg["finetune"]["per_task"] = cfg["data"]["per_task"] = {}
+    del cfg["derive"], cfg["dissect"]  # the Dissecting stage is the micro test's
     cfg["eval_sets"] = ["toy_nli", "toy_paraphrase", "toy_summary", "toy_qgen"]
     cfg["evaluate"]["formats"] = ["default"]
     (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))

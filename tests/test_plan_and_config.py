@@ -86,7 +86,10 @@ def test_lr_selection_plan():
     cfg["finetune"]["lrs"] = [0.001, 0.01]
     cfg["finetune"]["select_lr"] = {"metric": "score"}
     plan = build_plan(cfg)
-    assert len(plan.training_runs) == 2 * 28 and len(plan.finetune_runs) == 28
+    # 7 evaluated (task, method) pairs and the toy documents, measured by the Dissecting analysis only.
+    assert len(plan.training_runs) == 2 * 32 and len(plan.finetune_runs) == 28
+    assert len(plan.dissect_models) == 4 + 2 * 4 and not [m for m in plan.finetune_runs if m.train_task == "toy_docs"]
+    assert all(g[1] != "toy_docs" for g in plan.selection_groups())  # every lr of a corpus run is measured
     assert plan.finetune_runs[0].id == "ft/step10/toy_nli/full/selected/seed0" and plan.finetune_runs[0].lr is None
     assert plan.selection_groups()[0] == ("step10", "toy_nli", "full", 0)
     assert [m.lr for m in plan.grid_runs("step10", "toy_nli", "full", 0)] == [0.001, 0.01]
@@ -114,8 +117,10 @@ def test_dry_run_of_the_default_config():
     assert out.returncode == 0, out.stderr + out.stdout
     text = out.stdout + out.stderr
     assert "finetune" in text and "evaluate_base" in text and "performance_table" in text
-    # 4 checkpoints x 7 (task, method) fine-tuning jobs
-    assert any(line.split()[:2] == ["finetune", "28"] for line in text.splitlines())
+    # 4 checkpoints x 8 (task, method) fine-tuning jobs, 7 of them evaluated; the derivation and Dissecting stages
+    counts = {line.split()[0]: line.split()[1] for line in text.splitlines() if len(line.split()) == 2}
+    assert counts["finetune"] == "32" and counts["evaluate_finetuned"] == "28"
+    assert counts["derive_variants"] == "1" and counts["dissect_loglik"] == "8" and counts["dissect_figure"] == "1"
 
 
 def test_bad_config_stops_before_any_job(tmp_path):

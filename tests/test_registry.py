@@ -37,6 +37,8 @@ FIXTURE = {
     "arc_easy": "arc_easy",
     "arc_challenge": "arc_challenge",
     "openbookqa": "openbookqa",
+    "pubmed": "pubmed_summarization",
+    "c4": "c4_en",
 }
 HUB = sorted(n for n, s in DATASETS.items() if s.source == "hub")
 
@@ -69,6 +71,9 @@ def test_entry_loads_converts_and_renders(name, data_dir):
         return
     scored, pool = eval_and_fewshot(spec, data_dir / name, None, 4, seed=0)
     assert len(pool) == 4 and len(scored) >= 8
+    if task.kind == "text":  # a corpus: no prompt, the text is the completion
+        assert all(len(completion(task, r)) > 100 for r in scored.to_dict("records"))
+        return
     for record in scored.to_dict("records"):
         for fmt in task.formats:
             assert render_prompt(task, record, fmt).strip()

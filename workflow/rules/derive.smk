@@ -33,9 +33,9 @@ rule derive_variants:
         cache=f"{STATE}/derive/replies.sqlite",
     threads: 1
     resources:
-        # A local model generates on a GPU slot; an API or the toy world needs none.
-        gpus=1 if DERIVE["backend"]["name"] == "hf" else 0,
         runtime=24 * 60,
+        # A local model generates on a GPU slot; an API or the toy world needs none.
+        **({"gpu": 1, "mem_mb": 32000} if DERIVE["backend"]["name"] == "hf" else {}),
     conda:
         "../../envs/ptft.yaml"
     shell:

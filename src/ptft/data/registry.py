@@ -117,8 +117,8 @@ HUB_DATASETS = (
     _hub("tweetqa", "question_generation", "twitter", "ucsbnlp/tweet_qa", train_split=None,
          eval_split="validation", fewshot_split="train", converter="tweetqa"),
     # --- corpora of plain documents (Dissecting: fine-tune on them, derive variants of them) ---
-    _hub("pubmed", "text", "biomedical", "ccdv/pubmed-summarization", "document", eval_split="test",
-         fewshot_split="validation", columns={"text": "abstract"}),
+    _hub("pubmed", "text", "biomedical", "ccdv/pubmed-summarization", "document", revision=PARQUET_EXPORT,
+         eval_split="test", fewshot_split="validation", columns={"text": "abstract"}),
     _hub("c4", "text", "web", "allenai/c4", "en", train_split=None, eval_split="validation",
          fewshot_split="validation"),
     # --- instruction tuning ---
