@@ -11,6 +11,10 @@ bootstrap intervals over the scored items:
   learnable task's of the same kind (the interval of the difference lies below zero), the
   base paraphrase accuracy is no better than always answering the most frequent label, and
   fine-tuning lifts both far above their base score (the interval lies above zero).
+
+It also runs the study's Dissecting stage on the final checkpoint (toy documents rewritten into
+controlled variants, fine-tuning on other documents, the likelihood change split into topic,
+style and facts) and asserts Zhang & Wu's finding there.
 """
 
 import numpy as np
@@ -33,9 +37,9 @@ def run(tmp_path_factory):
     cfg["checkpoints"]["toy"]["n_checkpoints"] = 2  # same run, fewer saved checkpoints
     final_name = f"step{cfg['checkpoints']['toy']['steps']}"
     cfg["finetune"]["checkpoints"] = [final_name]  # only the final one is fine-tuned here
-    cfg["train_tasks"] = ["toy_paraphrase", "toy_qgen"]
-    cfg["finetune"]["per_task"] = cfg["data"]["per_task"] = {}
-    del cfg["derive"], cfg["dissect"]  # the Dissecting stage is the micro test's
+    cfg["train_tasks"] = ["toy_paraphrase", "toy_qgen", "toy_docs"]
+    cfg["finetune"]["per_task"] = {"toy_docs": cfg["finetune"]["per_task"]["toy_docs"]}
+    cfg["data"]["per_task"] = {}
     cfg["eval_sets"] = ["toy_nli", "toy_paraphrase", "toy_summary", "toy_qgen"]
     cfg["evaluate"]["formats"] = ["default"]
     (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
@@ -44,15 +48,18 @@ def run(tmp_path_factory):
     eval_dir = workdir / "results/dichotomy/eval"
     # Only the predictions these tests read: the tables and figures are the micro test's.
     targets = [eval_dir / f"base/{c}/predictions.parquet" for c in (first, final)]
-    targets += [eval_dir / f"ft/{final}/{t}/full/lr{lr:g}/seed0/predictions.parquet" for t in cfg["train_tasks"]]
+    targets += [eval_dir / f"ft/{final}/{t}/full/lr{lr:g}/seed0/predictions.parquet" for t in cfg["train_tasks"][:2]]
+    # The Dissecting stage on the final checkpoint: toy documents derived, fine-tuned on, measured.
+    results = workdir / "results/dichotomy"
+    targets += [results / "figures/dissecting.png", results / "report/dissect_components.html"]
     out = run_snakemake(workdir, workdir / "config.yaml", *[str(t.relative_to(workdir)) for t in targets])
     assert out.returncode == 0, out.stderr[-5000:]
     base = {c: pd.read_parquet(eval_dir / f"base/{c}/predictions.parquet") for c in (first, final)}
     ft = {
         t: pd.read_parquet(eval_dir / f"ft/{final}/{t}/full/lr{lr:g}/seed0/predictions.parquet")
-        for t in cfg["train_tasks"]
+        for t in cfg["train_tasks"][:2]
     }
-    return base[first], base[final], ft
+    return base[first], base[final], ft, results
 
 
 def scores(pred: pd.DataFrame, eval_set: str) -> pd.Series:
@@ -69,14 +76,14 @@ def paired(a: pd.Series, b: pd.Series, seed: int = 0):
 
 @pytest.mark.parametrize("eval_set", ["toy_nli", "toy_summary"])
 def test_base_rises_on_pretraining_learnable_tasks(run, eval_set):
-    first, final, _ = run
+    first, final, *_ = run
     rise, lo, _ = paired(scores(final, eval_set), scores(first, eval_set))
     assert lo > 0, f"{eval_set}: rise {rise:.3f}, interval low {lo:.3f}"
 
 
 @pytest.mark.parametrize("learnable, other", [("toy_nli", "toy_paraphrase"), ("toy_summary", "toy_qgen")])
 def test_base_does_not_rise_on_the_others(run, learnable, other):
-    first, final, _ = run
+    first, final, *_ = run
     rise_learnable = scores(final, learnable) - scores(first, learnable)
     rise_other = scores(final, other) - scores(first, other)
     # Different items: compare the two rises by an unpaired bootstrap of their difference.
@@ -99,6 +106,36 @@ def test_base_paraphrase_is_no_better_than_a_constant_guess(run):
 
 @pytest.mark.parametrize("task", ["toy_paraphrase", "toy_qgen"])
 def test_finetuning_lifts_the_tasks_absent_from_pretraining(run, task):
-    _, final, ft = run
+    _, final, ft, _ = run
     gain, lo, _ = paired(scores(ft[task], task), scores(final, task))
     assert lo > 0, f"{task}: gain {gain:.3f}, interval low {lo:.3f}"
+
+
+def test_finetuning_on_documents_shifts_topic_and_style_not_facts(run):
+    """Zhang & Wu's finding in the toy world: after fine-tuning on stories of the home domain,
+    the original stories gain most, the gain splits into topic and style parts beyond their
+    intervals, and the facts part (original vs counterfactual) is small."""
+    results = run[3]
+    change = pd.read_parquet(results / "tables/dissect_change.parquet").set_index("variant")
+    comps = pd.read_parquet(results / "tables/dissect_components.parquet").set_index("component")
+    assert (change["n"] == 150).all() and change["method"].eq("full").all()
+    assert change.loc["original", "ci_low"] > 0
+    assert change.loc["original", "change"] > change.loc["topic", "change"]  # the home nouns were learned
+    for style in ("style:casual", "style:rap"):
+        assert change.loc["original", "change"] > change.loc[style, "change"]  # so was the plain register
+    assert comps.loc["topic", "ci_low"] > 0 and comps.loc["style", "ci_low"] > 0
+    assert abs(comps.loc["facts", "value"]) < comps.loc["topic", "value"] / 5
+    # The decomposition's means are differences of the change table's means (paired, same documents).
+    c = change["change"]
+    assert comps.loc["facts", "value"] == pytest.approx(c["original"] - c["counterfactual"], abs=1e-9)
+    assert comps.loc["topic", "value"] == pytest.approx(c["counterfactual"] - c["topic"], abs=1e-9)
+    assert comps.loc["style", "value"] == pytest.approx(
+        c["original"] - (c["style:casual"] + c["style:rap"]) / 2, abs=1e-9
+    )
+    assert comps.loc[["facts", "topic", "style", "other"], "value"].sum() == pytest.approx(c["original"], abs=1e-9)
+    # Table values recomputed from the per-text log-likelihoods.
+    final = change["checkpoint"].iloc[0]
+    base = pd.read_parquet(results / f"dissect/base/{final}/loglik.parquet")
+    topic = base[base["variant"] == "topic"]
+    assert change.loc["topic", "ll_base"] == pytest.approx((topic["logp"] / topic["n_tokens"]).mean(), rel=1e-9)
+    assert (results / "figures/dissecting.svg").exists()

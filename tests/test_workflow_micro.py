@@ -136,7 +136,7 @@ def test_checkpoints_and_finetuned_models_are_hub_folders(micro_run):
 
 
 FIGURES = ["base_vs_finetuned", "average_change", "base_vs_finetuned_toy_nli", "cross_task", "format_sensitivity"]
-FIGURES += [f"learning_dynamics_toy_nli_{method}" for method in ("full", "lora", "lpft")] + ["dissecting"]
+FIGURES += [f"learning_dynamics_toy_nli_{method}" for method in ("full", "lora", "lpft")]
 
 
 def test_figures_exist(micro_run):
@@ -159,9 +159,6 @@ AGGREGATION_JOBS = {
     "report_table_change",
     "report_table_transfer",
     "report_table_formats",
-    "dissect_tables",
-    "dissect_figure",
-    "report_table_dissect",
     "all",
     "aggregate",
 }
@@ -187,7 +184,7 @@ def test_an_analysis_setting_reruns_only_aggregation(micro_run, tmp_path):
     jobs = planned_jobs(run_snakemake(micro_run, changed, "-n"))
     assert {"performance_table", "mrc_table", "analysis_tables", "figures"} <= set(jobs) <= AGGREGATION_JOBS, jobs
     # The documented target regenerates every table and figure and touches nothing upstream.
-    jobs = planned_jobs(snakemake(micro_run, "aggregate", "--forcerun", "performance_table", "dissect_tables", "-n"))
+    jobs = planned_jobs(snakemake(micro_run, "aggregate", "--forcerun", "performance_table", "-n"))
     assert set(jobs) == AGGREGATION_JOBS - {"all"}, jobs
 
 
@@ -197,12 +194,11 @@ def test_report_holds_every_table_and_figure_with_captions(micro_run, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     html = report.read_text()
     tables = ["performance", "change_per_checkpoint", "change_slope", "mrc", "learned_during_pretraining",
-              "format_sensitivity", "format_sensitivity_per_checkpoint", "derive_stats", "dissect_change",
-              "dissect_components"]  # fmt: skip
+              "format_sensitivity", "format_sensitivity_per_checkpoint", "derive_stats"]  # fmt: skip
     for name in [f"{t}.html" for t in tables] + [f"{f}.png" for f in FIGURES]:
         assert name in html, name
     for caption in ("Mean ratio of change", "Prompt-format sensitivity", "Trend of the average change",
-                    "Learning dynamics during fine-tuning", "Transfer of fine-tuning", "The Dissecting analysis",
+                    "Learning dynamics during fine-tuning", "Transfer of fine-tuning",
                     "The derivation stage"):  # fmt: skip
         assert caption in html, caption
     # Grouped by analysis: each analysis is a category holding its figures and its tables.
@@ -211,33 +207,16 @@ def test_report_holds_every_table_and_figure_with_captions(micro_run, tmp_path):
         assert analysis in html, analysis
 
 
-def test_dissecting_tables_follow_from_the_loglikelihoods(micro_run):
+def test_derivation_writes_the_toy_variants_and_their_statistics(micro_run):
     res = micro_run / "results/micro"
     variants = pd.read_parquet(res / "derive/variants.parquet")
     assert len(variants) == 20 * 4 and set(variants["backend"]) == {"toy"}
     assert set(variants["variant"]) == {"topic", "style:casual", "style:rap", "counterfactual"}
-    change = pd.read_parquet(res / "tables/dissect_change.parquet")
-    components = pd.read_parquet(res / "tables/dissect_components.parquet")
-    # Both methods on the toy documents, at the fine-tuned checkpoint; every document has every variant.
-    assert set(zip(change["method"], change["checkpoint"], strict=True)) == {("full", "step12"), ("lora", "step12")}
-    assert (change["n"] == 20).all() and (components["n"] == 20).all()
-    base = pd.read_parquet(res / "dissect/base/step12/loglik.parquet")
-    ft = pd.read_parquet(res / "dissect/ft/step12/toy_docs/full/lr0.01/seed0/loglik.parquet")
-    row = change[(change["method"] == "full") & (change["variant"] == "topic")].iloc[0]
-    topic = lambda df: df[df["variant"] == "topic"]  # noqa: E731
-    assert row["ll_base"] == pytest.approx((topic(base)["logp"] / topic(base)["n_tokens"]).mean(), rel=1e-9)
-    assert row["ll_ft"] == pytest.approx((topic(ft)["logp"] / topic(ft)["n_tokens"]).mean(), rel=1e-9)
-    assert row["ci_low"] <= row["change"] <= row["ci_high"]
-    # The decomposition's means are differences of the change table's means (paired, same documents).
-    for method in ("full", "lora"):
-        c = change[change["method"] == method].set_index("variant")["change"]
-        comp = components[components["method"] == method].set_index("component")["value"]
-        assert comp["facts"] == pytest.approx(c["original"] - c["counterfactual"], abs=1e-9)
-        assert comp["topic"] == pytest.approx(c["counterfactual"] - c["topic"], abs=1e-9)
-        assert comp["style"] == pytest.approx(c["original"] - (c["style:casual"] + c["style:rap"]) / 2, abs=1e-9)
-        assert comp[["facts", "topic", "style", "other"]].sum() == pytest.approx(c["original"], abs=1e-9)
-    # Fine-tuning on toy documents raises their likelihood.
-    assert change.set_index(["method", "variant"]).loc[("full", "original"), "change"] > 0
+    corpus = pd.read_parquet(res / "derive/corpus.parquet")
+    assert set(variants["original_id"]) == set(corpus["doc_id"]) and len(corpus) == 20
+    stats = pd.read_parquet(res / "tables/derive_stats.parquet").set_index("variant")
+    assert (stats["sent"] == 20).all() and (stats["accepted"] == 20).all() and (stats["cache_hits"] == 0).all()
+    assert (res / ".state/derive/replies.sqlite").exists()
 
 
 def test_second_run_does_nothing(micro_run):
