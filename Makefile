@@ -21,12 +21,13 @@ test: $(VENV)/.installed
 env: $(VENV)/.installed
 
 # torch is pinned to the CPU build that pip finds locally (and on a GPU node, the CUDA build); pip
-# installs it first, as uv does not look in pip's local wheel folder. uv installs the rest (about
-# a minute faster than pip on two cores).
+# installs it first, as uv does not look in pip's local wheel folder. uv installs the rest, faster
+# than pip; it compiles bytecode at install time, as pip does, since every workflow job is a new
+# interpreter and PYTHONDONTWRITEBYTECODE may be set (it is here: without, imports took 2x longer).
 TORCH := $(shell grep -o '"torch==[^"]*"' pyproject.toml | tr -d '"')
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH)" uv==0.13.8
-	VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/uv pip install --quiet -e ".[dev]"
+	VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/uv pip install --quiet --compile-bytecode -e ".[dev]"
 	touch $@

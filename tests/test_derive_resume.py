@@ -96,7 +96,6 @@ def test_a_planted_api_key_appears_nowhere_under_results_or_in_logs(tmp_path):
             for i in range(8)]  # fmt: skip
     corpus.write_text("\n".join(json.dumps(d) for d in docs))
     cfg = yaml.safe_load((ROOT / "tests/configs/micro.yaml").read_text())
-    cfg.pop("dissect")
     cfg["study"] = "secret"
     with ChatServer(faults=first_attempt_faults(("429", "500", "malformed")), api_key=SECRET) as server:
         cfg["derive"] = {"corpus": {"path": str(corpus), "n": 8, "min_chars": 100},
