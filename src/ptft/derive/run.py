@@ -10,7 +10,6 @@ retries) is not cached; the run then fails, naming them, and a re-run sends only
 
 from __future__ import annotations
 
-import logging
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
@@ -21,8 +20,6 @@ from ptft.derive.backend import Backend, Reply, Request
 from ptft.derive.cache import ReplyCache, request_key
 from ptft.derive.checks import REASONS, clean, rejection
 from ptft.derive.templates import Variant
-
-log = logging.getLogger(__name__)
 
 VARIANT_COLUMNS = ["original_id", "variant", "factor", "text", "backend", "model", "template_version", "attempt",
                    "request_key"]  # fmt: skip
@@ -94,15 +91,12 @@ def derive_variants(
             key = request_key(backend.name, backend.model, item.variant.version, params, messages)
             requests.append(Request(key, messages, params, {"latent": item.latent, "variant": item.variant.name}))
         replies = cache.get_many({r.key for r in requests})
-        by_key = {r.key: (r, item) for r, item in zip(requests, pending, strict=True)}
-        to_send = [by_key[k][0] for k in dict.fromkeys(r.key for r in requests) if k not in replies]
-        for item in pending:
-            stats[item.variant.name]["requests"] += 1
+        items = {r.key: item for r, item in zip(requests, pending, strict=True)}
+        to_send = list({r.key: r for r in requests if r.key not in replies}.values())
         for r, item in zip(requests, pending, strict=True):
-            if r.key in replies:
-                stats[item.variant.name]["cache_hits"] += 1
-        failed = _send(backend, cache, to_send, {k: item for k, (_, item) in by_key.items()}, replies, stats,
-                       f"derive round {round_}") if to_send else {}  # fmt: skip
+            stats[item.variant.name]["requests"] += 1
+            stats[item.variant.name]["cache_hits"] += r.key in replies
+        failed = _send(backend, cache, to_send, items, replies, stats, f"derive round {round_}") if to_send else {}
         next_pending = []
         for r, item in zip(requests, pending, strict=True):
             s = stats[item.variant.name]
