@@ -148,24 +148,25 @@ def plot_dissecting(change: pd.DataFrame, components: pd.DataFrame, path: str | 
     with _figure(nrows=1, ncols=2, figsize=size) as (fig, (left, right)):
         variants = change[change["step"].notna()].rename(columns={"change": "value"})
         variants = variants.assign(_order=variants["factor"].map(FACTOR_ORDER).fillna(len(FACTOR_ORDER)))
-        _dissect_lines(left, variants.sort_values(["_order", "variant"], kind="stable"), "variant")
+        _dissect_lines(left, variants.sort_values(["_order", "variant"], kind="stable"))
         parts = components[components["step"].notna()].rename(columns={"component": "factor"})
         parts = parts.assign(variant=parts["factor"], _order=parts["factor"].map(FACTOR_ORDER))
-        _dissect_lines(right, parts.sort_values("_order", kind="stable"), "variant")
+        _dissect_lines(right, parts.sort_values("_order", kind="stable"))
         left.set_title("Change per variant")
         right.set_title("Split of the original's change")
         left.set_ylabel("Δ per-token log-likelihood")
         _save(fig, path)
 
 
-def _dissect_lines(ax, df: pd.DataFrame, key: str) -> None:
+def _dissect_lines(ax, df: pd.DataFrame) -> None:
+    """One line per (variant, method) of ``df`` (columns variant, factor, method, step, value, ci_*)."""
     ax.axhline(0.0, color="0.4", linewidth=0.8)
     several = df["method"].nunique() > 1
-    factor_of = dict(zip(df[key], df["factor"], strict=True))
+    factor_of = dict(zip(df["variant"], df["factor"], strict=True))
     rank: dict[str, int] = {}
-    for name in dict.fromkeys(df[key]):  # the n-th variant of a factor gets the n-th marker
+    for name in dict.fromkeys(df["variant"]):  # the n-th variant of a factor gets the n-th marker
         rank[name] = sum(factor_of[other] == factor_of[name] for other in rank)
-    for (name, method), group in df.groupby([key, "method"], sort=False):
+    for (name, method), group in df.groupby(["variant", "method"], sort=False):
         factor = factor_of[name]
         marker = DISSECT_MARKERS[rank[name] % len(DISSECT_MARKERS)]
         label = f"{name} ({method})" if several else str(name)
