@@ -95,9 +95,12 @@ def hf_tokenizer(vocab: int):
     return tok
 
 
-def run_ours(model, examples, steps: int, lr: float, seed: int, replay: list[list[int]] | None) -> float:
+def run_ours(
+    model, examples, steps: int, lr: float, seed: int, replay: list[list[int]] | None, precision: str = "fp32"
+) -> float:
+    """Seconds of ``train_loop`` on ``model`` (already on its device)."""
     cfg = {"epochs": 1, "batch_size": BATCH, "grad_accum": 1, "warmup_ratio": WARMUP_RATIO, "weight_decay": 0.0,
-           "max_steps": steps, "save_every": 10**9, "precision": "fp32",
+           "max_steps": steps, "save_every": 10**9, "precision": precision,
            "batching": "packed" if replay else "grouped", "max_grad_norm": 1.0}  # fmt: skip
     make_batches = train.make_batches
     if replay:
@@ -107,6 +110,7 @@ def run_ours(model, examples, steps: int, lr: float, seed: int, replay: list[lis
     try:
         t = time.perf_counter()
         train_loop(model, examples, cfg, lr, seed, PAD, desc="ours")
+        synchronize()
         return time.perf_counter() - t
     finally:
         train.make_batches = make_batches
@@ -142,20 +146,26 @@ def same_schedule_trainer():
     return SameScheduleTrainer
 
 
-def run_hf_trainer(model, examples, steps: int, lr: float, seed: int, vocab: int) -> tuple[float, list[list[int]]]:
-    from datasets import Dataset
+def synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def run_hf_trainer(
+    model, examples, steps: int, lr: float, seed: int, vocab: int, bf16: bool = False
+) -> tuple[float, list[list[int]]]:
+    """Seconds of ``Trainer.train`` (it moves the model to the GPU if there is one), and its batches."""
     from transformers import DataCollatorForSeq2Seq, TrainingArguments
 
     SameScheduleTrainer = same_schedule_trainer()
 
-    data = Dataset.from_dict({"input_ids": [x for x, _ in examples], "labels": [y for _, y in examples],
-                              "attention_mask": [[1] * len(x) for x, _ in examples]})  # fmt: skip
+    data = [{"input_ids": x, "labels": y, "attention_mask": [1] * len(x)} for x, y in examples]
     with tempfile.TemporaryDirectory() as out:
         args = TrainingArguments(
             output_dir=out, per_device_train_batch_size=BATCH, gradient_accumulation_steps=1, learning_rate=lr,
             weight_decay=0.0, lr_scheduler_type="linear", max_steps=steps,
-            max_grad_norm=1.0, save_strategy="no", report_to="none", use_cpu=True, seed=seed, logging_steps=10**9,
-            disable_tqdm=True, dataloader_num_workers=0,
+            max_grad_norm=1.0, save_strategy="no", report_to="none", use_cpu=not torch.cuda.is_available(), seed=seed,
+            logging_steps=10**9, disable_tqdm=True, dataloader_num_workers=0, bf16=bf16,
         )  # fmt: skip
         collator = RecordingCollator(
             DataCollatorForSeq2Seq(hf_tokenizer(vocab), padding="longest", label_pad_token_id=IGNORE), examples
@@ -163,6 +173,7 @@ def run_hf_trainer(model, examples, steps: int, lr: float, seed: int, vocab: int
         trainer = SameScheduleTrainer(model=model, args=args, train_dataset=data, data_collator=collator)
         t = time.perf_counter()
         trainer.train()
+        synchronize()
         return time.perf_counter() - t, collator.batches
 
 

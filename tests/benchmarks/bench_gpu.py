@@ -1,0 +1,354 @@
+"""Fine-tuning and evaluation throughput of an OLMo-1B-architecture model on one GPU (not run in CI).
+
+    python tests/benchmarks/bench_gpu.py --out bench_gpu.json                          # on the GPU
+    .venv/bin/python tests/benchmarks/bench_gpu.py --size tiny --steps 4 --eval-items 8  # CPU smoke run
+
+The model is ``transformers``' ``OlmoForCausalLM`` with the ``config.json`` of
+``allenai/OLMo-1B-hf`` (1.18 B parameters, tied embeddings), randomly initialised: no weights
+can be downloaded on the benchmark machine, and speed does not depend on their values. Token
+ids are random too; only the lengths matter.
+
+**Fine-tuning**, for each length profile and method, ours and ``transformers.Trainer`` side by
+side in one process, each after a warm-up run of a few steps:
+
+- profiles: ``mnli`` (MNLI in the default format, mean about 60 tokens, a 2-token completion:
+  :func:`bench_finetune.mnli_like`) and ``xsum`` (an XSum article, lognormal with median 470
+  tokens, σ 0.6, 30–1900, mean about 560; a summary of median 28 tokens, σ 0.35, 5–80, plus
+  EOS; loss on the summary only): Narayan et al. (2018) report 431 words per article and 23
+  per summary, about 1.3 GPT-NeoX tokens a word;
+- the paper's effective batch of 8: 8 examples per optimizer step, AdamW, linear schedule,
+  3 % warmup, clipping at 1.0, bf16 autocast over fp32 master weights (the paper's bf16);
+- methods: ``full`` and ``lora`` (``peft``, ptft's defaults: r 8, alpha 16, dropout 0.05,
+  all linear layers);
+- ``transformers.Trainer`` with its defaults (padding collator, random sampler, its default
+  optimizer), ``bf16=True``, micro-batch 8 and ptft's lr schedule, as in ``bench_finetune``;
+  ours (:func:`ptft.finetune.train.train_loop`) replays Trainer's batches, packed.
+
+Reported per run: tokens/s (real tokens of the run over the wall time of the whole ``train``
+call), MFU = model FLOPs / time / the GPU's dense bf16 peak, with model FLOPs 6·N·tokens for
+full fine-tuning and 4·N·tokens for LoRA (no weight gradients of the frozen weights), N all
+parameters; peak GPU memory (``max_memory_allocated``: weights, gradients, optimizer state,
+activations); validation loss on 64 held-out examples.
+
+**Evaluation**, on a bf16 copy of the same model (as ``ptft evaluate`` loads it on a GPU),
+batch size 16 (the Amuro & Char study's) and 64, 4-shot contexts as the study scores them:
+
+- TokenProb (:func:`ptft.evaluate.tokenprob.score_token_prob`): MNLI-like 4-shot prompts
+  (5 MNLI-like examples, about 300 tokens); items/s;
+- generation (:func:`ptft.evaluate.generate.generate_greedy`): XSum-like 4-shot prompts cut to
+  the window as the evaluator cuts them, greedy, 60 new tokens, stop at a newline; generated
+  tokens/s and items/s;
+- multiple choice (:func:`ptft.evaluate.multiple_choice.score_multiple_choice`): a context of
+  about 250 tokens, 4 choices of about 25 tokens (HellaSwag-like); items/s.
+
+Prompts are words ``t<id>`` of a word-level tokenizer over the model's vocabulary, so that the
+evaluation functions run unchanged from text. Results go to ``--out`` as JSON; the last lines
+printed are a summary table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import gc
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from bench_finetune import BATCH, EOS, PAD, mnli_like, run_hf_trainer, run_ours, synchronize
+from report import emit
+
+from ptft.finetune import methods
+from ptft.finetune.batching import IGNORE
+from ptft.finetune.train import peak_flops, validation_loss
+
+# allenai/OLMo-1B-hf's config.json; "tiny" keeps its shape at a size a CPU runs in seconds.
+SIZES = {
+    "olmo-1b": dict(vocab_size=50304, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                    num_attention_heads=16, num_key_value_heads=16, max_position_embeddings=2048,
+                    rope_theta=10000.0, attention_bias=False, clip_qkv=None, tie_word_embeddings=True),
+    "tiny": dict(vocab_size=1024, hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=4, max_position_embeddings=2048, tie_word_embeddings=True),
+}  # fmt: skip
+LORA = {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": "all-linear"}
+EVAL_BATCH = 16
+SHOTS = 4
+# Model FLOPs per token per parameter: forward 2, backward 4 (activation and weight gradients);
+# LoRA computes no gradient for the frozen weights.
+FLOPS_PER_TOKEN = {"full": 6, "lora": 4}
+
+
+def build_model(size: str, seed: int):
+    from transformers import OlmoConfig, OlmoForCausalLM
+
+    torch.manual_seed(seed)
+    config = OlmoConfig(**SIZES[size], pad_token_id=PAD, eos_token_id=EOS, bos_token_id=None)
+    return OlmoForCausalLM(config)
+
+
+def xsum_like(n: int, vocab: int, seed: int, max_length: int = 2048) -> list[tuple[list[int], list[int]]]:
+    rng = np.random.default_rng(seed)
+    article = np.clip(rng.lognormal(np.log(470), 0.6, n), 30, 1900).astype(int)
+    summary = np.clip(rng.lognormal(np.log(28), 0.35, n), 5, 80).astype(int)
+    out = []
+    for a, s in zip(article, summary, strict=True):
+        prompt = rng.integers(10, vocab, 8 + a).tolist()  # 8: the format's "### Input: ... ### Summary: "
+        target = rng.integers(10, vocab, s).tolist() + [EOS]
+        ids = (prompt + target)[:max_length]
+        out.append((ids, ([IGNORE] * len(prompt) + target)[:max_length]))
+    return out
+
+
+PROFILES = {"mnli": mnli_like, "xsum": xsum_like}
+
+
+def word_tokenizer(vocab: int):
+    """A ``transformers`` tokenizer whose words ``t<id>`` are the model's token ids."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import WhitespaceSplit
+    from transformers import PreTrainedTokenizerFast
+
+    words = {f"t{i}": i for i in range(vocab)}
+    # generate()'s stop-string matcher decodes every token after the word "abcdef", and needs a
+    # token holding the stop string (a newline).
+    del words["t3"], words["t4"]
+    words["abcdef"], words["\n"] = 3, 4
+    tok = Tokenizer(WordLevel(words, unk_token="abcdef"))
+    tok.pre_tokenizer = WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok)
+    fast.pad_token, fast.eos_token = f"t{PAD}", f"t{EOS}"
+    return fast
+
+
+def as_text(ids) -> str:
+    return " ".join(f"t{i}" for i in ids)
+
+
+def release() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_memory_gib() -> float | None:
+    return torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+
+
+def prepared(base, method: str, device: str, seed: int):
+    """A fresh copy of ``base`` on ``device``, with LoRA adapters (seeded, so both sides get the same) for lora."""
+    model = copy.deepcopy(base).to(device)
+    if method == "lora":
+        torch.manual_seed(seed)
+        model = methods.apply_lora(model, LORA)
+    return model
+
+
+def packed_check(base, device: str, vocab: int, seed: int) -> dict:
+    """Loss and gradients of packed rows (ours) against padded batches (stock SDPA), under the runs' precision.
+
+    On a GPU in bf16 the packed rows take the variable-length flash-attention path, which the
+    trainer's own start-up check (run in fp32) does not reach.
+    """
+    from ptft.finetune.batching import collate, collate_padded
+    from ptft.finetune.packed_attention import VARLEN_ATTN, use_packed_attention
+    from ptft.finetune.train import completion_loss
+
+    model = copy.deepcopy(base).to(device)
+    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda")
+    out = {"varlen_flash_attention": VARLEN_ATTN is not None and device == "cuda"}
+    for profile, make in PROFILES.items():
+        examples = make(BATCH, vocab, seed + 7)
+        results = []
+        for packed in (True, False):
+            model.zero_grad(set_to_none=True)
+            batch = collate(examples, "packed", PAD, device) if packed else collate_padded(examples, PAD, device)
+            with use_packed_attention(model) if packed else contextlib.nullcontext(), autocast:
+                loss = completion_loss(model, batch, fast=True)
+            loss.backward()
+            grads = torch.cat([p.grad.float().flatten() for p in model.parameters()])
+            results.append((loss.detach().float(), grads))
+        (lp, gp), (lr_, gr) = results
+        out[profile] = {"loss_rel_diff": float((lp - lr_).abs() / lr_.abs()),
+                        "grad_rel_diff": float((gp - gr).norm() / gr.norm())}  # fmt: skip
+    return out
+
+
+def finetune_pair(base, profile: str, method: str, steps: int, warmup_steps: int, lr: float, seed: int, device: str,
+                  vocab: int) -> dict:  # fmt: skip
+    examples = PROFILES[profile](steps * BATCH, vocab, seed)
+    valid = PROFILES[profile](64, vocab, seed + 1)
+    tokens = sum(len(x) for x, _ in examples)
+    bf16 = device == "cuda"
+    precision = "bf16" if bf16 else "fp32"
+    n_params = sum(p.numel() for p in base.parameters())
+    peak = peak_flops(device, {})
+
+    # Warm-up: CUDA context, cuBLAS handles and kernel selection stay out of the timed runs.
+    warm = examples[: warmup_steps * BATCH]
+    model = prepared(base, method, device, seed)
+    _, warm_batches = run_hf_trainer(model, warm, warmup_steps, lr, seed, vocab, bf16)
+    model = prepared(base, method, device, seed)
+    run_ours(model, warm, warmup_steps, lr, seed, warm_batches, precision)
+    del model
+    release()
+
+    result = {"profile": profile, "method": method, "steps": steps, "tokens": tokens,
+              "mean_example_tokens": tokens / len(examples)}  # fmt: skip
+    hf_model = prepared(base, method, device, seed)
+    hf_s, batches = run_hf_trainer(hf_model, examples, steps, lr, seed, vocab, bf16)
+    hf_mem = peak_memory_gib()
+    result["trainer_padded_tokens_ratio"] = sum(BATCH * max(len(examples[i][0]) for i in b) for b in batches) / tokens
+    hf_loss = validation_loss(hf_model, valid, "grouped", PAD, BATCH, False, device)
+    del hf_model
+    release()
+    ours_model = prepared(base, method, device, seed)
+    ours_s = run_ours(ours_model, examples, steps, lr, seed, batches, precision)
+    ours_mem = peak_memory_gib()
+    ours_loss = validation_loss(ours_model, valid, "grouped", PAD, BATCH, False, device)
+    del ours_model
+    release()
+
+    def side(seconds: float, memory: float | None, loss: float) -> dict:
+        flops = FLOPS_PER_TOKEN[method] * n_params * tokens / seconds
+        return {"seconds": seconds, "tokens_per_s": tokens / seconds, "model_tflops_per_s": flops / 1e12,
+                "mfu": flops / peak if peak else None, "peak_memory_gib": memory, "validation_loss": loss}  # fmt: skip
+
+    result["ours"] = side(ours_s, ours_mem, ours_loss)
+    result["transformers_trainer"] = side(hf_s, hf_mem, hf_loss)
+    result["speedup"] = hf_s / ours_s
+    return result
+
+
+def timed(fn) -> float:
+    synchronize()
+    t = time.perf_counter()
+    fn()
+    synchronize()
+    return time.perf_counter() - t
+
+
+def eval_throughput(base, device: str, n: int, vocab: int, seed: int, batch_size: int) -> dict:
+    from ptft.evaluate.generate import generate_greedy
+    from ptft.evaluate.multiple_choice import score_multiple_choice
+    from ptft.evaluate.tokenprob import score_token_prob
+
+    model = copy.deepcopy(base).to(device, torch.bfloat16 if device == "cuda" else torch.float32).eval()
+    tok = word_tokenizer(vocab)
+    rng = np.random.default_rng(seed)
+
+    def shots(make, i: int) -> str:
+        # A 4-shot prompt: four demonstrations (prompt and answer) and the item's prompt.
+        demos = make(SHOTS + 1, vocab, seed + 1000 + i)
+        ids = [t for x, _ in demos[:SHOTS] for t in x] + [t for t, y in zip(*demos[SHOTS], strict=True) if y == IGNORE]
+        return as_text(ids)
+
+    cls_prompts = [shots(mnli_like, i) for i in range(n)]
+    gen_prompts = [shots(xsum_like, i) for i in range(n)]
+    mc_contexts = [as_text(rng.integers(10, vocab, int(rng.integers(200, 300)))) for _ in range(n)]
+    mc_choices = [[as_text(rng.integers(10, vocab, int(rng.integers(15, 35)))) for _ in range(4)] for _ in range(n)]
+    labels = ["t5", "t6", "t7"]
+
+    out = {"items": n, "batch_size": batch_size, "dtype": str(next(model.parameters()).dtype)}
+    with torch.no_grad():
+        # Warm-up of each path on a few items.
+        score_token_prob(model, tok, cls_prompts[:4], labels, batch_size)
+        generate_greedy(model, tok, gen_prompts[:2], 4, "\n", batch_size)
+        score_multiple_choice(model, tok, mc_contexts[:4], mc_choices[:4], batch_size)
+        release()
+
+        s = timed(lambda: score_token_prob(model, tok, cls_prompts, labels, batch_size))
+        out["tokenprob"] = {"seconds": s, "items_per_s": n / s,
+                            "mean_prompt_tokens": float(np.mean([len(p.split()) for p in cls_prompts]))}  # fmt: skip
+        texts: list[str] = []
+        s = timed(lambda: texts.extend(generate_greedy(model, tok, gen_prompts, 60, "\n", batch_size)))
+        generated = sum(len(t.split()) for t in texts)
+        out["generation"] = {"seconds": s, "items_per_s": n / s, "generated_tokens": generated,
+                             "generated_tokens_per_s": generated / s, "max_new_tokens": 60,
+                             "mean_prompt_tokens": float(np.mean([min(len(p.split()), 2048 - 60)
+                                                                  for p in gen_prompts]))}  # fmt: skip
+        s = timed(lambda: score_multiple_choice(model, tok, mc_contexts, mc_choices, batch_size))
+        out["multiple_choice"] = {"seconds": s, "items_per_s": n / s, "choices": 4}
+        out["peak_memory_gib"] = peak_memory_gib()
+    return out
+
+
+def summary_lines(result: dict) -> list[str]:
+    lines = [f"{result['device']}, {result['size']} ({result['parameters'] / 1e9:.3f} B parameters)",
+             f"{'profile':8} {'method':6} {'ours tok/s':>11} {'Trainer tok/s':>14} {'speedup':>8} "
+             f"{'ours MFU':>9} {'Trainer MFU':>12} {'ours GiB':>9} {'Trainer GiB':>12}"]  # fmt: skip
+    for r in result["finetune"]:
+        o, t = r["ours"], r["transformers_trainer"]
+
+        def pct(x):
+            return f"{100 * x:.1f}%" if x is not None else "-"
+
+        def gib(x):
+            return f"{x:.1f}" if x is not None else "-"
+
+        lines.append(f"{r['profile']:8} {r['method']:6} {o['tokens_per_s']:11.0f} {t['tokens_per_s']:14.0f} "
+                     f"{r['speedup']:7.2f}x {pct(o['mfu']):>9} {pct(t['mfu']):>12} {gib(o['peak_memory_gib']):>9} "
+                     f"{gib(t['peak_memory_gib']):>12}")  # fmt: skip
+    for e in result.get("evaluate", []):
+        lines.append(f"eval batch {e['batch_size']}: TokenProb {e['tokenprob']['items_per_s']:.1f} items/s; generation "
+                     f"{e['generation']['generated_tokens_per_s']:.0f} tokens/s ({e['generation']['items_per_s']:.2f} "
+                     f"items/s); multiple choice {e['multiple_choice']['items_per_s']:.1f} items/s")  # fmt: skip
+    return lines
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", choices=sorted(SIZES), default="olmo-1b")
+    p.add_argument("--steps", type=int, default=200, help="timed optimizer steps per run")
+    p.add_argument("--warmup-steps", type=int, default=3)
+    p.add_argument("--profiles", default="mnli,xsum")
+    p.add_argument("--methods", default="full,lora")
+    p.add_argument("--lr", type=float, default=2e-6, help="the study's lr (full); LoRA runs use 100x")
+    p.add_argument("--eval-items", type=int, default=512, help="items per evaluation path (0: skip evaluation)")
+    p.add_argument("--eval-batch-sizes", default=f"{EVAL_BATCH},64", help="the study's 16, and a larger one")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None)
+    a = p.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        torch.set_num_threads(2)
+    base = build_model(a.size, a.seed)  # stays on the CPU; every run gets a fresh copy on the device
+    vocab = SIZES[a.size]["vocab_size"]
+    result = {
+        "size": a.size,
+        "parameters": sum(p.numel() for p in base.parameters()),
+        "device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or platform.machine(),
+        "peak_bf16_flops": peak_flops(device, {}),
+        "torch": torch.__version__,
+        "examples_per_step": BATCH,
+        "finetune": [],
+    }
+    import transformers
+
+    result["transformers"] = transformers.__version__
+    result["packed_check"] = packed_check(base, device, vocab, a.seed)
+    release()
+    print("packed rows against padded batches:", result["packed_check"], flush=True)
+    for profile in a.profiles.split(","):
+        for method in a.methods.split(","):
+            lr = a.lr * (100 if method == "lora" else 1)
+            r = finetune_pair(base, profile, method, a.steps, a.warmup_steps, lr, a.seed, device, vocab)
+            result["finetune"].append(r)
+            print("\n".join(summary_lines(result)[-1:]), flush=True)
+            if a.out:  # what is done so far survives a run cut short
+                Path(a.out).write_text(json.dumps(result, indent=2))
+    result["evaluate"] = []
+    for batch_size in map(int, a.eval_batch_sizes.split(",") if a.eval_items else []):
+        result["evaluate"].append(eval_throughput(base, device, a.eval_items, vocab, a.seed, batch_size))
+        release()
+    emit(result, a.out)
+    print("\n".join(summary_lines(result)))
+
+
+if __name__ == "__main__":
+    main()
