@@ -1,6 +1,7 @@
 # Two commands on a fresh machine:
 #   make study   -- create the Python environment if missing, then run the default (toy) study
 #   make test    -- the same environment, then lint and the test suite
+#   make test-slurm -- the tests on a real one-node SLURM cluster (root; installs SLURM with apt)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
@@ -8,7 +9,7 @@ SNAKEMAKE_ARGS ?=
 # The study to run: config.yaml (the toy study) or a file of workflow/studies/.
 STUDY ?= config.yaml
 
-.PHONY: study test env lint
+.PHONY: study test test-slurm env lint
 study: $(VENV)/.installed
 	snakemake --workflow-profile workflow/profiles/default --configfile $(STUDY) $(SNAKEMAKE_ARGS)
 
@@ -16,7 +17,13 @@ test: $(VENV)/.installed
 	ruff check src tests
 	snakemake --lint --configfile config.yaml
 	snakemake --lint --configfile workflow/studies/amuro-char-olmo1b.yaml
-	pytest -q --durations=10
+	pytest -q --durations=10 -m "not slurm"
+
+# SLURM and munge from Debian's packages when missing and we are root (CI is); the tests skip,
+# saying why, where they cannot be installed or started.
+test-slurm: $(VENV)/.installed
+	command -v slurmctld >/dev/null || [ "$$(id -u)" != 0 ] || sh tests/slurm/install.sh
+	pytest -q -s --durations=5 -m slurm
 
 env: $(VENV)/.installed
 
