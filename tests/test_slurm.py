@@ -106,7 +106,7 @@ def test_gpu_jobs_ask_for_one_gpu_and_small_jobs_share_submissions(micro_pair):
     # Data preparation (12 jobs), lr selection (4) and the tables go out as one call per group:
     # 29 jobs in 15 calls, 11 of them (5 fine-tunes, 6 evaluations) with one GPU (docs/slurm.md).
     print(f"{len(remote)} jobs in {len(calls)} sbatch calls ({len(gpu_calls)} with one GPU each); a GPU job's:")
-    print(f"sbatch {gpu_calls[0][:400]}")
+    print("sbatch " + gpu_calls[0].split(" --wrap")[0])  # without the job's command
     assert (len(remote), len(calls), submissions(log), len(gpu_calls)) == (29, 15, 15, 11)
     groups = sorted(comment(c).split("_")[1] for c in calls if "wildcards" not in comment(c))
     assert groups == ["prepare", "pretrain", "select", "tables"], groups
