@@ -60,6 +60,11 @@ def comment(call: str) -> str:
     return re.search(r"--comment '?(\S+?)'?(?: |$)", call).group(1)
 
 
+def shown(call: str) -> str:
+    """An sbatch call as the log prints it: its options, without the job's long command."""
+    return "sbatch " + call.split(" --wrap")[0]
+
+
 def submissions(log: str) -> int:
     return len(re.findall(r"has been submitted with SLURM jobid", log))
 
@@ -68,7 +73,7 @@ def study_on_slurm(cluster, workdir, configfile, *targets, timeout=1200):
     before = len(cluster.sbatch_calls())
     out = run_snakemake(workdir, configfile, *targets, *SLURM, timeout=timeout, env=cluster.env)
     calls = cluster.sbatch_calls()[before:]
-    print(f"{len(calls)} sbatch calls; the first: sbatch {calls[0] if calls else ''}")
+    print(f"{len(calls)} sbatch calls; the first: {shown(calls[0]) if calls else 'none'}")
     assert out.returncode == 0, out.stderr[-6000:]
     return out.stdout + out.stderr, calls
 
@@ -106,7 +111,7 @@ def test_gpu_jobs_ask_for_one_gpu_and_small_jobs_share_submissions(micro_pair):
     # Data preparation (12 jobs), lr selection (4) and the tables go out as one call per group:
     # 29 jobs in 15 calls, 11 of them (5 fine-tunes, 6 evaluations) with one GPU (docs/slurm.md).
     print(f"{len(remote)} jobs in {len(calls)} sbatch calls ({len(gpu_calls)} with one GPU each); a GPU job's:")
-    print("sbatch " + gpu_calls[0].split(" --wrap")[0])  # without the job's command
+    print(shown(gpu_calls[0]))
     assert (len(remote), len(calls), submissions(log), len(gpu_calls)) == (29, 15, 15, 11)
     groups = sorted(comment(c).split("_")[1] for c in calls if "wildcards" not in comment(c))
     assert groups == ["prepare", "pretrain", "select", "tables"], groups
