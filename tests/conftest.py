@@ -38,11 +38,9 @@ def tiny_model_dir(tmp_path_factory):
     return out
 
 
-def run_snakemake(workdir, configfile, *args, timeout=1200, env=None):
-    """Run the workflow in ``workdir`` (where its results/ go) on ``configfile``, with 2 cores."""
-    import subprocess
-
-    cmd = [
+def snakemake_command(workdir, configfile, *args) -> list[str]:
+    """The command that runs the workflow in ``workdir`` (where its results/ go) on ``configfile``, with 2 cores."""
+    return [
         sys.executable,
         "-m",
         "snakemake",
@@ -56,5 +54,12 @@ def run_snakemake(workdir, configfile, *args, timeout=1200, env=None):
         "2",
         *args,
     ]
+
+
+def run_snakemake(workdir, configfile, *args, timeout=1200, env=None):
+    """Run :func:`snakemake_command` to its end; returns the completed process."""
+    import subprocess
+
+    cmd = snakemake_command(workdir, configfile, *args)
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env)

@@ -93,14 +93,12 @@ class Cluster:
         env["PATH"] = f"{self.bin}:{env.get('PATH', '')}:/usr/sbin"
         return env
 
-    def run(self, *cmd: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
-        return subprocess.run(cmd, env=self.env, capture_output=True, text=True, check=check, timeout=timeout)
+    def run(self, *cmd: str, check: bool = True, timeout: float = 30, cwd=None) -> subprocess.CompletedProcess:
+        return subprocess.run(cmd, env=self.env, cwd=cwd, capture_output=True, text=True, check=check, timeout=timeout)
 
     def sbatch(self, *args: str, cwd: str | Path | None = None) -> str:
         """Submit a batch job; returns its id."""
-        cmd = ("sbatch", "--parsable", *args)
-        res = subprocess.run(cmd, env=self.env, cwd=cwd, capture_output=True, text=True, check=True, timeout=30)
-        return res.stdout.strip().split(";")[0]
+        return self.run("sbatch", "--parsable", *args, cwd=cwd).stdout.strip().split(";")[0]
 
     def job_state(self, job_id: str) -> str:
         """PENDING, RUNNING, COMPLETED, FAILED, CANCELLED...; "" once SLURM forgot it (MinJobAge)."""

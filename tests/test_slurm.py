@@ -8,7 +8,6 @@ devices: SLURM hands them out, the jobs run on the CPU).
 import re
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
@@ -16,7 +15,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import ROOT, run_snakemake
+from conftest import ROOT, run_snakemake, snakemake_command
 from slurm_cluster import ClusterError, skip_reason, start_cluster
 
 pytestmark = pytest.mark.slurm
@@ -169,8 +168,7 @@ def test_requeued_finetune_resumes_and_matches_uninterrupted_run(cluster, tmp_pa
 
     workdir = tmp_path / "slurm"
     workdir.mkdir()
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(config), "--cores", "2", target, *SLURM]  # fmt: skip
+    cmd = snakemake_command(workdir, config, target, *SLURM)
     proc = subprocess.Popen(cmd, env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         # Requeue the fine-tune once it has saved its state, while it still runs.

@@ -1,14 +1,11 @@
 """The ready-made real studies: their plans match the papers' matrices; their DAGs build offline."""
 
 import copy
-import os
-import subprocess
-import sys
 import time
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, run_snakemake
 from ptft.download import load_study
 from ptft.plan import build_plan
 
@@ -72,11 +69,10 @@ def test_amuro_char_plan_is_the_papers_matrix(tmp_path):
 
 
 def dry_run(study, directory, *targets):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "snakemake", *targets, "-n", "-s", str(ROOT / "Snakefile"),
-           "--directory", str(directory), "--configfile", str(study)]  # fmt: skip
     start = time.time()
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    out = run_snakemake(
+        directory, study, *targets, "-n", timeout=300, env={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return job_counts(out.stdout + out.stderr), time.time() - start
 
