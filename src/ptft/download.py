@@ -84,3 +84,30 @@ def download_study(configfile: str | Path, results: str | Path = "results") -> N
     revisions = revisions_source(config, results)
     for entry in tqdm(plan.checkpoint_entries, desc="checkpoints"):
         download_checkpoint(entry, revisions, root / "checkpoints" / f"{entry['name']}.json")
+
+
+def cmd_download(a) -> None:
+    if a.configfile:
+        download_study(a.configfile, a.results)
+    elif a.dataset:
+        download_dataset(a.dataset, a.data_dir, a.out)
+    elif a.checkpoint:
+        download_checkpoint(a.checkpoint, a.revisions, a.out)
+    else:
+        raise SystemExit("ptft download: give --configfile, or --dataset/--checkpoint with --out")
+
+
+def add_commands(sub) -> None:
+    from ptft.cli_args import json_arg
+
+    s = sub.add_parser(
+        "download", help="pre-fetch a study's datasets and checkpoints into the caches (run on a login node)"
+    )
+    s.add_argument("--configfile", help="a study file: fetch everything it needs")
+    s.add_argument("--results", default="results", help="with --configfile: where results/<study>/ goes")
+    s.add_argument("--dataset", help="one dataset (registry name)")
+    s.add_argument("--data-dir", default=None, help="with --dataset: local folder of its split files")
+    s.add_argument("--checkpoint", type=json_arg, help="one suite entry (JSON, see ptft.checkpoints.hub)")
+    s.add_argument("--revisions", type=json_arg, default=None, help='{"model", "revision_list", "manifest"} for steps')
+    s.add_argument("--out", help="the record (dataset) or pointer (checkpoint) to write")
+    s.set_defaults(func=cmd_download)

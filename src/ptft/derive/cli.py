@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import sys
 
+from ptft.cli_args import json_arg
+
 log = logging.getLogger(__name__)
 
 
@@ -91,7 +93,7 @@ def cmd_dissect_figure(a) -> None:
     plot_dissecting(pd.read_parquet(a.change), pd.read_parquet(a.components), a.out)
 
 
-def add_commands(sub, json_arg) -> None:
+def add_commands(sub) -> None:
     s = sub.add_parser("derive-corpus", help="sample the documents to derive variants of")
     s.add_argument("--corpus", type=json_arg, required=True, help="the derive.corpus section")
     s.add_argument("--local-dir", default="", help="folder of a registered dataset's split files (toy, data_dir)")

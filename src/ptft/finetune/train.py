@@ -147,13 +147,13 @@ def validation_loss(model, examples, batching: str, pad_id: int, batch_size: int
 
 def validation_score(model, tokenizer, task, records: list[dict], fmt: str, seed: int) -> float:
     """The task's primary metric, zero-shot in the training format, with the evaluation defaults."""
-    from ptft.evaluate.run import _score, build_prompts
+    from ptft.evaluate.scoring import build_prompts, score_items
 
     cfg = {"batch_size": 16, "max_new_tokens": {"classification": 5, "generation": 60}, "stop": "\n",
            "rouge_stemmer": False}  # fmt: skip
     items = [{**r, "idx": i} for i, r in enumerate(records)]
     model.eval()
-    result = _score(model, tokenizer, task, items, build_prompts(task, items, [], fmt, 0, seed, task.name), cfg)[0]
+    result = score_items(model, tokenizer, task, items, build_prompts(task, items, [], fmt, 0, seed, task.name), cfg)[0]
     model.train()
     return float(np.mean(result["score"]))
 

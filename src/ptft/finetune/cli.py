@@ -1,0 +1,42 @@
+"""``ptft`` sub-commands of the fine-tuning stage: one training run, and the lr selection."""
+
+from __future__ import annotations
+
+from ptft.cli_args import json_arg, set_threads
+
+
+def cmd_finetune(a) -> None:
+    from ptft.finetune.train import finetune
+
+    set_threads(a.threads)
+    finetune(a.checkpoint, a.train, a.task, a.config, a.lr, a.seed, a.out_dir, a.state_dir, a.method, a.validation)
+
+
+def cmd_select_lr(a) -> None:
+    from ptft import io
+    from ptft.finetune.select import select_lr
+
+    io.write_json(a.out, select_lr([io.read_json(p) for p in a.summaries], a.metric, a.group))
+
+
+def add_commands(sub) -> None:
+    s = sub.add_parser("finetune", help="fine-tune one checkpoint on one task")
+    s.add_argument("--checkpoint", required=True)
+    s.add_argument("--train", required=True)
+    s.add_argument("--task", required=True)
+    s.add_argument("--config", type=json_arg, required=True)
+    s.add_argument("--lr", type=float, required=True)
+    s.add_argument("--seed", type=int, required=True)
+    s.add_argument("--out-dir", required=True)
+    s.add_argument("--state-dir", required=True)
+    s.add_argument("--method", default="full", choices=["full", "lora", "lpft", "instruct"])
+    s.add_argument("--validation", default=None, help="validation split (for the lr selection)")
+    s.add_argument("--threads", type=int, default=1)
+    s.set_defaults(func=cmd_finetune)
+
+    s = sub.add_parser("select-lr", help="pick the best learning rate of a grid by a validation metric")
+    s.add_argument("--summaries", nargs="+", required=True, help="summary.json of each run of the grid")
+    s.add_argument("--metric", required=True, choices=["loss", "score"])
+    s.add_argument("--group", type=json_arg, required=True, help="{checkpoint, task, method, seed} of the grid")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_select_lr)
