@@ -11,10 +11,12 @@ STUDY ?= config.yaml
 
 .PHONY: study test test-slurm env lint
 study: $(VENV)/.installed
-	snakemake --workflow-profile workflow/profiles/default --configfile $(STUDY) $(SNAKEMAKE_ARGS)
+	snakemake --configfile $(STUDY) $(SNAKEMAKE_ARGS)
 
 test: $(VENV)/.installed
 	ruff check src tests
+	ruff format --check src tests
+	snakefmt --check Snakefile workflow/rules
 	snakemake --lint --configfile config.yaml
 	snakemake --lint --configfile workflow/studies/amuro-char-olmo1b.yaml
 	pytest -q --durations=10 -m "not slurm"

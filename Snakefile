@@ -1,7 +1,7 @@
 """ptft: fine-tune every pre-training checkpoint on every task, evaluate, aggregate.
 
-    snakemake --workflow-profile workflow/profiles/default            # the default (toy) study
-    snakemake --workflow-profile workflow/profiles/default --configfile workflow/studies/X.yaml
+snakemake            # the default (toy) study
+snakemake --configfile workflow/studies/X.yaml
 """
 
 from snakemake.utils import min_version, validate
@@ -15,7 +15,6 @@ if not workflow.overwrite_configfiles:
     configfile: "config.yaml"
 
 
-
 validate(config, "workflow/schemas/config.schema.yaml", set_default=True)
 
 
@@ -27,12 +26,12 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/aggregate.smk"
 
 
-if DERIVE:
+if PLAN.derive:
 
     include: "workflow/rules/derive.smk"
 
 
 rule all:
+    default_target: True
     input:
         get_final_output(),
-    default_target: True

@@ -17,7 +17,7 @@ from ptft.analysis import (
     parse_model_id,
 )
 
-# A copy of ../shared/reference/amuro-char-results/all_perf_table.csv, the paper's released results.
+# A copy of all_perf_table.csv of the paper's release, the paper's released results.
 RELEASED = ROOT / "tests/data/amuro_char_all_perf_table.csv"
 
 

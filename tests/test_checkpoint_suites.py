@@ -15,7 +15,7 @@ from ptft.checkpoints.hub import (
     step_revisions,
 )
 
-# The paper's released list of OLMo-1B checkpoints (shared/reference/amuro-char-results).
+# The paper's released list of OLMo-1B checkpoints (a copy of the released olmo1b-checkpoints.csv, tests/data/).
 OLMO_LIST = ROOT / "tests/data/olmo1b-checkpoints.csv"
 PAPER_STEPS = [1000, 18000, 342000, 424000, 505000, 592000, 738000]
 

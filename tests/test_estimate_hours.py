@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from conftest import ROOT
-from ptft.download import load_study
+from ptft.config import load_study
 from ptft.plan import build_plan
 
 sys.path.insert(0, str(ROOT / "tests/benchmarks"))

@@ -17,8 +17,10 @@ from ptft.data.registry import get_dataset
 from ptft.finetune import methods, state
 from ptft.finetune.batching import IGNORE, collate_packed, collate_padded, encode_examples, template_segments
 from ptft.finetune.grad_buffers import KeptGrads
+from ptft.finetune.loss import completion_loss
+from ptft.finetune.methods.lpft import fit_linear_head, label_token_ids
 from ptft.finetune.select import select_lr
-from ptft.finetune.train import completion_loss, finetune
+from ptft.finetune.train import finetune
 from ptft.toy.generate import generate_splits
 
 CFG = {
@@ -88,8 +90,8 @@ def test_lpft_probes_the_label_rows_then_finetunes(tiny_model_dir, nli_data, tmp
     model, tok = load_pretrained(tiny_model_dir)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     records = pd.read_parquet(nli_data).to_dict("records")
-    stats = methods.fit_linear_head(model, tok, task, records, "default", CFG["lpft"], "cpu")
-    label_ids = methods.label_token_ids(tok, task)
+    stats = fit_linear_head(model, tok, task, records, "default", CFG["lpft"], "cpu")
+    label_ids = label_token_ids(tok, task)
     head = model.get_output_embeddings().weight
     assert head is not model.get_input_embeddings().weight and not model.config.tie_word_embeddings
     assert stats["lp_accuracy_after"] >= stats["lp_accuracy_before"]
@@ -109,12 +111,10 @@ def test_lpft_probes_the_label_rows_then_finetunes(tiny_model_dir, nli_data, tmp
 
 
 def test_lpft_and_lora_refuse_what_they_cannot_do():
-    from ptft.plan import _check_method
-
     with pytest.raises(ValueError, match="lpft fits a linear head"):
-        _check_method("toy_summary", "lpft")
+        methods.get_method("lpft").check_task("toy_summary", get_dataset("toy_summary").task.kind)
     with pytest.raises(ValueError, match="needs method instruct"):
-        _check_method("toy_chat", "lora")
+        methods.get_method("lora").check_task("toy_chat", get_dataset("toy_chat").task.kind)
 
 
 def test_chat_loss_masks_everything_but_the_assistant_turns(tiny_model_dir, tmp_path):

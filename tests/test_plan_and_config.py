@@ -41,8 +41,37 @@ def test_bad_config_names_the_key(path, value, needle):
     for key in path[:-1]:
         node = node[key]
     node[path[-1]] = value
-    with pytest.raises(WorkflowError, match=needle):
+    # The schema checks types; the plan checks names against the lists the code declares (formats).
+    with pytest.raises((WorkflowError, ValueError), match=needle):
         validate(cfg, SCHEMA, set_default=True)
+        build_plan(cfg)
+
+
+@pytest.mark.parametrize(
+    "section, value, needle",
+    [
+        ({"lora": {"rank": 64}}, None, r"finetune\.lora\.rank: unknown key"),
+        ({"per_task": {"toy_nli": {"lora": {"rank": 64}}}}, None, r"finetune\.per_task\.toy_nli\.lora\.rank"),
+        ({"per_task": {"toy_nli": {"lpft": {"l2": "big"}}}}, None, r"finetune\.per_task\.toy_nli\.lpft\.l2"),
+        ({"lorra": {"r": 4}}, None, r"finetune\.lorra: unknown key"),
+        ({"methods": ["full", "qlora"]}, None, r"finetune\.methods: .*'qlora'.*allowed: full, lora, lpft, instruct"),
+    ],
+)
+def test_method_settings_are_checked_by_their_method(section, value, needle):
+    cfg = load_config()
+    for key, block in section.items():
+        cfg["finetune"][key] = block
+    with pytest.raises(ValueError, match=needle):
+        build_plan(cfg)
+
+
+def test_method_settings_get_the_methods_defaults():
+    cfg = load_config()
+    cfg["finetune"]["lora"] = {"r": 4}
+    cfg["finetune"]["per_task"]["toy_nli"]["lora"] = {"alpha": 8}
+    lora = build_plan(cfg).run_config("toy_nli", "lora")["lora"]
+    assert lora == {"r": 4, "alpha": 8, "dropout": 0.05, "target_modules": "all-linear", "save": "merged"}
+    assert "lora" not in build_plan(cfg).run_config("toy_nli", "full")
 
 
 def test_finetune_checkpoints_limits_training_not_base_scoring():
@@ -93,7 +122,11 @@ def test_lr_selection_plan():
     assert plan.finetune_runs[0].id == "ft/step10/toy_nli/full/selected/seed0" and plan.finetune_runs[0].lr is None
     assert plan.selection_groups()[0] == ("step10", "toy_nli", "full", 0)
     assert [m.lr for m in plan.grid_runs("step10", "toy_nli", "full", 0)] == [0.001, 0.01]
-    assert plan.run_config("toy_nli", "full")["validation_score"] is True
+    # The score is the study's own evaluation settings (the run is given them, nothing is assumed).
+    ev = cfg["evaluate"]
+    assert plan.run_config("toy_nli", "full")["validation_score"] == {
+        "batch_size": ev["batch_size"], "max_new_tokens": ev["max_new_tokens"], "stop": ev["stop"],
+        "rouge_stemmer": ev["rouge_stemmer"]}  # fmt: skip
     cfg["finetune"]["select_lr"] = {"evaluate": "all"}
     assert len(build_plan(cfg).finetune_runs) == 2 * 28
     assert relation("toy_chat", "toy_qgen") == "in-domain" and relation("toy_chat", "toy_qgen_ood") == "ood"
@@ -120,7 +153,7 @@ def test_dry_run_of_the_default_config():
     # 4 checkpoints x 8 (task, method) fine-tuning jobs, 7 of them evaluated; the derivation and Dissecting stages
     counts = {line.split()[0]: line.split()[1] for line in text.splitlines() if len(line.split()) == 2}
     assert counts["finetune"] == "32" and counts["evaluate_finetuned"] == "28"
-    assert counts["derive_variants"] == "1" and counts["dissect_loglik"] == "8" and counts["dissect_figure"] == "1"
+    assert counts["derive_variants"] == "1" and counts["dissect_loglik"] == "8" and counts["analysis_dissect"] == "1"
 
 
 def test_bad_config_stops_before_any_job(tmp_path):
@@ -129,3 +162,22 @@ def test_bad_config_stops_before_any_job(tmp_path):
     out = snakemake("-n", "--configfile", str(bad))
     assert out.returncode != 0
     assert "finetuning" in out.stderr + out.stdout
+
+
+def test_snakemake_alone_uses_the_default_profile_and_study():
+    out = snakemake("-n", "--forceall")
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text[-3000:]
+    assert "Using workflow specific profile profiles/default" in text
+    assert "results/toy/" in text  # the default study, config.yaml
+
+
+def test_a_section_gets_its_defaults_from_the_schema():
+    from ptft.config import complete
+
+    checks = complete("derive.checks", {"max_attempts": 2})
+    assert checks == {"max_attempts": 2, "min_length_ratio": 0.3, "max_copy_similarity": 0.95,
+                      "min_distinct_ngrams": 0.3}  # fmt: skip
+    assert complete("derive.backend", {"name": "hf", "model": "m"})["batch_size"] == 8
+    with pytest.raises(ValueError, match="derive.checks: Additional properties.*max_attemps"):
+        complete("derive.checks", {"max_attemps": 2})

@@ -1,4 +1,4 @@
-from ptft.data.prompts import few_shot_prompt, join_prompt_completion, render_prompt
+from ptft.data.prompts import completion, few_shot_prompt, join_prompt_completion, render_prompt
 from ptft.data.tasks import TASK_TYPES
 
 NLI = TASK_TYPES["nli"]
@@ -31,3 +31,13 @@ def test_few_shot_prompt_layout():
     text = few_shot_prompt(NLI, [shot], REC, "io")
     assert text == "p . h . contradiction\n\na cat sat . a cat is here ."
     assert few_shot_prompt(NLI, [], REC, "io") == "a cat sat . a cat is here ."
+
+
+def test_completion_per_task_type():
+    assert [completion(NLI, {**REC, "label": i}) for i in (0, 1, 2)] == ["entailment", "neutral", "contradiction"]
+    assert completion(TASK_TYPES["paraphrase"], {"sentence1": "a", "sentence2": "b", "label": 1}) == "yes"
+    mc = {"query": "q", "choices": ["a cat", "the dog"], "label": 1}
+    assert completion(TASK_TYPES["multiple_choice"], mc) == "the dog"
+    assert completion(TASK_TYPES["summary"], {"document": "d .", "summary": "s ."}) == "s ."
+    assert completion(TASK_TYPES["question_generation"], {"context": "c", "question": "why ?"}) == "why ?"
+    assert completion(TASK_TYPES["text"], {"text": "a document ."}) == "a document ."

@@ -1,6 +1,6 @@
 """The dataset registry on local copies in the exact hub schema: load, convert, subsample, render.
 
-Expected prompts are the strings of studies.md (Table 4 of the paper) written out here with the
+Expected prompts are the strings of docs/studies.md (Table 4 of the paper) written out here with the
 raw hub columns, so a wrong column mapping or format string fails.
 """
 

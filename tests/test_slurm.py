@@ -25,14 +25,15 @@ PERF = "results/micro/tables/performance.parquet"
 # The repository's cluster profile, and what this test cluster needs besides: squeue for job
 # states (no accounting database for sacct), quick status checks and file-system waits.
 SLURM = [
-    "--workflow-profile", str(ROOT / "workflow/profiles/slurm"), "--slurm-status-command", "squeue",
+    "--workflow-profile", str(ROOT / "profiles/slurm"), "--slurm-status-command", "squeue",
     "--slurm-init-seconds-before-status-checks", "2", "--latency-wait", "5", "--jobs", "4",
 ]  # fmt: skip
 GPU_RULES = {"finetune", "evaluate_base", "evaluate_finetuned", "evaluate_selected", "dissect_loglik"}
 EVAL_RULES = {"evaluate_base", "evaluate_finetuned", "evaluate_selected"}
-AGGREGATE_RULES = {"performance_table", "change_table", "mrc_table", "analysis_tables", "figures",
-                   "report_table_performance", "report_table_change", "report_table_formats",
-                   "report_table_transfer", "all"}  # fmt: skip
+AGGREGATE_RULES = {"performance_table", "analysis_performance", "analysis_seeds", "analysis_change",
+                   "analysis_transfer", "analysis_formats", "analysis_dynamics", "report_table_performance",
+                   "report_table_seeds", "report_table_change", "report_table_formats", "report_table_transfer",
+                   "all"}  # fmt: skip
 
 
 @pytest.fixture(scope="module")

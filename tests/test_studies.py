@@ -6,13 +6,13 @@ import time
 import pytest
 
 from conftest import ROOT, run_snakemake
-from ptft.download import load_study
+from ptft.config import load_study
 from ptft.plan import build_plan
 
 AMURO = ROOT / "workflow/studies/amuro-char-olmo1b.yaml"
 PYTHIA = ROOT / "workflow/studies/pythia-160m.yaml"
 
-# studies.md §1, "Evaluation pairs (eval set <- training task)"
+# docs/studies.md §1, "Evaluation pairs (eval set <- training task)"
 PAPER_PAIRS = {
     ("mnli", "mnli_matched", "in-domain"), ("mnli", "mnli_mismatched", "in-domain"), ("paws", "paws", "in-domain"),
     ("xsum", "xsum", "in-domain"), ("socialiqa", "socialiqa", "in-domain"), ("tulu", "boolq", "in-domain"),
@@ -35,14 +35,16 @@ AMURO_JOBS = {
     "evaluate_base": 8,
     "evaluate_finetuned": 40,
     "performance_table": 1,
-    "change_table": 1,
-    "mrc_table": 1,
-    "analysis_tables": 1,
+    "analysis_performance": 1,
+    "analysis_seeds": 1,
+    "analysis_change": 1,
+    "analysis_transfer": 1,
+    "analysis_formats": 1,
     "report_table_performance": 1,
+    "report_table_seeds": 1,
     "report_table_change": 3,
     "report_table_transfer": 1,
     "report_table_formats": 2,
-    "figures": 1,
     "all": 1,
 }
 

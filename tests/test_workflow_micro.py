@@ -139,6 +139,17 @@ FIGURES = ["base_vs_finetuned", "average_change", "base_vs_finetuned_toy_nli", "
 FIGURES += [f"learning_dynamics_toy_nli_{method}" for method in ("full", "lora", "lpft")]
 
 
+def test_seed_summary_of_the_micro_study(micro_run):
+    tables = micro_run / "results/micro/tables"
+    perf, summary = pd.read_parquet(tables / "performance.parquet"), pd.read_parquet(tables / "seed_summary.parquet")
+    # One seed per run: a summary row per performance row, its mean the row's value, no spread.
+    keys = ["checkpoint", "train_task", "method", "eval_set", "format", "metric"]
+    both = perf.merge(summary, on=keys, how="outer", validate="one_to_one", indicator=True)
+    assert (both["_merge"] == "both").all() and len(both) == len(perf) == 48
+    assert (both["value_mean"] == both["value"]).all() and (both["n_seeds"] == 1).all()
+    assert both["value_std"].isna().all()
+
+
 def test_figures_exist(micro_run):
     figs = micro_run / "results/micro/figures"
     for name in FIGURES:
@@ -149,19 +160,23 @@ def test_figures_exist(micro_run):
     assert sorted(probes["step"].unique()) == [0, 2, 3] and set(probes["response_type"]) >= {"gold", "other_label"}
 
 
-AGGREGATION_JOBS = {
+# The jobs downstream of the performance table, and of an aggregate setting (the probe figures too).
+FROM_PERFORMANCE = {
     "performance_table",
-    "change_table",
-    "mrc_table",
-    "analysis_tables",
-    "figures",
+    "analysis_performance",
+    "analysis_seeds",
+    "analysis_change",
+    "analysis_transfer",
+    "analysis_formats",
     "report_table_performance",
+    "report_table_seeds",
     "report_table_change",
     "report_table_transfer",
     "report_table_formats",
     "all",
     "aggregate",
 }
+AGGREGATION_JOBS = FROM_PERFORMANCE | {"analysis_dynamics"}
 
 
 def planned_jobs(out) -> dict[str, int]:
@@ -182,10 +197,11 @@ def test_an_analysis_setting_reruns_only_aggregation(micro_run, tmp_path):
     changed = tmp_path / "micro.yaml"
     changed.write_text(yaml.safe_dump(cfg))
     jobs = planned_jobs(run_snakemake(micro_run, changed, "-n"))
-    assert {"performance_table", "mrc_table", "analysis_tables", "figures"} <= set(jobs) <= AGGREGATION_JOBS, jobs
+    assert {"performance_table", "analysis_transfer", "analysis_formats", "analysis_performance"} <= set(jobs)
+    assert set(jobs) <= AGGREGATION_JOBS, jobs
     # The documented target regenerates every table and figure and touches nothing upstream.
     jobs = planned_jobs(snakemake(micro_run, "aggregate", "--forcerun", "performance_table", "-n"))
-    assert set(jobs) == AGGREGATION_JOBS - {"all"}, jobs
+    assert set(jobs) == FROM_PERFORMANCE - {"all"}, jobs
 
 
 def test_report_holds_every_table_and_figure_with_captions(micro_run, tmp_path):
@@ -193,8 +209,9 @@ def test_report_holds_every_table_and_figure_with_captions(micro_run, tmp_path):
     out = snakemake(micro_run, "--report", str(report))
     assert out.returncode == 0, out.stderr[-3000:]
     html = report.read_text()
-    tables = ["performance", "change_per_checkpoint", "change_slope", "mrc", "learned_during_pretraining",
-              "format_sensitivity", "format_sensitivity_per_checkpoint", "derive_stats"]  # fmt: skip
+    tables = ["performance", "seed_summary", "change_per_checkpoint", "change_slope", "mrc",
+              "learned_during_pretraining", "format_sensitivity", "format_sensitivity_per_checkpoint",
+              "derive_stats"]  # fmt: skip
     for name in [f"{t}.html" for t in tables] + [f"{f}.png" for f in FIGURES]:
         assert name in html, name
     for caption in ("Mean ratio of change", "Prompt-format sensitivity", "Trend of the average change",

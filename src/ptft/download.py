@@ -16,9 +16,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ptft import io
+from ptft.config import load_study
 
 log = logging.getLogger(__name__)
-SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 
 
 def dataset_local_dir(data_dir: str | None, name: str) -> str | None:
@@ -47,16 +47,6 @@ def download_checkpoint(entry: dict, revisions: dict | None, out: str | Path) ->
     pointer = fetch_checkpoint(entry, names)
     io.write_json(out, pointer)
     return pointer
-
-
-def load_study(configfile: str | Path) -> dict:
-    """A study file, validated against the workflow's schema with its defaults filled in."""
-    import yaml
-    from snakemake.utils import validate
-
-    config = yaml.safe_load(Path(configfile).read_text())
-    validate(config, str(SCHEMA), set_default=True)
-    return config
 
 
 def revisions_source(config: dict, results: str | Path = "results") -> dict | None:

@@ -1,7 +1,9 @@
 """The experiment plan: one pure function of the config that lists every job of a study.
 
 The Snakefile asks this module for its targets; tests check the plan without Snakemake.
-Paths of models and their outputs are built here and nowhere else.
+Paths of models and their outputs are built here and nowhere else: a rule's output pattern is a
+:class:`Plan` path method called with Snakemake wildcards (``PLAN.run_file(RUN, "model")``),
+and the targets are the same methods called with a model of the plan.
 
 Which eval sets a fine-tuned model is scored on, and how each relates to its training task,
 is the relation table: ``relations`` in the config (train task -> relation -> eval sets), or,
@@ -15,11 +17,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ptft.data.registry import get_dataset
+from ptft.data.tasks import FORMATS
+from ptft.finetune.methods import METHOD_NAMES, get_method
 
 BASE = "base"
 NO_TASK = "none"
 RELATIONS = ("in-domain", "ood", "cross-task", "pretraining")
 GRID_KEYS = ("methods", "lrs", "seeds", "select_lr", "checkpoints")
+# A training run's folder under finetune/ (and .state/finetune/), as a pattern of wildcards; a
+# selection of the lr grid is the pointer file SELECTED_RUN + ".json".
+RUN = "{checkpoint}/{task}/{method}/lr{lr}/seed{seed}"
+SELECTED_RUN = "{checkpoint}/{task}/{method}/selected/seed{seed}"
+# What a training run writes into its folder.
+RUN_FILES = {"model": "model", "log": "train_log.parquet", "probes": "probes.parquet", "summary": "summary.json"}
 PROBE_DEFAULTS = {"every": 25, "examples": 32, "path": None}
 
 
@@ -79,11 +89,16 @@ class Model:
         return self.method == BASE
 
     @property
-    def id(self) -> str:
+    def run(self) -> str:
+        """The fine-tuning run's folder under ``finetune/`` (a selection's pointer, plus ``.json``)."""
         if self.is_base:
-            return f"base/{self.checkpoint}"
-        lr = "selected" if self.selected else f"lr{format_lr(self.lr)}"
-        return f"ft/{self.checkpoint}/{self.train_task}/{self.method}/{lr}/seed{self.seed}"
+            raise ValueError(f"base checkpoint {self.checkpoint!r} has no fine-tuning run")
+        keys = {"checkpoint": self.checkpoint, "task": self.train_task, "method": self.method, "seed": self.seed}
+        return SELECTED_RUN.format(**keys) if self.selected else RUN.format(**keys, lr=format_lr(self.lr))
+
+    @property
+    def id(self) -> str:
+        return f"base/{self.checkpoint}" if self.is_base else f"ft/{self.run}"
 
     @property
     def eval_sets(self) -> tuple[str, ...]:
@@ -115,6 +130,103 @@ class Plan:
     training_runs: tuple[Model, ...] = ()  # every run of the grid (more than the evaluated with select_lr)
     select_lr: dict | None = None
     dissect_task: str | None = None  # the corpus whose fine-tuned models the Dissecting analysis measures
+    # The evaluation settings a run scores its validation split with (finetune.select_lr.metric: score).
+    score_settings: dict | None = None
+    root: str = "results/study"  # results/<study>: every output of the study lies under it
+    derive: bool = False  # the study derives controlled-variable text (a derive section)
+
+    # -- where things lie (each also takes Snakemake wildcard patterns, e.g. checkpoint="{checkpoint}")
+    def checkpoint_path(self, checkpoint: str) -> str:
+        """A toy checkpoint's folder, or the pointer file that pins a hub or local checkpoint."""
+        path = f"{self.root}/checkpoints/{checkpoint}"
+        return path if self.suite == "toy" else f"{path}.json"
+
+    @property
+    def manifest_path(self) -> str:
+        return f"{self.root}/checkpoints/manifest.json"
+
+    def raw_path(self, dataset: str, source: str | None = None) -> str:
+        """A dataset's split files: generated into raw/ (toy), or the record of their download (hub)."""
+        if (source or get_dataset(dataset).source) == "toy":
+            return f"{self.root}/raw/{dataset}"
+        return f"{self.root}/downloads/{dataset}.json"
+
+    def data_path(self, split: str, dataset: str) -> str:
+        """A prepared split: ``train``, ``validation``, ``eval`` (scored items) or ``fewshot`` (pool)."""
+        return f"{self.root}/data/{split}/{dataset}.parquet"
+
+    def run_file(self, run: str, name: str) -> str:
+        """A training run's ``model`` folder, ``log``, ``probes`` or ``summary`` (:data:`RUN_FILES`)."""
+        return f"{self.root}/finetune/{run}/{RUN_FILES[name]}"
+
+    def run_dir(self, run: str) -> str:
+        return f"{self.root}/finetune/{run}"
+
+    def state_path(self, name: str) -> str:
+        """Resumable state and caches, outside every rule's outputs (Snakemake deletes those on re-runs)."""
+        return f"{self.root}/.state/{name}"
+
+    def state_dir(self, run: str) -> str:
+        return self.state_path(f"finetune/{run}")
+
+    def selection_path(self, run: str) -> str:
+        return f"{self.root}/finetune/{run}.json"
+
+    def predictions_path(self, model_id: str) -> str:
+        return f"{self.root}/eval/{model_id}/predictions.parquet"
+
+    def derive_path(self, name: str) -> str:
+        """The derivation stage's ``corpus`` (sampled documents) and ``variants`` (their rewrites)."""
+        return f"{self.root}/derive/{name}.parquet"
+
+    def dissect_path(self, model_id: str) -> str:
+        """A model's log-likelihood of every original and variant (the Dissecting analysis)."""
+        return f"{self.root}/dissect/{model_id}/loglik.parquet"
+
+    def log_path(self, name: str) -> str:
+        return f"{self.root}/logs/{name}.log"
+
+    def table_path(self, name: str) -> str:
+        return f"{self.root}/tables/{name}.parquet"
+
+    def report_page(self, table: str) -> str:
+        return f"{self.root}/report/{table}.html"
+
+    def figure_paths(self, name: str) -> tuple[str, str]:
+        """PNG (report, slides) and SVG (paper) of a figure."""
+        return f"{self.root}/figures/{name}.png", f"{self.root}/figures/{name}.svg"
+
+    def probes_path(self, model: Model) -> str:
+        return self.run_file(model.run, "probes")
+
+    # -- what the study makes
+    @property
+    def probe_runs(self) -> tuple[Model, ...]:
+        """Training runs that log learning-dynamics probes."""
+        return tuple(m for m in self.training_runs if self.finetune_configs[m.train_task].get("probes"))
+
+    def analyses(self) -> list:
+        """The registered analyses this study has (:mod:`ptft.analysis.registry`), in report order."""
+        from ptft.analysis import ANALYSES
+
+        return [a for a in ANALYSES.values() if a.applies(self)]
+
+    def tables(self) -> dict[str, str]:
+        """Every table of the report: name -> its analysis's name."""
+        return {t.name: a.name for a in self.analyses() for t in a.tables if t.applies(self)}
+
+    def figures(self) -> dict[str, str]:
+        """Every figure: name -> its analysis's name."""
+        return {f: a.name for a in self.analyses() for f in a.figures(self)}
+
+    def analysis_spec(self, analysis) -> dict:
+        """What an analysis's job is told of the plan: its figures and its own spec."""
+        return {**analysis.spec(self), "figures": analysis.figures(self)}
+
+    def targets(self) -> list[str]:
+        """Every final output: each table and its report page, each figure in PNG and SVG."""
+        out = [p for t in self.tables() for p in (self.report_page(t), self.table_path(t))]
+        return out + [p for f in self.figures() for p in self.figure_paths(f)]
 
     @property
     def dissect_models(self) -> tuple[Model, ...]:
@@ -129,11 +241,11 @@ class Plan:
         (its own method, lr and seed are in its path) and without other methods' settings, so
         that adding an lr, a seed or a method re-runs no existing job."""
         cfg = {k: v for k, v in self.finetune_configs[task].items() if k not in GRID_KEYS}
-        for other in ("lora", "lpft"):
+        for other in method_blocks():
             if other != method:
                 cfg.pop(other, None)
         if self.select_lr and self.select_lr["metric"] == "score":
-            cfg["validation_score"] = True
+            cfg["validation_score"] = self.score_settings
         return cfg
 
     def selection_groups(self) -> list[tuple[str, str, str, int]]:
@@ -237,13 +349,48 @@ def relation_table(config: dict, train_tasks: tuple[str, ...], eval_sets: tuple[
     return out
 
 
-def _check_method(task: str, method: str) -> None:
-    kind = get_dataset(task).task.kind
-    if (kind == "chat") != (method == "instruct"):
-        need = "instruct" if kind == "chat" else "full, lora or lpft"
-        raise ValueError(f"finetune.methods: task {task!r} needs method {need}, got {method!r}")
-    if method == "lpft" and kind != "classification":
-        raise ValueError(f"finetune.methods: lpft fits a linear head on labels; task {task!r} is {kind}")
+def method_blocks() -> list[str]:
+    """Methods with settings of their own (``finetune.<method>``, e.g. ``lora``)."""
+    return [m for m in METHOD_NAMES if get_method(m).config is not None]
+
+
+def _check_names(config: dict) -> None:
+    """Methods and prompt formats are names of the lists the code declares; the schema takes any string."""
+    from ptft.config import schema
+
+    ft = config["finetune"]
+    sections = [("finetune", ft), *((f"finetune.per_task.{t}", v) for t, v in ft.get("per_task", {}).items())]
+    # The schema takes any mapping beside its settings as a method's own block (lora: {...}).
+    settings = {*schema()["properties"]["finetune"]["properties"], *schema()["$defs"]["run"]["properties"]}
+    for where, section in sections:
+        for key, value in section.items():
+            if key not in settings and key not in method_blocks() and isinstance(value, dict):
+                blocks = ", ".join(method_blocks())
+                raise ValueError(f"{where}.{key}: unknown key (not a setting, nor a method's settings: {blocks})")
+    formats = [("evaluate.formats", f) for f in config["evaluate"]["formats"]]
+    formats.append(("aggregate.figure_format", config["aggregate"]["figure_format"]))
+    for where, section in sections:
+        for m in section.get("methods", []):
+            try:
+                get_method(m)
+            except ValueError as e:
+                raise ValueError(f"{where}.methods: {e}") from None
+        if "format" in section:
+            formats.append((f"{where}.format", section["format"]))
+    for where, fmt in formats:
+        if fmt not in FORMATS:
+            raise ValueError(f"{where}: unknown prompt format {fmt!r}; allowed: {', '.join(FORMATS)}")
+
+
+def _method_settings(config: dict, task: str, merged: dict) -> dict:
+    """Each method's block checked by the method (an unknown key is an error naming its path), defaults filled."""
+    ft = config["finetune"]
+    for name in method_blocks():
+        method = get_method(name)
+        method.parse_config(ft.get(name), f"finetune.{name}")
+        method.parse_config(ft.get("per_task", {}).get(task, {}).get(name), f"finetune.per_task.{task}.{name}")
+        merged[name] = method.parse_config(merged.get(name), f"finetune.{name}")
+    return merged
 
 
 def _merged(section: dict, task: str) -> dict:
@@ -295,11 +442,12 @@ def build_plan(config: dict, results: str | Path = "results") -> Plan:
         Model(c, evaluations=tuple(Evaluation(e, "pretraining", formats[e]) for e in eval_sets), shots=ev["shots"])
         for c in names
     )
-    ft_configs = {t: _merged(config["finetune"], t) for t in train_tasks}
+    _check_names(config)
+    ft_configs = {t: _method_settings(config, t, _merged(config["finetune"], t)) for t in train_tasks}
     data_configs = {t: _merged(config["data"], t) for t in train_tasks}
     for t in train_tasks:
         for m in ft_configs[t]["methods"]:
-            _check_method(t, m)
+            get_method(m).check_task(t, get_dataset(t).task.kind)
     select = config["finetune"].get("select_lr")
     if select is not None:
         select = {"metric": "loss", "evaluate": "selected", **select}
@@ -339,4 +487,7 @@ def build_plan(config: dict, results: str | Path = "results") -> Plan:
         training_runs=tuple(runs),
         select_lr=select,
         dissect_task=dissect and dissect["train_task"],
+        score_settings={k: ev[k] for k in ("batch_size", "max_new_tokens", "stop", "rouge_stemmer")},
+        root=f"{results}/{config['study']}",
+        derive=bool(config.get("derive")),
     )

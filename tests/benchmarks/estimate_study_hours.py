@@ -32,8 +32,8 @@ import tempfile
 
 import pandas as pd
 
+from ptft.config import load_study
 from ptft.data.registry import get_dataset
-from ptft.download import load_study
 from ptft.finetune.train import count_steps
 from ptft.plan import build_plan
 

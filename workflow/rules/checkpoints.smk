@@ -12,23 +12,23 @@ if TOY_SUITE:
 
     rule pretrain_toy:
         input:
-            expand(f"{RESULTS}/raw/{{dataset}}", dataset=PLAN.datasets),
+            [PLAN.raw_path(d) for d in PLAN.datasets],
         output:
-            checkpoints=[directory(get_checkpoint_path(c)) for c in PLAN.checkpoints],
-            manifest=f"{RESULTS}/checkpoints/manifest.json",
+            checkpoints=[directory(PLAN.checkpoint_path(c)) for c in PLAN.checkpoints],
+            manifest=PLAN.manifest_path,
         log:
-            f"{RESULTS}/logs/pretrain_toy.log",
-        params:
-            config=as_json(config["checkpoints"]["toy"]),
-            seed=config["seed"],
-            state=f"{STATE}/pretrain",
-            out_dir=get_parent_dir,
+            PLAN.log_path("pretrain_toy"),
+        conda:
+            "../../envs/ptft.yaml"
         threads: 2
         resources:
             mem_mb=4000,
             runtime=60,
-        conda:
-            "../../envs/ptft.yaml"
+        params:
+            config=as_json(config["checkpoints"]["toy"]),
+            seed=config["seed"],
+            state=PLAN.state_path("pretrain"),
+            out_dir=get_parent_dir,
         shell:
             "ptft pretrain-toy --config {params.config:q} --seed {params.seed} --data-dirs {input} "
             "--out-dir {params.out_dir} --state-dir {params.state} --manifest {output.manifest} "
@@ -41,27 +41,27 @@ else:
 
     rule download_checkpoint:
         output:
-            f"{RESULTS}/checkpoints/{{checkpoint}}.json",
+            PLAN.checkpoint_path("{checkpoint}"),
         log:
-            f"{RESULTS}/logs/download/checkpoint_{{checkpoint}}.log",
+            PLAN.log_path("download/checkpoint_{checkpoint}"),
+        conda:
+            "../../envs/ptft.yaml"
         params:
             entry=get_checkpoint_entry,
             revisions=get_revisions_source,
-        conda:
-            "../../envs/ptft.yaml"
         shell:
             "ptft download --checkpoint {params.entry:q} --revisions {params.revisions:q} --out {output} > {log} 2>&1"
 
     rule checkpoint_manifest:
         input:
-            [get_checkpoint_path(c) for c in PLAN.checkpoints],
+            [PLAN.checkpoint_path(c) for c in PLAN.checkpoints],
         output:
-            f"{RESULTS}/checkpoints/manifest.json",
+            PLAN.manifest_path,
         log:
-            f"{RESULTS}/logs/checkpoint_manifest.log",
-        params:
-            suite=PLAN.suite,
+            PLAN.log_path("checkpoint_manifest"),
         conda:
             "../../envs/ptft.yaml"
+        params:
+            suite=PLAN.suite,
         shell:
             "ptft checkpoint-manifest --pointers {input} --suite {params.suite} --out {output} > {log} 2>&1"

@@ -1,16 +1,14 @@
+# Glue between Snakemake and the plan: every path and target comes from ptft.plan; the functions
+# below only turn a job's wildcards into what the plan knows.
 import json
 import os
 
 from ptft.data.registry import get_dataset
-from ptft.plan import build_plan
+from ptft.plan import RUN, SELECTED_RUN, build_plan
 
 PLAN = build_plan(config)
-RESULTS = f"results/{config['study']}"
-STATE = f"{RESULTS}/.state"
+RESULTS = PLAN.root
 TOY_SUITE = PLAN.suite == "toy"
-HUB_DATASETS = [d for d in PLAN.datasets if get_dataset(d).source == "hub"]
-RUN = "{checkpoint}/{task}/{method}/lr{lr}/seed{seed}"
-SELECTED = "{checkpoint}/{task}/{method}/selected/seed{seed}"
 
 
 wildcard_constraints:
@@ -26,78 +24,20 @@ def as_json(obj):
     return json.dumps(obj, sort_keys=True)
 
 
-# The report's categories, one per analysis, each with its figures and tables.
-ANALYSES = {
-    "performance": "Performance across checkpoints",
-    "change": "Change after fine-tuning",
-    "transfer": "Transfer: OOD and cross-task",
-    "formats": "Prompt formats",
-    "dynamics": "Learning dynamics",
-    "dissect": "Dissecting: what fine-tuning changes",
-}
-# Tables shown in the report, by analysis; each has its caption in workflow/report/table.rst.
-REPORT_TABLES = {
-    "performance": ["performance"],
-    "change": ["change_per_checkpoint", "change_slope", "learned_during_pretraining"],
-    "transfer": ["mrc"],
-    "formats": ["format_sensitivity", "format_sensitivity_per_checkpoint"],
-}
-DERIVE = config.get("derive")
-DISSECT_MODELS = PLAN.dissect_models
-if DERIVE:
-    REPORT_TABLES["dissect"] = ["derive_stats"] + (["dissect_change", "dissect_components"] if DISSECT_MODELS else [])
-ALL_REPORT_TABLES = [t for tables in REPORT_TABLES.values() for t in tables]
-
-
-# Relations with a figure of their own (the fine-tuned models of that relation per eval set).
-FIGURE_RELATIONS = [r for r in ("ood", "cross-task") if r in {row["relation"] for row in PLAN.relation_rows()}]
-# Eval sets scored in more than one prompt format, for the format-sensitivity figure.
-FORMAT_EVAL_SETS = [e.eval_set for e in (PLAN.base_models[0].evaluations if PLAN.base_models else ()) if len(e.formats) > 1]
-# Training runs that log learning-dynamics probes, and their (task, method) figures.
-PROBE_RUNS = [m for m in PLAN.training_runs if PLAN.finetune_configs[m.train_task].get("probes")]
-PROBE_FIGURES = list(dict.fromkeys((m.train_task, m.method) for m in PROBE_RUNS))
-
-
-def figure_paths(names):
-    """PNG and SVG of each figure name under figures/."""
-    return [f"{RESULTS}/figures/{n}.{ext}" for n in names for ext in ("png", "svg")]
-
-
 def get_final_output():
-    return (
-        expand(f"{RESULTS}/report/{{table}}.html", table=ALL_REPORT_TABLES)
-        + expand(f"{RESULTS}/tables/{{table}}.parquet", table=ALL_REPORT_TABLES)
-        + figure_paths(["base_vs_finetuned", "average_change"])
-        + figure_paths([r.replace("-", "_") for r in FIGURE_RELATIONS])
-        + figure_paths(["format_sensitivity"] if FORMAT_EVAL_SETS else [])
-        + figure_paths([f"learning_dynamics_{t}_{m}" for t, m in PROBE_FIGURES])
-        + figure_paths(["dissecting"] if DISSECT_MODELS else [])
-    )
-
-
-def get_probe_runs(_wildcards):
-    return as_json([{"checkpoint": m.checkpoint, "task": m.train_task, "method": m.method, "lr": m.lr,
-                     "seed": m.seed, "path": f"{RESULTS}/finetune/{m.id.removeprefix('ft/')}/probes.parquet"}
-                    for m in PROBE_RUNS])  # fmt: skip
+    return PLAN.targets()
 
 
 def get_download_output():
     """Everything `snakemake download` fetches: hub datasets and (non-toy) checkpoints."""
-    out = expand(f"{RESULTS}/downloads/{{name}}.json", name=HUB_DATASETS)
+    out = [PLAN.raw_path(d) for d in PLAN.datasets if get_dataset(d).source == "hub"]
     if not TOY_SUITE:
-        out += [get_checkpoint_path(c) for c in PLAN.checkpoints]
+        out += [PLAN.checkpoint_path(c) for c in PLAN.checkpoints]
     return out
 
 
-def get_checkpoint_path(checkpoint):
-    """A toy checkpoint's folder, or the pointer that pins a hub/local checkpoint."""
-    if TOY_SUITE:
-        return f"{RESULTS}/checkpoints/{checkpoint}"
-    return f"{RESULTS}/checkpoints/{checkpoint}.json"
-
-
 def get_checkpoint_input(wildcards):
-    return get_checkpoint_path(wildcards.checkpoint)
+    return PLAN.checkpoint_path(wildcards.checkpoint)
 
 
 def get_checkpoint_entry(wildcards):
@@ -112,26 +52,27 @@ def get_revisions_source(_wildcards):
 
 
 def get_raw_input(wildcards):
-    """Toy datasets are generated into raw/; hub datasets are fetched (on the login node) first."""
-    if get_dataset(wildcards.dataset).source == "toy":
-        return f"{RESULTS}/raw/{wildcards.dataset}"
-    return f"{RESULTS}/downloads/{wildcards.dataset}.json"
+    return PLAN.raw_path(wildcards.dataset)
 
 
 def get_toy_held_out(wildcards):
     """A toy chat dataset avoids the test items of every other toy dataset of the study."""
     if get_dataset(wildcards.dataset).task.kind != "chat":
         return []
-    return [f"{RESULTS}/raw/{d}" for d in PLAN.eval_sets if get_dataset(d).source == "toy"]
+    return [PLAN.raw_path(d) for d in PLAN.eval_sets if get_dataset(d).source == "toy"]
+
+
+def local_dir(dataset, input):
+    """Where a prepare step reads split files: raw/ (toy), data.data_dir/<dataset>, or '' (the hub)."""
+    from ptft.download import dataset_local_dir
+
+    if get_dataset(dataset).source == "toy":
+        return input[0]
+    return dataset_local_dir(config["data"]["data_dir"], dataset) or ""
 
 
 def get_local_dir(wildcards, input):
-    """Where the prepare step reads split files: raw/ (toy), data.data_dir/<dataset>, or '' (the hub)."""
-    from ptft.download import dataset_local_dir
-
-    if get_dataset(wildcards.dataset).source == "toy":
-        return input[0]
-    return dataset_local_dir(config["data"]["data_dir"], wildcards.dataset) or ""
+    return local_dir(wildcards.dataset, input)
 
 
 def get_train_size(wildcards):
@@ -147,11 +88,11 @@ def get_finetune_config(wildcards):
 
 def get_finetune_inputs(wildcards):
     inputs = {
-        "checkpoint": get_checkpoint_path(wildcards.checkpoint),
-        "train": f"{RESULTS}/data/train/{wildcards.task}.parquet",
+        "checkpoint": PLAN.checkpoint_path(wildcards.checkpoint),
+        "train": PLAN.data_path("train", wildcards.task),
     }
     if PLAN.select_lr:
-        inputs["validation"] = f"{RESULTS}/data/validation/{wildcards.task}.parquet"
+        inputs["validation"] = PLAN.data_path("validation", wildcards.task)
     return inputs
 
 
@@ -159,9 +100,17 @@ def get_validation_arg(_wildcards, input):
     return f"--validation {input.validation}" if "validation" in input.keys() else ""
 
 
+def get_run_dir(wildcards):
+    return PLAN.run_dir(RUN.format(**wildcards))
+
+
+def get_state_dir(wildcards):
+    return PLAN.state_dir(RUN.format(**wildcards))
+
+
 def get_grid_summaries(wildcards):
     runs = PLAN.grid_runs(wildcards.checkpoint, wildcards.task, wildcards.method, int(wildcards.seed))
-    return [f"{RESULTS}/finetune/{m.id.removeprefix('ft/')}/summary.json" for m in runs]
+    return [PLAN.run_file(m.run, "summary") for m in runs]
 
 
 def get_grid_group(wildcards):
@@ -169,34 +118,29 @@ def get_grid_group(wildcards):
     return as_json({**{k: wildcards[k] for k in keys}, "seed": int(wildcards.seed)})
 
 
+def get_select_metric(_wildcards):
+    return PLAN.select_lr["metric"]
+
+
 def get_all_selections(_wildcards):
-    return [f"{RESULTS}/finetune/{SELECTED.format(checkpoint=c, task=t, method=m, seed=s)}.json"
-            for c, t, m, s in PLAN.selection_groups()]
-
-
-def get_finetuned_dir(wildcards):
-    run = RUN.format(**wildcards)
-    return f"{RESULTS}/finetune/{run}"
-
-
-def get_finetune_state_dir(wildcards):
-    """Resumable training state lives outside the rule's outputs, which Snakemake deletes on re-runs."""
-    return get_finetuned_dir(wildcards).replace(RESULTS, STATE, 1)
+    keys = ("checkpoint", "task", "method", "seed")
+    return [PLAN.selection_path(SELECTED_RUN.format(**dict(zip(keys, g)))) for g in PLAN.selection_groups()]
 
 
 def get_model(wildcards):
+    """The plan's model of an evaluation job: a base checkpoint, a run, or a selection."""
     if "lr" in wildcards.keys():
         return PLAN.model(f"ft/{RUN.format(**wildcards)}")
     if "task" in wildcards.keys():
-        return PLAN.model(f"ft/{SELECTED.format(**wildcards)}")
+        return PLAN.model(f"ft/{SELECTED_RUN.format(**wildcards)}")
     return PLAN.model(f"base/{wildcards.checkpoint}")
 
 
 def get_eval_inputs(wildcards):
     sets = get_model(wildcards).eval_sets
     return {
-        "eval": expand(f"{RESULTS}/data/eval/{{name}}.parquet", name=sets),
-        "fewshot": expand(f"{RESULTS}/data/fewshot/{{name}}.parquet", name=sets),
+        "eval": [PLAN.data_path("eval", s) for s in sets],
+        "fewshot": [PLAN.data_path("fewshot", s) for s in sets],
     }
 
 
@@ -219,28 +163,30 @@ def get_data_dir(_wildcards, input):
 
 
 def get_all_predictions(_wildcards):
-    return [f"{RESULTS}/eval/{m.id}/predictions.parquet" for m in PLAN.models]
+    return [PLAN.predictions_path(m.id) for m in PLAN.models]
+
+
+def get_input_args(_wildcards, input):
+    """``--input NAME FILES...`` for each named input of a job (an analysis's inputs differ by analysis)."""
+    files = {name: input.get(name) for name in input.keys()}
+    return " ".join(f"--input {name} " + " ".join(f if isinstance(f, list) else [f]) for name, f in files.items())
+
+
+def get_report_caption(wildcards):
+    from ptft.analysis import get_analysis
+
+    return get_analysis(PLAN.tables()[wildcards.table]).table(wildcards.table).caption
 
 
 def get_corpus_input(_wildcards):
     """A registered corpus's raw split files: generated (toy) or fetched (hub) first."""
-    name = DERIVE["corpus"].get("dataset")
-    if not name:
-        return []
-    if get_dataset(name).source == "toy":
-        return f"{RESULTS}/raw/{name}"
-    return f"{RESULTS}/downloads/{name}.json"
+    name = config["derive"]["corpus"].get("dataset")
+    return PLAN.raw_path(name) if name else []
 
 
 def get_corpus_local_dir(_wildcards, input):
-    from ptft.download import dataset_local_dir
-
-    name = DERIVE["corpus"].get("dataset")
-    if not name:
-        return ""
-    if get_dataset(name).source == "toy":
-        return input[0]
-    return dataset_local_dir(config["data"]["data_dir"], name) or ""
+    name = config["derive"]["corpus"].get("dataset")
+    return local_dir(name, input) if name else ""
 
 
 def template_path(path):
@@ -252,17 +198,24 @@ def template_path(path):
 
 def get_derive_config():
     """What the derive job's result depends on (the corpus is its input file)."""
-    return as_json({k: v for k, v in DERIVE.items() if k != "corpus"})
+    return as_json({k: v for k, v in config["derive"].items() if k != "corpus"})
 
 
 def get_dissect_model_dir(wildcards):
     if wildcards.kind == "base":
-        return get_checkpoint_path(wildcards.model)
-    return f"{RESULTS}/finetune/{wildcards.model}/model"
+        return PLAN.checkpoint_path(wildcards.model)
+    return PLAN.run_file(wildcards.model, "model")
+
+
+def get_dissect_batch_size(_wildcards):
+    return config["dissect"]["batch_size"]
+
+
+def get_dissect_loglik(_wildcards):
+    return [PLAN.dissect_path(m.id) for m in PLAN.dissect_models]
 
 
 def get_dissect_pairs(_wildcards):
-    loglik = f"{RESULTS}/dissect/{{}}/loglik.parquet"
     steps = {e["name"]: e.get("step") for e in PLAN.checkpoint_entries}
-    return as_json([{"meta": {**m.metadata(), "step": steps[m.checkpoint]}, "base": loglik.format(f"base/{m.checkpoint}"), "ft": loglik.format(m.id)}
-                    for m in DISSECT_MODELS if not m.is_base])  # fmt: skip
+    return as_json([{"meta": {**m.metadata(), "step": steps[m.checkpoint]}, "base": PLAN.dissect_path(f"base/{m.checkpoint}"),
+                     "ft": PLAN.dissect_path(m.id)} for m in PLAN.dissect_models if not m.is_base])  # fmt: skip

@@ -6,14 +6,14 @@ rule toy_dataset:
     input:
         held_out=get_toy_held_out,
     output:
-        directory(f"{RESULTS}/raw/{{dataset}}"),
+        directory(PLAN.raw_path("{dataset}", source="toy")),
     log:
-        f"{RESULTS}/logs/toy_dataset/{{dataset}}.log",
+        PLAN.log_path("toy_dataset/{dataset}"),
+    conda:
+        "../../envs/ptft.yaml"
     params:
         sizes=as_json(config["data"]["toy_sizes"]),
         seed=config["seed"],
-    conda:
-        "../../envs/ptft.yaml"
     shell:
         "ptft toy-data --dataset {wildcards.dataset} --sizes {params.sizes:q} --seed {params.seed} "
         "--out-dir {output} --held-out {input.held_out} > {log} 2>&1"
@@ -21,13 +21,13 @@ rule toy_dataset:
 
 rule download_dataset:
     output:
-        f"{RESULTS}/downloads/{{dataset}}.json",
+        PLAN.raw_path("{dataset}", source="hub"),
     log:
-        f"{RESULTS}/logs/download/dataset_{{dataset}}.log",
-    params:
-        data_dir=config["data"]["data_dir"] or "",
+        PLAN.log_path("download/dataset_{dataset}"),
     conda:
         "../../envs/ptft.yaml"
+    params:
+        data_dir=config["data"]["data_dir"] or "",
     shell:
         "ptft download --dataset {wildcards.dataset} --data-dir {params.data_dir:q} --out {output} > {log} 2>&1"
 
@@ -36,18 +36,18 @@ rule prepare_train:
     input:
         get_raw_input,
     output:
-        f"{RESULTS}/data/train/{{dataset}}.parquet",
+        PLAN.data_path("train", "{dataset}"),
     log:
-        f"{RESULTS}/logs/prepare_train/{{dataset}}.log",
+        PLAN.log_path("prepare_train/{dataset}"),
+    conda:
+        "../../envs/ptft.yaml"
+    resources:
+        mem_mb=16000,
     params:
         local_dir=get_local_dir,
         size=get_train_size,
         seed=config["data"]["subsample_seed"],
         invalid=config["data"]["invalid_records"],
-    resources:
-        mem_mb=16000,
-    conda:
-        "../../envs/ptft.yaml"
     shell:
         "ptft prepare-train --dataset {wildcards.dataset} --local-dir {params.local_dir:q} {params.size} "
         "--seed {params.seed} --invalid {params.invalid} --out {output} > {log} 2>&1"
@@ -57,19 +57,19 @@ rule prepare_validation:
     input:
         get_raw_input,
     output:
-        f"{RESULTS}/data/validation/{{dataset}}.parquet",
+        PLAN.data_path("validation", "{dataset}"),
     log:
-        f"{RESULTS}/logs/prepare_validation/{{dataset}}.log",
+        PLAN.log_path("prepare_validation/{dataset}"),
+    conda:
+        "../../envs/ptft.yaml"
+    resources:
+        mem_mb=16000,
     params:
         local_dir=get_local_dir,
         size=get_train_size,
         validation_size=config["data"]["validation_size"],
         seed=config["data"]["subsample_seed"],
         invalid=config["data"]["invalid_records"],
-    resources:
-        mem_mb=16000,
-    conda:
-        "../../envs/ptft.yaml"
     shell:
         "ptft prepare-validation --dataset {wildcards.dataset} --local-dir {params.local_dir:q} {params.size} "
         "--validation-size {params.validation_size} --seed {params.seed} --invalid {params.invalid} "
@@ -80,20 +80,20 @@ rule prepare_eval:
     input:
         get_raw_input,
     output:
-        scored=f"{RESULTS}/data/eval/{{dataset}}.parquet",
-        fewshot=f"{RESULTS}/data/fewshot/{{dataset}}.parquet",
+        scored=PLAN.data_path("eval", "{dataset}"),
+        fewshot=PLAN.data_path("fewshot", "{dataset}"),
     log:
-        f"{RESULTS}/logs/prepare_eval/{{dataset}}.log",
+        PLAN.log_path("prepare_eval/{dataset}"),
+    conda:
+        "../../envs/ptft.yaml"
+    resources:
+        mem_mb=16000,
     params:
         local_dir=get_local_dir,
         max_examples=as_json(config["data"]["max_eval_examples"]),
         pool=config["data"]["fewshot_pool_size"],
         seed=config["data"]["subsample_seed"],
         invalid=config["data"]["invalid_records"],
-    resources:
-        mem_mb=16000,
-    conda:
-        "../../envs/ptft.yaml"
     shell:
         "ptft prepare-eval --dataset {wildcards.dataset} --local-dir {params.local_dir:q} "
         "--max-examples {params.max_examples:q} --pool-size {params.pool} --seed {params.seed} "

@@ -18,17 +18,17 @@ rule evaluate_base:
         unpack(get_eval_inputs),
         model=get_checkpoint_input,
     output:
-        f"{RESULTS}/eval/base/{{checkpoint}}/predictions.parquet",
+        PLAN.predictions_path("base/{checkpoint}"),
     log:
-        f"{RESULTS}/logs/evaluate/base/{{checkpoint}}.log",
-    params:
-        **EVALUATE_PARAMS,
+        PLAN.log_path("evaluate/base/{checkpoint}"),
+    conda:
+        "../../envs/ptft.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=60,
-    conda:
-        "../../envs/ptft.yaml"
+    params:
+        **EVALUATE_PARAMS,
     shell:
         EVALUATE_SHELL
 
@@ -36,19 +36,19 @@ rule evaluate_base:
 rule evaluate_finetuned:
     input:
         unpack(get_eval_inputs),
-        model=f"{RESULTS}/finetune/{RUN}/model",
+        model=rules.finetune.output.model,
     output:
-        f"{RESULTS}/eval/ft/{RUN}/predictions.parquet",
+        PLAN.predictions_path(f"ft/{RUN}"),
     log:
-        f"{RESULTS}/logs/evaluate/ft/{RUN}.log",
-    params:
-        **EVALUATE_PARAMS,
+        PLAN.log_path(f"evaluate/ft/{RUN}"),
+    conda:
+        "../../envs/ptft.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=60,
-    conda:
-        "../../envs/ptft.yaml"
+    params:
+        **EVALUATE_PARAMS,
     shell:
         EVALUATE_SHELL
 
@@ -56,18 +56,18 @@ rule evaluate_finetuned:
 rule evaluate_selected:
     input:
         unpack(get_eval_inputs),
-        model=f"{RESULTS}/finetune/{SELECTED}.json",
+        model=rules.select_lr.output[0],
     output:
-        f"{RESULTS}/eval/ft/{SELECTED}/predictions.parquet",
+        PLAN.predictions_path(f"ft/{SELECTED_RUN}"),
     log:
-        f"{RESULTS}/logs/evaluate/ft/{SELECTED}.log",
-    params:
-        **EVALUATE_PARAMS,
+        PLAN.log_path(f"evaluate/ft/{SELECTED_RUN}"),
+    conda:
+        "../../envs/ptft.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=60,
-    conda:
-        "../../envs/ptft.yaml"
+    params:
+        **EVALUATE_PARAMS,
     shell:
         EVALUATE_SHELL

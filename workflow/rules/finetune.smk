@@ -2,23 +2,23 @@ rule finetune:
     input:
         unpack(get_finetune_inputs),
     output:
-        model=directory(f"{RESULTS}/finetune/{RUN}/model"),
-        log=f"{RESULTS}/finetune/{RUN}/train_log.parquet",
-        probes=f"{RESULTS}/finetune/{RUN}/probes.parquet",
-        summary=f"{RESULTS}/finetune/{RUN}/summary.json",
+        model=directory(PLAN.run_file(RUN, "model")),
+        log=PLAN.run_file(RUN, "log"),
+        probes=PLAN.run_file(RUN, "probes"),
+        summary=PLAN.run_file(RUN, "summary"),
     log:
-        f"{RESULTS}/logs/finetune/{RUN}.log",
-    params:
-        config=get_finetune_config,
-        out_dir=get_finetuned_dir,
-        state=get_finetune_state_dir,
-        validation=get_validation_arg,
+        PLAN.log_path(f"finetune/{RUN}"),
+    conda:
+        "../../envs/ptft.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=120,
-    conda:
-        "../../envs/ptft.yaml"
+    params:
+        config=get_finetune_config,
+        out_dir=get_run_dir,
+        state=get_state_dir,
+        validation=get_validation_arg,
     shell:
         "ptft finetune --checkpoint {input.checkpoint} --train {input.train} --task {wildcards.task} "
         "--method {wildcards.method} --config {params.config:q} --lr {wildcards.lr} --seed {wildcards.seed} "
@@ -29,15 +29,15 @@ rule select_lr:
     input:
         get_grid_summaries,
     output:
-        f"{RESULTS}/finetune/{SELECTED}.json",
+        PLAN.selection_path(SELECTED_RUN),
     log:
-        f"{RESULTS}/logs/select_lr/{SELECTED}.log",
-    params:
-        metric=(PLAN.select_lr or {}).get("metric", "loss"),
-        group=get_grid_group,
+        PLAN.log_path(f"select_lr/{SELECTED_RUN}"),
     localrule: True
     conda:
         "../../envs/ptft.yaml"
+    params:
+        metric=get_select_metric,
+        group=get_grid_group,
     shell:
         "ptft select-lr --summaries {input} --metric {params.metric} --group {params.group:q} "
         "--out {output} > {log} 2>&1"

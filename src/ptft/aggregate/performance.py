@@ -1,6 +1,6 @@
 """The performance table: one row per (model, eval set, format, metric), the public contract.
 
-Columns and meaning are specified in DESIGN.md ("Result tables"). Each row is the mean of the
+Columns and meaning are specified in docs/architecture.md ("The result tables"). Each row is the mean of the
 per-example scores of one model on one eval set in one prompt format, with a seeded percentile
 bootstrap interval (see :func:`ptft.aggregate.bootstrap.percentile_ci`).
 """
@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 
 from ptft.aggregate.bootstrap import percentile_ci
-from ptft.plan import RELATIONS
+from ptft.data.tasks import FORMATS
+from ptft.plan import BASE, RELATIONS
 
 PERFORMANCE_COLUMNS = (
     "study",
@@ -40,8 +41,7 @@ PERFORMANCE_COLUMNS = (
     "diff_ci_high",
 )
 
-METHODS = ("base", "full", "lora", "lpft", "instruct")
-FORMATS = ("default", "instruct", "io")
+METHODS = (BASE, "full", "lora", "lpft", "instruct")
 
 # What one row of the table is about; every other predictions column must be constant within it.
 GROUP_KEYS = ["model", "eval_set", "format", "metric"]

@@ -1,50 +1,19 @@
-"""``ptft`` sub-commands of the analyses: tables that are pure functions of performance.parquet."""
+"""``ptft`` sub-commands of the analyses (:mod:`ptft.analysis.registry`), and the import of
+released results as a performance table."""
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 from ptft.cli_args import json_arg
 
 
-def cmd_change(a) -> None:
-    import pandas as pd
+def cmd_analysis(a) -> None:
+    from ptft.analysis import registry
 
-    from ptft import io
-    from ptft.aggregate.change import change_after_finetuning, change_slope
-    from ptft.analysis import learned_during_pretraining
-
-    perf = pd.read_parquet(a.performance)
-    learned = learned_during_pretraining(perf, a.format, a.config["learned_min_gain"])
-    change = change_after_finetuning(perf, a.format, learned)
-    io.write_parquet(a.out, change)
-    io.write_parquet(a.slope_out, change_slope(change))
-
-
-def cmd_mrc(a) -> None:
-    import pandas as pd
-
-    from ptft import io
-    from ptft.analysis import mean_ratio_of_change
-
-    boot = a.config["bootstrap"]
-    perf = pd.read_parquet(a.performance)
-    io.write_parquet(a.out, mean_ratio_of_change(perf, a.format, boot["resamples"], boot["confidence"], boot["seed"]))
-
-
-def cmd_analysis_tables(a) -> None:
-    import pandas as pd
-
-    from ptft import io
-    from ptft.analysis import format_sensitivity, format_sensitivity_summary, learned_during_pretraining
-
-    perf = pd.read_parquet(a.performance)
-    io.write_parquet(a.learned, learned_during_pretraining(perf, a.format, a.config["learned_min_gain"]))
-    sensitivity = format_sensitivity(perf)
-    io.write_parquet(a.format_sensitivity, sensitivity)
-    io.write_parquet(a.format_summary, format_sensitivity_summary(sensitivity))
+    inputs = {name: files for name, *files in a.input}
+    registry.run_analysis(a.name, inputs, a.config, a.spec, a.tables, a.figures)
 
 
 def cmd_import_released(a) -> None:
@@ -60,26 +29,15 @@ def cmd_import_released(a) -> None:
 
 
 def add_commands(sub) -> None:
-    # Every analysis reads performance.parquet with the aggregate section's settings.
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--performance", required=True)
-    common.add_argument("--format", default="default")
-    common.add_argument("--config", type=json_arg, required=True, help="the aggregate section as JSON")
-
-    s = sub.add_parser("change", parents=[common], help="average change after fine-tuning per checkpoint")
-    s.add_argument("--out", required=True)
-    s.add_argument("--slope-out", required=True, help="slope of the change per 100k steps")
-    s.set_defaults(func=cmd_change)
-
-    s = sub.add_parser("mrc", parents=[common], help="mean ratio of change (cross-task and OOD transfer)")
-    s.add_argument("--out", required=True)
-    s.set_defaults(func=cmd_mrc)
-
-    s = sub.add_parser("analysis-tables", parents=[common], help="learned-during-pre-training sets, formats")
-    s.add_argument("--learned", required=True)
-    s.add_argument("--format-sensitivity", required=True)
-    s.add_argument("--format-summary", required=True)
-    s.set_defaults(func=cmd_analysis_tables)
+    s = sub.add_parser("analysis", help="one registered analysis: its tables and figures")
+    s.add_argument("--name", required=True, help="a name of ptft.analysis.ANALYSES")
+    s.add_argument("--input", nargs="+", action="append", default=[], metavar=("NAME", "FILE"),
+                   help="a named input and its files, e.g. --input performance tables/performance.parquet")  # fmt: skip
+    s.add_argument("--spec", type=json_arg, default={}, help="what the plan says of this analysis (figures, ...)")
+    s.add_argument("--config", type=json_arg, required=True, help="the aggregate section as JSON")
+    s.add_argument("--tables", nargs="*", default=[], help="where each table goes (tables/<name>.parquet)")
+    s.add_argument("--figures", nargs="*", default=[], help="where each figure's PNG goes (the SVG beside it)")
+    s.set_defaults(func=cmd_analysis)
 
     s = sub.add_parser("import-released", help="a released results table (Amuro & Char's) as a performance table")
     s.add_argument("--csv", required=True, help="all_perf_table.csv")

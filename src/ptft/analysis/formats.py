@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ptft.aggregate.performance import FORMATS
+from ptft.analysis.registry import Analysis, Table, register
+from ptft.data.tasks import FORMATS
 
 MODEL_KEYS = ["checkpoint", "step", "method", "train_task", "lr", "seed"]
 
@@ -40,3 +41,50 @@ def format_sensitivity_summary(sensitivity: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values(["method", "train_task", "step"], na_position="last", kind="mergesort").reset_index(
         drop=True
     )
+
+
+def format_summary_table(perf: pd.DataFrame, settings: dict) -> pd.DataFrame:
+    return format_sensitivity_summary(format_sensitivity(perf))
+
+
+def _format_eval_sets(plan) -> list[str]:
+    """Eval sets the base models score in more than one prompt format."""
+    first = plan.base_models[0].evaluations if plan.base_models else ()
+    return [e.eval_set for e in first if len(e.formats) > 1]
+
+
+def _plot(inputs, settings, spec, out) -> None:
+    from ptft.aggregate import figures
+
+    perf = figures.primary_metric_rows(pd.read_parquet(inputs["performance"][0]))
+    figures.plot_format_sensitivity(perf, spec["eval_sets"], out / "format_sensitivity.png")
+
+
+register(
+    Analysis(
+        name="formats",
+        category="Prompt formats",
+        tables=(
+            Table(
+                "format_sensitivity",
+                "Prompt-format sensitivity: for each model, eval set and metric scored in several formats, the "
+                "score in each format (default, instruct, input-output), the range (max − min) and the best "
+                "format. Defined in ``ptft.analysis.formats``.",
+                lambda perf, settings: format_sensitivity(perf),
+            ),
+            Table(
+                "format_sensitivity_per_checkpoint",
+                "Prompt-format sensitivity per checkpoint and method: the mean and largest range (max − min "
+                "over formats) over eval sets. Defined in ``ptft.analysis.formats``.",
+                format_summary_table,
+            ),
+        ),
+        figure_caption="Prompt-format sensitivity across pre-training: one panel per eval set scored in several "
+        "formats (default, instruct, input-output); color says the format, dashed lines are the base checkpoints "
+        "(few-shot), solid lines the models fine-tuned in-domain (averaged over methods, lrs and seeds). The gap "
+        "between colors at a step is what the ``format_sensitivity`` table reports as ``range``.",
+        figures=lambda plan: ["format_sensitivity"] if _format_eval_sets(plan) else [],
+        plot=_plot,
+        spec=lambda plan: {"eval_sets": _format_eval_sets(plan)},
+    )
+)

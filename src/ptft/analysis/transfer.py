@@ -28,6 +28,7 @@ import pandas as pd
 
 from ptft.aggregate.bootstrap import percentile_ci
 from ptft.aggregate.change import paired_change
+from ptft.analysis.registry import Analysis, Table, register
 from ptft.data.registry import DATASETS
 from ptft.data.tasks import TASK_TYPES
 
@@ -77,3 +78,55 @@ def mean_ratio_of_change(
         .drop(columns="_order")
         .reset_index(drop=True)
     )
+
+
+def mrc_table(perf: pd.DataFrame, settings: dict) -> pd.DataFrame:
+    boot = settings["bootstrap"]
+    return mean_ratio_of_change(perf, settings["figure_format"], boot["resamples"], boot["confidence"], boot["seed"])
+
+
+# Relations with a figure of their own: the fine-tuned models of that relation per eval set.
+FIGURE_RELATIONS = ("ood", "cross-task")
+
+
+def _relations(plan) -> list[str]:
+    present = {row["relation"] for row in plan.relation_rows()}
+    return [r for r in FIGURE_RELATIONS if r in present]
+
+
+def _plot(inputs, settings, spec, out) -> None:
+    from ptft.aggregate import figures
+
+    perf = figures.primary_metric_rows(pd.read_parquet(inputs["performance"][0]))
+    for relation in spec["relations"]:
+        eval_sets = sorted(perf.loc[perf["relation"] == relation, "eval_set"].unique())
+        path = out / f"{relation.replace('-', '_')}.png"
+        figures.plot_base_vs_finetuned_grid(perf, eval_sets, settings["figure_format"], path, relation=relation)
+
+
+register(
+    Analysis(
+        name="transfer",
+        category="Transfer: OOD and cross-task",
+        tables=(
+            Table(
+                "mrc",
+                "Mean ratio of change (Amuro & Char §6.2) per group and checkpoint: ``mrc_pct`` is the mean "
+                "over (training task, eval set) pairs of (fine-tuned − base) / base × 100, for cross-task "
+                "transfer (``classification→generation``, ``generation→classification``) and for OOD sets; "
+                "``checkpoint = all`` pools every checkpoint. ``ci_low``/``ci_high``: seeded 95 % percentile "
+                "bootstrap over the pairs. Defined in ``ptft.analysis.transfer``.",
+                mrc_table,
+            ),
+        ),
+        figure_caption="Transfer of fine-tuning to other eval sets, per pre-training checkpoint: one panel per "
+        "eval set, the base checkpoint (black, dashed) and every model fine-tuned on a task that relates to that "
+        "eval set as out-of-domain (same task, other domain: the OOD figure) or as another task (classification "
+        "→ generation or back: the cross-task figure). Lines average the lrs and seeds of a training task; bands "
+        "are the mean 95 % bootstrap interval. The mean ratio of change of these pairs, with its interval, is in "
+        "the ``mrc`` table.",
+        figures=lambda plan: [r.replace("-", "_") for r in _relations(plan)],
+        plot=_plot,
+        spec=lambda plan: {"relations": _relations(plan)},
+    )
+)

@@ -18,11 +18,12 @@ def render_prompt(task: TaskType, record: dict, fmt: str) -> str:
 
 
 def completion(task: TaskType, record: dict) -> str:
-    if task.kind == "classification":
-        return task.labels[int(record["label"])]
-    if task.kind == "multiple_choice":
-        return str(record["choices"][int(record["label"])])
-    return str(record[task.target])
+    """The gold completion: ``record[task.target]``, or the entry ``record[task.target_index]`` indexes
+    among the task's label words (classification) or, without label words, in the ``target`` list (choices)."""
+    if not task.target_index:
+        return str(record[task.target])
+    options = task.labels or record[task.target]
+    return str(options[int(record[task.target_index])])
 
 
 def chat_segments(messages: Sequence[dict]) -> list[tuple[str, bool]]:

@@ -1,13 +1,17 @@
 """Task types: what a task's fields are, how its prompt formats read, what it predicts.
 
-The format strings are those of Amuro & Char (Table 4, see shared/reference/studies.md);
+The format strings are those of Amuro & Char (Table 4, see docs/studies.md);
 ``{field}`` placeholders name canonical fields, which each dataset maps its columns onto.
-Adding a task type is one entry in ``TASK_TYPES``.
+Adding a task type is one entry in ``TASK_TYPES``; its kind must have a scorer
+(:mod:`ptft.evaluate.scorers`) for it to be evaluated, and that scorer's first metric is the
+task type's default metric.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from ptft.evaluate.scorers import default_metric
 
 
 @dataclass(frozen=True)
@@ -17,18 +21,21 @@ class TaskType:
     fields: tuple[str, ...]  # canonical input fields, none of them may be empty
     formats: dict[str, str]
     labels: tuple[str, ...] = ()  # label words, classification only
-    target: str = "label"  # canonical field holding the completion
-    metric: str = field(default="")
+    target: str = "label"  # canonical field holding the completion (or, with ``target_index``, the choices)
+    metric: str = field(default="")  # primary metric; default: the first its kind's scorer produces
     optional_fields: tuple[str, ...] = ()  # canonical fields that may be empty (e.g. a missing third answer)
     extra_metrics: tuple[str, ...] = ()  # further per-example metrics reported beside ``metric``
+    # Canonical field holding the gold's index into ``labels`` or, for a task without label words, into
+    # the record's ``target`` list; empty: ``target`` holds the completion itself (ptft.data.prompts.completion).
+    target_index: str = ""
 
     def __post_init__(self):
-        default = {"classification": "accuracy", "generation": "rougeL", "multiple_choice": "acc"}.get(self.kind, "")
-        object.__setattr__(self, "metric", self.metric or default)
+        object.__setattr__(self, "metric", self.metric or default_metric(self.kind))
 
     @property
     def metrics(self) -> tuple[str, ...]:
-        return (self.metric, *self.extra_metrics)
+        """The metrics a result of this task reports, primary first; none for a kind that is not scored."""
+        return tuple(m for m in (self.metric, *self.extra_metrics) if m)
 
 
 TASK_TYPES = {
@@ -37,6 +44,7 @@ TASK_TYPES = {
         kind="classification",
         fields=("premise", "hypothesis"),
         labels=("entailment", "neutral", "contradiction"),
+        target_index="label",
         formats={
             "default": "### Input_1: {premise}\n ### Input_2: {hypothesis}\n ### Inference: ",
             "instruct": "Consider the following texts: Text 1: {premise} Text 2: {hypothesis} The relation is ",
@@ -48,6 +56,7 @@ TASK_TYPES = {
         kind="classification",
         fields=("sentence1", "sentence2"),
         labels=("no", "yes"),
+        target_index="label",
         formats={
             "default": "### Input_1: {sentence1}\n ### Input_2: {sentence2}\n ### Paraphrase Classification: ",
             "instruct": "Let's compare the two sentences: Sentence_1: {sentence1} Sentence_2: {sentence2} "
@@ -89,6 +98,7 @@ TASK_TYPES = {
         kind="multiple_choice",
         fields=("query",),
         target="choices",
+        target_index="label",
         extra_metrics=("acc_norm",),
         formats={"default": "{query}"},
     ),

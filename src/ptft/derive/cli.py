@@ -6,6 +6,7 @@ import logging
 import sys
 
 from ptft.cli_args import json_arg
+from ptft.config import complete
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +40,14 @@ def cmd_derive(a) -> None:
     variants = [load_variant(v, a.root) for v in specs]
     backend = make_backend(cfg["backend"])
     corpus = pd.read_parquet(a.corpus)
-    checks = {k: v for k, v in cfg.get("checks", {}).items() if k != "max_attempts"}
+    checks = complete("derive.checks", cfg.get("checks"))
+    max_attempts = checks.pop("max_attempts")
     with ReplyCache(a.cache) as cache:
         log.info("derive: %d documents x %d variants with %r; cache %s holds %d replies",
                  len(corpus), len(variants), backend, a.cache, len(cache))  # fmt: skip
         try:
             table, stats = derive_variants(corpus, variants, backend, cache, cfg.get("generation", {}), checks,
-                                           cfg.get("checks", {}).get("max_attempts", 3),
-                                           cfg["backend"].get("price_per_million"))  # fmt: skip
+                                           max_attempts, cfg["backend"].get("price_per_million"))  # fmt: skip
         except DerivationFailed as e:
             log.error("%s", e)
             sys.exit(1)
@@ -85,14 +86,6 @@ def cmd_dissect(a) -> None:
     io.write_parquet(a.components_out, components)
 
 
-def cmd_dissect_figure(a) -> None:
-    import pandas as pd
-
-    from ptft.aggregate.figures import plot_dissecting
-
-    plot_dissecting(pd.read_parquet(a.change), pd.read_parquet(a.components), a.out)
-
-
 def add_commands(sub) -> None:
     s = sub.add_parser("derive-corpus", help="sample the documents to derive variants of")
     s.add_argument("--corpus", type=json_arg, required=True, help="the derive.corpus section")
@@ -125,9 +118,3 @@ def add_commands(sub) -> None:
     s.add_argument("--change-out", required=True)
     s.add_argument("--components-out", required=True)
     s.set_defaults(func=cmd_dissect)
-
-    s = sub.add_parser("dissect-figure", help="the Dissecting figure")
-    s.add_argument("--change", required=True)
-    s.add_argument("--components", required=True)
-    s.add_argument("--out", required=True, help="PNG path; the SVG is written beside it")
-    s.set_defaults(func=cmd_dissect_figure)

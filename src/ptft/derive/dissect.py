@@ -1,4 +1,4 @@
-"""The Dissecting analysis (Zhang & Wu, studies.md §2): what fine-tuning on a corpus changes.
+"""The Dissecting analysis (Zhang & Wu, docs/studies.md §2): what fine-tuning on a corpus changes.
 
 For a model m and text x, ``ll_m(x)`` is the per-token log-likelihood: the summed log-
 probability of x's tokens, each given the ones before it (the first given the EOS token, as

@@ -43,9 +43,11 @@ def make_backend(cfg: dict) -> Backend:
 
         return OpenAIBackend(**{k: cfg[k] for k in OPENAI_SETTINGS if cfg.get(k) is not None})
     if name == "hf":
+        from ptft.config import complete
         from ptft.derive.hf_backend import HFBackend
 
-        return HFBackend(cfg["model"], batch_size=cfg.get("batch_size", 8), dtype=cfg.get("dtype"))
+        cfg = complete("derive.backend", cfg)
+        return HFBackend(cfg["model"], batch_size=cfg["batch_size"], dtype=cfg.get("dtype"))
     raise ValueError(f"derive.backend.name: unknown backend {name!r} (toy, openai or hf)")
 
 

@@ -7,13 +7,10 @@ from ptft.cli_args import json_arg, set_threads
 
 def cmd_evaluate(a) -> None:
     from ptft import io
-    from ptft.evaluate.run import evaluate_model
+    from ptft.evaluate.run import evaluate_model, model_metadata
 
     set_threads(a.threads)
-    meta = a.model
-    pointer = io.read_json(a.model_dir) if a.model_dir.endswith(".json") else {}
-    if pointer.get("selected"):
-        meta = {**meta, "lr": pointer["lr"]}  # a selection: its lr is known only now
+    meta = model_metadata(a.model_dir, a.model)
     df = evaluate_model(a.model_dir, meta, a.evaluations, a.data_dir, a.config, a.seed)
     io.write_parquet(a.out, df)
 

@@ -1,21 +1,150 @@
-"""Per-example metrics, defined exactly.
+"""The metric registry: every metric a result or an lr selection names, with its exact definition.
 
-- ``accuracy``: 1.0 if the predicted label string equals the gold label string, else 0.0.
-- ``rougeL``: the F-measure of ROUGE-L exactly as the ``rouge-score`` package computes it (its
-  default tokenizer: lower-case, non-alphanumeric characters as separators), gold as the
-  target, with Porter stemming only if configured; see :mod:`ptft.evaluate.rouge`.
+As in lm-evaluation-harness, a metric is registered once with its definition, its aggregation and
+``higher_is_better``; tables, figures and the lr selection read the direction from here instead of
+knowing it per name. A metric computed from (prediction, gold) strings also registers its
+per-example function; ``acc``/``acc_norm`` are decided from log-likelihoods by the multiple-choice
+scorer, and ``loss``/``score`` are validation numbers of a training run, so those carry none.
+
+Adding a metric: one :func:`register_metric` call below (name, definition, ``higher_is_better``,
+per-example function if any); a scorer that produces it lists it in its ``metrics``
+(:mod:`ptft.evaluate.scorers`).
+
+This module imports nothing heavy: :mod:`ptft.data.tasks` reaches it through the scorer registry.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
-from ptft.evaluate.rouge import rouge_l_fmeasure
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    definition: str  # how one value is computed and how values aggregate, exactly
+    higher_is_better: bool
+    per_example: Callable[..., float] | None = None  # (prediction, gold, **options) -> value
+    aggregation: str = "mean"  # "mean": over examples; "token_mean": over completion tokens
+
+
+METRICS: dict[str, Metric] = {}
+
+
+def register_metric(metric: Metric) -> Metric:
+    if metric.name in METRICS:
+        raise ValueError(f"metric {metric.name!r} is already registered")
+    if not metric.definition.strip():
+        raise ValueError(f"metric {metric.name!r}: a definition is required")
+    METRICS[metric.name] = metric
+    return metric
+
+
+def get_metric(name: str) -> Metric:
+    try:
+        return METRICS[name]
+    except KeyError:
+        raise ValueError(f"unknown metric {name!r}; registered: {', '.join(METRICS)}") from None
+
+
+def higher_is_better(name: str) -> bool:
+    return get_metric(name).higher_is_better
+
+
+def exact_match(prediction: str, gold: str) -> float:
+    return float(prediction == gold)
+
+
+def rouge_l_one(prediction: str, gold: str, stemmer: bool = False) -> float:
+    # rouge-score pulls in nltk (a third of a second), which a plan or a task lookup never needs.
+    from ptft.evaluate.rouge import rouge_l_fmeasure
+
+    return rouge_l_fmeasure(prediction, gold, stemmer)
 
 
 def accuracy(predictions: Sequence[str], golds: Sequence[str]) -> list[float]:
-    return [float(p == g) for p, g in zip(predictions, golds, strict=True)]
+    return [exact_match(p, g) for p, g in zip(predictions, golds, strict=True)]
 
 
 def rouge_l(predictions: Sequence[str], golds: Sequence[str], stemmer: bool = False) -> list[float]:
+    from ptft.evaluate.rouge import rouge_l_fmeasure
+
     return [rouge_l_fmeasure(p, g, stemmer) for p, g in zip(predictions, golds, strict=True)]
+
+
+register_metric(
+    Metric(
+        name="accuracy",
+        definition=(
+            "Per example: 1.0 if the predicted label string equals the gold label string exactly, else 0.0; "
+            "the prediction is the label word the evaluate.classification method picks (ptft.evaluate.classify). "
+            "Aggregation: mean over examples."
+        ),
+        higher_is_better=True,
+        per_example=exact_match,
+    )
+)
+register_metric(
+    Metric(
+        name="rougeL",
+        definition=(
+            "Per example: the ROUGE-L F-measure exactly as rouge-score computes it "
+            "(RougeScorer(['rougeL'], use_stemmer).score(gold, prediction)['rougeL'].fmeasure): both texts "
+            "tokenized by rouge_score.tokenize (lower-cased, every character outside [a-z0-9] a separator, "
+            "Porter-stemmed if longer than 3 characters only when evaluate.rouge_stemmer is set); with L the "
+            "length of their longest common subsequence, P = L / len(prediction), R = L / len(gold), "
+            "F = 2PR / (P + R), and 0 if either text has no tokens or L = 0 (ptft.evaluate.rouge). "
+            "Aggregation: mean over examples."
+        ),
+        higher_is_better=True,
+        per_example=rouge_l_one,
+    )
+)
+register_metric(
+    Metric(
+        name="acc",
+        definition=(
+            "lm-evaluation-harness multiple choice. Per example: 1.0 if argmax_i ll_i is the gold index, else 0.0, "
+            "where ll_i is the summed log-likelihood of the continuation ' ' + choice_i given the prompt, encoded "
+            "and truncated as lm-eval does (ptft.evaluate.multiple_choice); ties go to the first choice. "
+            "Aggregation: mean over examples."
+        ),
+        higher_is_better=True,
+    )
+)
+register_metric(
+    Metric(
+        name="acc_norm",
+        definition=(
+            "lm-evaluation-harness multiple choice. Per example: 1.0 if argmax_i ll_i / len(choice_i) is the gold "
+            "index, else 0.0, with ll_i as for acc and len(choice_i) the number of characters of the choice string "
+            "without the delimiter (lm-eval's completion_len); ties go to the first choice. "
+            "Aggregation: mean over examples."
+        ),
+        higher_is_better=True,
+    )
+)
+register_metric(
+    Metric(
+        name="loss",
+        definition=(
+            "Validation metric of the lr selection: the cross-entropy of every completion token (the tokens "
+            "trained on) of the validation examples, summed and divided by the number of those tokens, so an "
+            "example weighs by its completion length (ptft.finetune.train.validation_loss). "
+            "Aggregation: mean over completion tokens."
+        ),
+        higher_is_better=False,
+        aggregation="token_mean",
+    )
+)
+register_metric(
+    Metric(
+        name="score",
+        definition=(
+            "Validation metric of the lr selection: the task's primary metric (TaskType.metric, as defined here) "
+            "on the validation examples, zero-shot in the training format with the evaluation defaults "
+            "(ptft.finetune.train.validation_score). Aggregation: mean over examples."
+        ),
+        higher_is_better=True,
+    )
+)

@@ -5,10 +5,12 @@
         --config '<json>' --out predictions.parquet
 
 Each model is scored with ``shots`` in-context examples (its metadata) drawn from the eval
-set's few-shot pool, disjoint from the scored items. Classification uses TokenProb (or an ablation, see classify),
-generation greedy decoding scored by ROUGE-L, multiple choice the summed log-likelihood of
-each choice (``acc`` and ``acc_norm``, lm-evaluation-harness definitions). One row per example, with
-enough (prompt hash, prediction, gold, label log-probabilities) to recompute any table.
+set's few-shot pool, disjoint from the scored items. Each task kind is scored by its scorer
+(:mod:`ptft.evaluate.scorers`): classification by TokenProb (or an ablation, see classify),
+generation by greedy decoding scored by ROUGE-L, multiple choice by the summed log-likelihood of
+each choice (``acc`` and ``acc_norm``, lm-evaluation-harness definitions); the metrics are defined in
+:mod:`ptft.evaluate.metrics`. One row per example, with enough (prompt hash, prediction, gold,
+label log-probabilities) to recompute any table.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from ptft import io
 from ptft.checkpoints.load import load_pretrained
 from ptft.data.registry import get_dataset
 from ptft.evaluate.scoring import build_prompts, score_items
@@ -30,6 +33,18 @@ log = logging.getLogger(__name__)
 
 def prompt_hash(prompt: str) -> str:
     return hashlib.sha1(prompt.encode()).hexdigest()[:16]
+
+
+def model_metadata(model_dir: str | Path, meta: dict) -> dict:
+    """The plan's metadata of the model at ``model_dir``, with the lr of an lr selection's pointer.
+
+    A selected model is planned before its grid has run, so its lr is known only from the
+    selection (``ptft select-lr``'s JSON pointer, given as the model directory).
+    """
+    pointer = io.read_json(model_dir) if str(model_dir).endswith(".json") else {}
+    if pointer.get("selected"):
+        return {**meta, "lr": pointer["lr"]}
+    return meta
 
 
 def evaluate_model(

@@ -1,14 +1,11 @@
-"""Scoring one eval set in one format: the prompts, and per task kind the per-example metrics."""
+"""Scoring one eval set in one format: the prompts, and the per-example metrics by the task kind's scorer."""
 
 from __future__ import annotations
 
 import random
 
 from ptft.data.prompts import completion, few_shot_prompt
-from ptft.evaluate.classify import classify
-from ptft.evaluate.generate import generate_greedy
-from ptft.evaluate.metrics import accuracy, rouge_l
-from ptft.evaluate.multiple_choice import mc_predictions, score_multiple_choice
+from ptft.evaluate.scorers import get_scorer
 
 
 def build_prompts(task, items: list[dict], pool: list[dict], fmt: str, shots: int, seed: int, eval_set: str):
@@ -23,47 +20,17 @@ def build_prompts(task, items: list[dict], pool: list[dict], fmt: str, shots: in
 
 
 def score_items(model, tokenizer, task, items, prompts, cfg) -> list[dict]:
-    """Per-example result columns (one dict per metric) of one eval set in one format."""
+    """Per-example result columns (one dict per metric of ``task``) of one eval set in one format.
+
+    The scorer is the one registered for ``task.kind`` (:mod:`ptft.evaluate.scorers`); a kind
+    without one (chat, text) or a metric its scorer does not produce is an error.
+    """
+    scorer = get_scorer(task.kind)
+    missing = [m for m in task.metrics if m not in scorer.metrics]
+    if missing:
+        raise ValueError(
+            f"task type {task.name!r} names {', '.join(missing)}, which the {task.kind} scorer does not produce "
+            f"(it produces {', '.join(scorer.metrics)})"
+        )
     golds = [completion(task, r) for r in items]
-    if task.kind == "classification":
-        predictions, logprobs = classify(model, tokenizer, prompts, task.labels, cfg)
-        return [
-            {
-                "metric": task.metric,
-                "prediction": predictions,
-                "gold": golds,
-                "score": accuracy(predictions, golds),
-                "label_logprobs": [list(map(float, r)) for r in logprobs],
-            }
-        ]
-    if task.kind == "multiple_choice":
-        choices = [list(r["choices"]) for r in items]
-        lls = score_multiple_choice(model, tokenizer, prompts, choices, cfg["batch_size"])
-        picks = [mc_predictions(ll, c) for ll, c in zip(lls, choices, strict=True)]
-        out = []
-        for metric in task.metrics:
-            idx = [p[metric] for p in picks]
-            scores = [float(i == int(r["label"])) for i, r in zip(idx, items, strict=True)]
-            predictions = [c[i] for c, i in zip(choices, idx, strict=True)]
-            out.append(
-                {
-                    "metric": metric,
-                    "prediction": predictions,
-                    "gold": golds,
-                    "score": scores,
-                    "label_logprobs": [list(map(float, ll)) for ll in lls],
-                }
-            )
-        return out
-    predictions = generate_greedy(
-        model, tokenizer, prompts, cfg["max_new_tokens"]["generation"], cfg["stop"], cfg["batch_size"]
-    )
-    return [
-        {
-            "metric": task.metric,
-            "prediction": predictions,
-            "gold": golds,
-            "score": rouge_l(predictions, golds, stemmer=cfg["rouge_stemmer"]),
-            "label_logprobs": [[] for _ in items],
-        }
-    ]
+    return scorer.score(model, tokenizer, task, items, prompts, golds, cfg)

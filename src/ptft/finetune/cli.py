@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 from ptft.cli_args import json_arg, set_threads
+from ptft.finetune.methods import METHOD_NAMES
+from ptft.finetune.select import SELECTION_METRICS
 
 
 def cmd_finetune(a) -> None:
+    from ptft.finetune.state import Interrupted
     from ptft.finetune.train import finetune
 
     set_threads(a.threads)
-    finetune(a.checkpoint, a.train, a.task, a.config, a.lr, a.seed, a.out_dir, a.state_dir, a.method, a.validation)
+    try:
+        finetune(a.checkpoint, a.train, a.task, a.config, a.lr, a.seed, a.out_dir, a.state_dir, a.method, a.validation)
+    except Interrupted as stop:
+        # 128 + the signal number, as a shell reports a process killed by it: SLURM and the
+        # workflow treat the job as stopped, and its re-run resumes from the saved state.
+        raise SystemExit(128 + stop.signum) from None
 
 
 def cmd_select_lr(a) -> None:
@@ -29,14 +37,14 @@ def add_commands(sub) -> None:
     s.add_argument("--seed", type=int, required=True)
     s.add_argument("--out-dir", required=True)
     s.add_argument("--state-dir", required=True)
-    s.add_argument("--method", default="full", choices=["full", "lora", "lpft", "instruct"])
+    s.add_argument("--method", default="full", choices=METHOD_NAMES)
     s.add_argument("--validation", default=None, help="validation split (for the lr selection)")
     s.add_argument("--threads", type=int, default=1)
     s.set_defaults(func=cmd_finetune)
 
     s = sub.add_parser("select-lr", help="pick the best learning rate of a grid by a validation metric")
     s.add_argument("--summaries", nargs="+", required=True, help="summary.json of each run of the grid")
-    s.add_argument("--metric", required=True, choices=["loss", "score"])
+    s.add_argument("--metric", required=True, choices=SELECTION_METRICS)
     s.add_argument("--group", type=json_arg, required=True, help="{checkpoint, task, method, seed} of the grid")
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_select_lr)

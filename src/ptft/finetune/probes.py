@@ -1,9 +1,9 @@
 """Learning-dynamics probes (Ren & Sutherland 2025): log-probabilities of fixed responses during training.
 
-A probe set is a table of (example, prompt, response_type, response). Every ``every``
-optimizer steps (and before the first one, at step 0) the run computes, for each row, the summed
-log-probability of the response tokens given the prompt and appends
-(step, example, response_type, logp, n_tokens) to ``probes.parquet``.
+A probe set is a table of (example, prompt, response_type, response). Before the first
+optimizer step (at step 0), every ``every`` steps and after the last, the run computes, for each
+row, the summed log-probability of the response tokens given the prompt and appends
+(step, example, response_type, logp, n_tokens) to ``probes.parquet`` (:class:`Prober`).
 
 A study gives its own probe set (``finetune.probes.path``: Parquet or JSONL with those four
 columns, e.g. derived rephrases), or uses the built-in one drawn from the first ``examples``
@@ -25,6 +25,7 @@ import torch
 
 from ptft.data.prompts import completion, join_prompt_completion, render_prompt
 from ptft.finetune.batching import IGNORE, collate_padded
+from ptft.finetune.methods import unwrap
 
 PROBE_SET_COLUMNS = ("example", "prompt", "response_type", "response")
 PROBE_COLUMNS = ("step", "example", "response_type", "logp", "n_tokens")
@@ -100,3 +101,23 @@ def probe_rows(step: int, probes: pd.DataFrame, logps: list[tuple[float, int]]) 
         {"step": step, "example": int(e), "response_type": t, "logp": lp, "n_tokens": n}
         for e, t, (lp, n) in zip(probes["example"], probes["response_type"], logps, strict=True)
     ]
+
+
+class Prober:
+    """A probe set, encoded once, and the steps it is probed at."""
+
+    def __init__(self, tokenizer, probe_set: pd.DataFrame, every: int):
+        self.probe_set, self.every = probe_set, every
+        self.encoded = encode_probes(tokenizer, probe_set)
+
+    def due(self, step: int, total_steps: int) -> bool:
+        return step % self.every == 0 or step == total_steps
+
+    def rows(self, model, step: int) -> list[dict]:
+        """The probe rows of ``model`` at ``step``; the model is left in training mode."""
+        inner = unwrap(model)
+        model.eval()
+        device = next(model.parameters()).device
+        logps = response_logps(inner.base_model, inner.get_output_embeddings(), self.encoded, 64, device)
+        model.train()
+        return probe_rows(step, self.probe_set, logps)

@@ -10,12 +10,14 @@ given it as its model, and it records every candidate's value for the tables.
 
 from __future__ import annotations
 
-HIGHER_IS_BETTER = {"loss": False, "score": True}
+from ptft.evaluate.metrics import higher_is_better
+
+SELECTION_METRICS = ("loss", "score")  # registered in ptft.evaluate.metrics with their direction
 
 
 def select_lr(summaries: list[dict], metric: str, group: dict) -> dict:
     """The best run of one grid; ``group`` is its {checkpoint, task, method, seed} (names, for the tables)."""
-    if metric not in HIGHER_IS_BETTER:
+    if metric not in SELECTION_METRICS:
         raise ValueError(f"finetune.select_lr.metric: unknown metric {metric!r}; allowed: loss, score")
     if not summaries:
         raise ValueError("select_lr: no runs given")
@@ -30,7 +32,7 @@ def select_lr(summaries: list[dict], metric: str, group: dict) -> dict:
         if value is None:
             raise ValueError(f"select_lr: run {s['model_dir']} has no validation {metric!r}; was it trained with one?")
         candidates.append({"lr": s["lr"], "value": value, "path": s["model_dir"]})
-    sign = -1 if HIGHER_IS_BETTER[metric] else 1
+    sign = -1 if higher_is_better(metric) else 1
     best = min(candidates, key=lambda c: (sign * c["value"], c["lr"]))
     return {
         "selected": True,

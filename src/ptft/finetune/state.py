@@ -1,13 +1,15 @@
 """Resumable training state, and the signals that ask a run to save it and stop.
 
-The state (trainable weights, optimizer, step, RNG streams, logs so far) lives in
+The state (trainable weights, optimizer, step, RNG streams, and the run's :class:`Progress`:
+logs, probe rows, the method's statistics and timings so far) lives in
 ``<state_dir>/state.pt``, outside the rule's declared outputs, which Snakemake deletes before
 re-running a job. The data position needs no field of its own: the micro-batch order is a pure
 function of (seed, epoch), so the step says exactly where the stream continues.
 
 SLURM sends SIGTERM before it kills a job (on preemption, ``scancel`` or the time limit) and
 can send SIGUSR1 ahead of time (``--signal=USR1@<seconds>``). Either one makes the run finish
-its current optimizer step, save, and exit with 128 + the signal number.
+its current optimizer step, save, and raise :class:`Interrupted`; the ``ptft finetune`` command
+exits with 128 + the signal number.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import logging
 import random
 import signal
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +27,25 @@ from ptft import io
 
 log = logging.getLogger(__name__)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+@dataclass
+class Progress:
+    """What a run has recorded so far; saved with the training state and restored on resume."""
+
+    log: list[dict] = field(default_factory=list)  # one row per optimizer step (train_log.parquet)
+    probes: list[dict] = field(default_factory=list)  # probes.parquet rows
+    method_stats: dict = field(default_factory=dict)  # the method's summary.json entries (LP-FT's linear probe)
+    wall_time_s: float = 0.0  # training time, probes excluded
+    probe_time_s: float = 0.0
+
+
+class Interrupted(Exception):
+    """A stop signal arrived; the training state was saved after the step it interrupted."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"stopped by {signal.Signals(signum).name}; the training state is saved")
+        self.signum = signum
 
 
 class StopRequested:
@@ -67,21 +89,21 @@ def trainable_state(model) -> dict:
     return {k: v for k, v in model.state_dict().items() if k in names}
 
 
-def save(path: Path, model, optimizer, step: int, extra: dict) -> None:
+def save(path: Path, model, optimizer, step: int, progress: Progress) -> None:
     payload = {
         "model": trainable_state(model),
         "optimizer": optimizer.state_dict(),
         "rng": rng_state(),
         "step": step,
-        **extra,
+        "progress": asdict(progress),
     }
     with io.atomic_path(path) as tmp:
         torch.save(payload, tmp)
     log.info("saved training state at step %d to %s", step, path)
 
 
-def load(path: Path, model, optimizer) -> dict:
-    """Restore model, optimizer and RNG from ``path``; the rest of the saved dict is returned."""
+def load(path: Path, model, optimizer) -> tuple[int, Progress]:
+    """Restore model, optimizer and RNG from ``path``; the step to continue at and the progress so far."""
     state = torch.load(path, weights_only=False, map_location="cpu")
     missing = set(trainable_state(model)) - set(state["model"])
     if missing:
@@ -89,4 +111,4 @@ def load(path: Path, model, optimizer) -> dict:
     model.load_state_dict(state["model"], strict=False)
     optimizer.load_state_dict(state["optimizer"])
     set_rng_state(state["rng"])
-    return state
+    return state["step"], Progress(**state["progress"])

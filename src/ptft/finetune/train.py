@@ -13,8 +13,11 @@ per example instead of all of them, which is most of the head's cost with a 50k 
 Both shortcuts are checked against the plain ``model(...).logits`` loss on the first examples
 before training; a model on which they differ falls back to the plain path, with a warning.
 
-The method (:mod:`ptft.finetune.methods`) prepares the model; resumption and stop signals
-are in :mod:`ptft.finetune.state`; probes in :mod:`ptft.finetune.probes`.
+:func:`finetune` loads the checkpoint and the data, lets the method (:mod:`ptft.finetune.methods`)
+prepare the model, runs :func:`train_loop` (setup, resume, then per optimizer step: log, probe,
+checkpoint), scores the validation split, and writes the :class:`RunRecord` and the model as the
+method saves it. Resumption and stop signals are in :mod:`ptft.finetune.state`, probes in
+:mod:`ptft.finetune.probes`.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import math
 import random
 import resource
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,9 +39,11 @@ from tqdm import tqdm
 from ptft import io
 from ptft.checkpoints.load import load_pretrained
 from ptft.data.registry import get_dataset
-from ptft.finetune import methods, probes, state
+from ptft.finetune import probes, state
 from ptft.finetune.batching import IGNORE, collate, collate_padded, encode_examples, make_batches
 from ptft.finetune.grad_buffers import KeptGrads
+from ptft.finetune.loss import completion_loss
+from ptft.finetune.methods import RunInputs, get_method, unwrap
 from ptft.finetune.packed_attention import use_packed_attention
 
 log = logging.getLogger(__name__)
@@ -70,27 +76,6 @@ def count_steps(n_examples: int, cfg: dict) -> int:
     """Optimizer steps of a run: ``epochs`` over the examples, at most ``max_steps``."""
     steps = math.ceil(math.ceil(n_examples / cfg["batch_size"]) * cfg["epochs"] / cfg["grad_accum"])
     return min(steps, cfg.get("max_steps") or steps)
-
-
-def completion_loss(model, batch: dict, fast: bool, kept: KeptGrads | None = None) -> torch.Tensor:
-    """Summed cross-entropy over the batch's target tokens (labels shifted by one).
-
-    ``kept`` (fast path only): the embedding and head gradients go into kept buffers.
-    """
-    targets = batch["labels"][:, 1:]
-    keep = targets != IGNORE
-    # No KV cache: it is useless in training, and with one transformers ignores packed position_ids.
-    inputs = {**{k: v for k, v in batch.items() if k != "labels"}, "use_cache": False}
-    if fast:
-        inner = methods.unwrap(model)
-        kept = kept if kept is not None and kept.active else None
-        if kept is not None:
-            inputs["inputs_embeds"] = kept.embed(inputs.pop("input_ids"))
-        hidden = inner.base_model(**inputs).last_hidden_state[:, :-1][keep]
-        logits = kept.head(hidden) if kept is not None else inner.get_output_embeddings()(hidden)
-    else:
-        logits = model(**inputs).logits[:, :-1][keep]
-    return torch.nn.functional.cross_entropy(logits.float(), targets[keep], reduction="sum")
 
 
 def clip_gradients(params: list[torch.Tensor], max_norm: float) -> float:
@@ -145,15 +130,18 @@ def validation_loss(model, examples, batching: str, pad_id: int, batch_size: int
     return total / max(count, 1)
 
 
-def validation_score(model, tokenizer, task, records: list[dict], fmt: str, seed: int) -> float:
-    """The task's primary metric, zero-shot in the training format, with the evaluation defaults."""
+def validation_score(model, tokenizer, task, records: list[dict], fmt: str, seed: int, scoring: dict) -> float:
+    """The task's primary metric, zero-shot in the training format.
+
+    ``scoring``: the study's evaluation settings (``batch_size``, ``max_new_tokens``, ``stop``,
+    ``rouge_stemmer``), as :func:`ptft.evaluate.scoring.score_items` takes them.
+    """
     from ptft.evaluate.scoring import build_prompts, score_items
 
-    cfg = {"batch_size": 16, "max_new_tokens": {"classification": 5, "generation": 60}, "stop": "\n",
-           "rouge_stemmer": False}  # fmt: skip
     items = [{**r, "idx": i} for i, r in enumerate(records)]
     model.eval()
-    result = score_items(model, tokenizer, task, items, build_prompts(task, items, [], fmt, 0, seed, task.name), cfg)[0]
+    prompts = build_prompts(task, items, [], fmt, 0, seed, task.name)
+    result = score_items(model, tokenizer, task, items, prompts, scoring)[0]
     model.train()
     return float(np.mean(result["score"]))
 
@@ -174,18 +162,51 @@ def peak_memory_bytes(device: str) -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
 
 
-def train_loop(model, examples: list[tuple[list[int], list[int]]], cfg: dict, *args, **kwargs) -> dict:
-    """Train ``model`` in place on encoded examples; the run's record (``extra`` plus timings).
+@dataclass
+class LoopResult:
+    """What :func:`train_loop` returns."""
 
-    Arguments as :func:`_train_loop`. Packed batches run with the example-by-example attention
-    of :mod:`ptft.finetune.packed_attention` when the model uses SDPA.
-    """
-    packed = cfg["batching"] == "packed"
-    with use_packed_attention(methods.unwrap(model)) if packed else contextlib.nullcontext():
-        return _train_loop(model, examples, cfg, *args, **kwargs)
+    progress: state.Progress
+    steps: int
+    batching: str  # as run: packed falls back to grouped on a model that cannot pack (check_shortcuts)
+    head_on_targets_only: bool
 
 
-def _train_loop(
+@dataclass
+class RunRecord:
+    """A run's ``summary.json``."""
+
+    checkpoint: str
+    task: str
+    method: str
+    lr: float
+    seed: int
+    model_dir: str
+    examples: int
+    steps: int
+    batching: str
+    head_on_targets_only: bool
+    total_tokens: int  # non-padding tokens processed
+    wall_time_s: float  # training time, probes excluded
+    tokens_per_s: float
+    probe_time_s: float
+    n_parameters: int
+    n_trainable_parameters: int
+    peak_flops: float | None
+    mfu: float | None
+    peak_memory_bytes: int
+    final_loss: float | None
+    validation: dict  # loss, and score with validation_score
+    method_stats: dict  # written as top-level keys (LP-FT's lp_accuracy_before, ...)
+    config: dict
+
+    def summary(self) -> dict:
+        out = asdict(self)
+        stats, config = out.pop("method_stats"), out.pop("config")
+        return {**out, **stats, "config": config}
+
+
+def train_loop(
     model,
     examples: list[tuple[list[int], list[int]]],
     cfg: dict,
@@ -193,99 +214,107 @@ def _train_loop(
     seed: int,
     pad_id: int,
     state_path: Path | None = None,
-    extra: dict | None = None,
-    on_step=None,
+    progress: state.Progress | None = None,
+    prober: probes.Prober | None = None,
+    loss_fn=completion_loss,
     desc: str = "finetune",
-) -> dict:
-    """``extra`` holds what is saved with the state and restored on resume (``log`` rows at least);
-    ``on_step(step, extra)`` runs before the first step and after every step (probes).
+) -> LoopResult:
+    """Train ``model`` in place on encoded examples.
+
+    ``progress`` holds what the run recorded before the loop (the method's statistics); a run
+    that resumes from ``state_path`` takes the saved one instead. The state is saved there
+    every ``save_every`` steps, and when a stop signal arrives, after which
+    :class:`ptft.finetune.state.Interrupted` is raised. ``loss_fn(model, batch, fast, kept)`` is
+    the method's summed loss of a micro-batch.
     """
+    # -- Setup: optimizer, schedule, and the loss shortcuts this model allows.
     device = next(model.parameters()).device
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg["precision"] == "bf16")
-    # Timings exclude the on_step callbacks (probes), so tokens/s is the training's own.
-    extra = {"log": [], "wall_time_s": 0.0, "callback_time_s": 0.0, **(extra or {})}
+    progress = state.Progress() if progress is None else progress
     trainable = [p for p in model.parameters() if p.requires_grad]
     # The fused kernel updates all parameters in one pass over memory; on CPU it is about 6x
     # faster than the default for-each one, which makes the optimizer step the bottleneck.
     opt = torch.optim.AdamW(trainable, lr=lr, weight_decay=cfg["weight_decay"], fused=device.type in ("cpu", "cuda"))
     # CUDA's caching allocator already reuses gradient memory; on CPU, see grad_buffers.
     kept = KeptGrads(model) if device.type == "cpu" else None
-    batching, fast = check_shortcuts(model, examples, cfg["batching"], pad_id, device, kept)
-    lengths = [len(ids) for ids, _ in examples]
-
     micro, accum = cfg["batch_size"], cfg["grad_accum"]
     total_steps = count_steps(len(examples), cfg)
     warmup = warmup_steps(total_steps, cfg["warmup_ratio"])
+    lengths = [len(ids) for ids, _ in examples]
+    with contextlib.ExitStack() as cleanup:
+        if cfg["batching"] == "packed":  # a model on SDPA attends example by example within a packed row
+            cleanup.enter_context(use_packed_attention(unwrap(model)))
+        batching, fast = check_shortcuts(model, examples, cfg["batching"], pad_id, device, kept)
 
-    step = 0
-    if state_path is not None and state_path.exists():
-        saved = state.load(state_path, model, opt)
-        step = saved["step"]
-        extra = {k: saved[k] for k in extra}
-        log.info("resuming at step %d of %d from %s", step, total_steps, state_path)
+        # -- Resume: weights, optimizer, RNG streams and progress as saved, the data stream at the saved step.
+        step = 0
+        if state_path is not None and state_path.exists():
+            step, progress = state.load(state_path, model, opt)
+            log.info("resuming at step %d of %d from %s", step, total_steps, state_path)
 
-    # The batch order is a pure function of (seed, epoch), so resuming at optimizer step
-    # ``step`` replays exactly the micro-batches an uninterrupted run would see next.
-    def micro_batches():
-        epoch = 0
-        while True:
-            yield from make_batches(lengths, micro, random.Random(f"{seed}:{epoch}"), batching == "grouped")
-            epoch += 1
+        # The batch order is a pure function of (seed, epoch), so resuming at optimizer step
+        # ``step`` replays exactly the micro-batches an uninterrupted run would see next.
+        def micro_batches():
+            epoch = 0
+            while True:
+                yield from make_batches(lengths, micro, random.Random(f"{seed}:{epoch}"), batching == "grouped")
+                epoch += 1
 
-    stream = micro_batches()
-    for _ in range(step * accum):
-        next(stream)
+        stream = micro_batches()
+        for _ in range(step * accum):
+            next(stream)
 
-    def callback(at_step: int) -> None:
-        if on_step:
-            t = time.time()
-            on_step(at_step, extra)
-            extra["callback_time_s"] += time.time() - t
+        def probe(at_step: int) -> None:
+            # Probe time is kept out of the wall time, so tokens/s is the training's own.
+            if prober is not None and prober.due(at_step, total_steps):
+                t = time.time()
+                progress.probes += prober.rows(model, at_step)
+                progress.probe_time_s += time.time() - t
 
-    if step == 0:
-        callback(0)
-    stop = state.StopRequested()
-    model.train()
-    start = time.time() - extra["wall_time_s"] - extra["callback_time_s"]
-    bar = tqdm(total=total_steps, initial=step, desc=desc, mininterval=5)
-    while step < total_steps:
-        for group in opt.param_groups:
-            group["lr"] = lr * linear_lr(step, total_steps, warmup)
-        batches = [collate([examples[i] for i in next(stream)], batching, pad_id, device) for _ in range(accum)]
-        n_target = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in batches)
-        t0 = time.time()
-        loss_sum = 0.0
-        for b in batches:
-            with autocast:
-                loss = completion_loss(model, b, fast, kept) / n_target
-            loss.backward()
-            loss_sum += loss.item()
-        if kept is not None:
-            kept.settle()
-        grad_norm = clip_gradients(trainable, cfg["max_grad_norm"])
-        opt.step()
-        if kept is not None:
-            kept.zero_grad(opt)
-        else:
-            opt.zero_grad(set_to_none=True)
-        n_tokens = sum(int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel()
-                       for b in batches)  # fmt: skip
-        step += 1
-        extra["log"].append({"step": step, "loss": loss_sum, "lr": opt.param_groups[0]["lr"], "grad_norm": grad_norm,
-                             "tokens": n_tokens, "tokens_per_s": n_tokens / max(time.time() - t0, 1e-9)})  # fmt: skip
-        callback(step)
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss_sum:.3f}", refresh=False)
-        extra["wall_time_s"] = time.time() - start - extra["callback_time_s"]
-        if state_path is not None and (stop or (step % cfg["save_every"] == 0 and step < total_steps)):
-            state.save(state_path, model, opt, step, extra)
-        if stop:
-            bar.close()
-            raise SystemExit(128 + stop.signum)
-    bar.close()
-    stop.restore()
-    tokens = sum(r["tokens"] for r in extra["log"])
-    return {**extra, "steps": total_steps, "batching": batching, "head_on_targets_only": fast, "total_tokens": tokens}
+        # -- Loop: one optimizer step per iteration, then log, probe and checkpoint.
+        if step == 0:
+            probe(0)
+        stop = state.StopRequested()
+        cleanup.callback(stop.restore)
+        model.train()
+        start = time.time() - progress.wall_time_s - progress.probe_time_s
+        bar = cleanup.enter_context(tqdm(total=total_steps, initial=step, desc=desc, mininterval=5))
+        while step < total_steps:
+            for group in opt.param_groups:
+                group["lr"] = lr * linear_lr(step, total_steps, warmup)
+            batches = [collate([examples[i] for i in next(stream)], batching, pad_id, device) for _ in range(accum)]
+            n_target = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in batches)
+            t0 = time.time()
+            loss_sum = 0.0
+            for b in batches:
+                with autocast:
+                    loss = loss_fn(model, b, fast, kept) / n_target
+                loss.backward()
+                loss_sum += loss.item()
+            if kept is not None:
+                kept.settle()
+            grad_norm = clip_gradients(trainable, cfg["max_grad_norm"])
+            opt.step()
+            if kept is not None:
+                kept.zero_grad(opt)
+            else:
+                opt.zero_grad(set_to_none=True)
+            n_tokens = sum(int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel()
+                           for b in batches)  # fmt: skip
+            step += 1
+
+            progress.log.append({"step": step, "loss": loss_sum, "lr": opt.param_groups[0]["lr"],
+                                 "grad_norm": grad_norm, "tokens": n_tokens,
+                                 "tokens_per_s": n_tokens / max(time.time() - t0, 1e-9)})  # fmt: skip
+            probe(step)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_sum:.3f}", refresh=False)
+            progress.wall_time_s = time.time() - start - progress.probe_time_s
+            if state_path is not None and (stop or (step % cfg["save_every"] == 0 and step < total_steps)):
+                state.save(state_path, model, opt, step, progress)
+            if stop:
+                raise state.Interrupted(stop.signum)
+    return LoopResult(progress, total_steps, batching, fast)
 
 
 def finetune(
@@ -300,9 +329,19 @@ def finetune(
     method: str = "full",
     validation_path: str | Path | None = None,
 ) -> dict:
-    """Fine-tune and write ``model/``, ``train_log.parquet``, ``probes.parquet`` and ``summary.json``."""
+    """Fine-tune and write ``model/``, ``train_log.parquet``, ``probes.parquet`` and ``summary.json``; the summary.
+
+    ``cfg`` is the run's finetune config (:meth:`ptft.plan.Plan.run_config`). A stop signal
+    saves the training state in ``state_dir`` and raises :class:`ptft.finetune.state.Interrupted`.
+    """
     out_dir, state_dir = Path(out_dir), Path(state_dir)
+    impl = get_method(method)
     task = get_dataset(task_name).task
+    impl.check_task(task_name, task.kind)
+    scoring = cfg.get("validation_score")
+    if scoring is not None and not isinstance(scoring, dict):
+        raise ValueError(f"validation_score: expected the evaluation settings (batch_size, max_new_tokens, stop, "
+                         f"rouge_stemmer), got {scoring!r}")  # fmt: skip
     set_seed(seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     # fp32 master weights; bf16 runs autocast the forward pass (mixed precision, as the paper's bf16).
@@ -312,86 +351,69 @@ def finetune(
     examples = encode_examples(tokenizer, task, records, fmt, cfg["max_length"])
     if cfg["gradient_checkpointing"]:
         model.gradient_checkpointing_enable()
-
     state_path = state_dir / "state.pt"
-    extra = {"probes": [], "lp": {}}
-    if method == "lpft":
-        if state_path.exists():  # the fitted head is in the saved state
-            methods.untie_head(methods.unwrap(model))
-        else:
-            extra["lp"] = methods.fit_linear_head(model, tokenizer, task, records, fmt, cfg["lpft"], device)
-    if method == "lora":
-        model = methods.apply_lora(model, cfg["lora"])
-        if cfg["gradient_checkpointing"]:
-            model.enable_input_require_grads()
+    model, method_stats = impl.prepare(model, RunInputs(tokenizer, task, records, cfg, device, state_path.exists()))
 
-    on_step = None
-    probe_cfg = cfg.get("probes")
-    if probe_cfg:
+    prober = None
+    if cfg.get("probes"):
+        p = cfg["probes"]
         probe_set = (
-            probes.read_probe_set(probe_cfg["path"])
-            if probe_cfg.get("path")
-            else probes.builtin_probe_set(task, records, fmt, probe_cfg["examples"], seed)
+            probes.read_probe_set(p["path"])
+            if p.get("path")
+            else probes.builtin_probe_set(task, records, fmt, p["examples"], seed)
         )
-        encoded_probes = probes.encode_probes(tokenizer, probe_set)
+        prober = probes.Prober(tokenizer, probe_set, p["every"])
 
-        def on_step(step: int, extra: dict) -> None:
-            if step % probe_cfg["every"] and step != total_steps:
-                return
-            inner = methods.unwrap(model)
-            model.eval()
-            logps = probes.response_logps(inner.base_model, inner.get_output_embeddings(), encoded_probes, 64, device)
-            model.train()
-            extra["probes"] += probes.probe_rows(step, probe_set, logps)
-
-    total_steps = count_steps(len(examples), cfg)
-    run = train_loop(model, examples, cfg, lr, seed, tokenizer.pad_token_id, state_path, extra, on_step,
-                     desc=f"finetune {task_name} ({method})")  # fmt: skip
-    pad_id, batching, fast = tokenizer.pad_token_id, run["batching"], run["head_on_targets_only"]
-    wall, micro = run["wall_time_s"], cfg["batch_size"]
+    trained = train_loop(model, examples, cfg, lr, seed, tokenizer.pad_token_id, state_path,
+                         state.Progress(method_stats=method_stats), prober, impl.loss,
+                         desc=f"finetune {task_name} ({method})")  # fmt: skip
+    progress, batching, fast = trained.progress, trained.batching, trained.head_on_targets_only
 
     valid = {}
     if validation_path is not None:
         val_records = pd.read_parquet(validation_path).to_dict("records")
         val_examples = encode_examples(tokenizer, task, val_records, fmt, cfg["max_length"])
-        valid["loss"] = validation_loss(model, val_examples, batching, pad_id, micro, fast, device)
-        if cfg.get("validation_score"):
-            valid["score"] = validation_score(model, tokenizer, task, val_records, fmt, seed)
+        valid["loss"] = validation_loss(model, val_examples, batching, tokenizer.pad_token_id, cfg["batch_size"], fast,
+                                        device)  # fmt: skip
+        if scoring:
+            valid["score"] = validation_score(model, tokenizer, task, val_records, fmt, seed, scoring)
         log.info("validation: %s", valid)
 
-    tokens, n_params = run["total_tokens"], sum(p.numel() for p in model.parameters())
-    flops = peak_flops(device, cfg)
-    summary = {
-        "checkpoint": str(checkpoint),
-        "task": task_name,
-        "method": method,
-        "lr": lr,
-        "seed": seed,
-        "model_dir": str(out_dir / "model"),
-        "examples": len(examples),
-        "steps": run["steps"],
-        "batching": batching,
-        "head_on_targets_only": fast,
-        "total_tokens": tokens,
-        "wall_time_s": wall,
-        "tokens_per_s": tokens / max(wall, 1e-9),
-        "probe_time_s": run["callback_time_s"],
-        "n_parameters": n_params,
-        "n_trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "peak_flops": flops,
+    wall, tokens = progress.wall_time_s, sum(r["tokens"] for r in progress.log)
+    n_params, flops = sum(p.numel() for p in model.parameters()), peak_flops(device, cfg)
+    record = RunRecord(
+        checkpoint=str(checkpoint),
+        task=task_name,
+        method=method,
+        lr=lr,
+        seed=seed,
+        model_dir=str(out_dir / "model"),
+        examples=len(examples),
+        steps=trained.steps,
+        batching=batching,
+        head_on_targets_only=fast,
+        total_tokens=tokens,
+        wall_time_s=wall,
+        tokens_per_s=tokens / max(wall, 1e-9),
+        probe_time_s=progress.probe_time_s,
+        n_parameters=n_params,
+        n_trainable_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad),
+        peak_flops=flops,
         # 6·N·D: forward and backward FLOPs of a dense transformer per token, over the peak.
-        "mfu": 6 * n_params * tokens / wall / flops if flops else None,
-        "peak_memory_bytes": peak_memory_bytes(device),
-        "final_loss": run["log"][-1]["loss"] if run["log"] else None,
-        "validation": valid,
-        **run["lp"],
-        "config": cfg,
-    }
-    methods.save_finetuned(out_dir / "model", model, tokenizer, method, cfg.get("lora"), checkpoint)
-    io.write_parquet(out_dir / "train_log.parquet", pd.DataFrame(run["log"]))
-    io.write_parquet(out_dir / "probes.parquet", pd.DataFrame(run["probes"], columns=list(probes.PROBE_COLUMNS)))
+        mfu=6 * n_params * tokens / wall / flops if flops else None,
+        peak_memory_bytes=peak_memory_bytes(device),
+        final_loss=progress.log[-1]["loss"] if progress.log else None,
+        validation=valid,
+        method_stats=progress.method_stats,
+        config=cfg,
+    )
+    # Saving comes after the record: merging LoRA adapters changes the model's parameter count.
+    impl.save(out_dir / "model", model, tokenizer, cfg, checkpoint)
+    io.write_parquet(out_dir / "train_log.parquet", pd.DataFrame(progress.log))
+    io.write_parquet(out_dir / "probes.parquet", pd.DataFrame(progress.probes, columns=list(probes.PROBE_COLUMNS)))
+    summary = record.summary()
     io.write_json(out_dir / "summary.json", summary)
     state_path.unlink(missing_ok=True)
     log.info("fine-tuned %s on %s (%s): %d steps, final loss %s, %.0f tokens/s",
-             checkpoint, task_name, method, run["steps"], summary["final_loss"], summary["tokens_per_s"])  # fmt: skip
+             checkpoint, task_name, method, trained.steps, record.final_loss, record.tokens_per_s)  # fmt: skip
     return summary

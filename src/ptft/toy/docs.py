@@ -2,13 +2,13 @@
 
 A toy document tells who went where and did what to which thing, and how they felt. Its
 facts (the latent variables) are stored with it, so each variant of the Dissecting study
-(studies.md §2) is an exact rewrite that changes one factor and keeps the others:
+(docs/studies.md §2) is an exact rewrite that changes one factor and keeps the others:
 
 - ``topic``: the same sentences about the other domain (home -> wild nouns), style kept;
 - ``style:casual`` / ``style:rap``: the same facts in another register;
 - ``counterfactual``: same topic and style, every fact changed (another person, place, thing,
   action, the opposite adjective, another mood);
-and, for probe sets (studies.md §3):
+and, for probe sets (docs/studies.md §3):
 - ``rephrase``: the same meaning in other words (synonym verb and adjective, another frame);
 - ``format``: the same sentence frames with another meaning (as ``counterfactual``).
 """

@@ -1,0 +1,66 @@
+"""Change after fine-tuning per checkpoint (Amuro & Char Table 6 / Figure 4), split by the eval
+sets learned during pre-training; definitions in :mod:`ptft.aggregate.change` and
+:mod:`ptft.analysis.pretraining`."""
+
+from __future__ import annotations
+
+from ptft.aggregate.change import change_after_finetuning, change_slope
+from ptft.analysis.pretraining import learned_during_pretraining
+from ptft.analysis.registry import Analysis, Table, register
+
+
+def learned_table(perf, settings):
+    return learned_during_pretraining(perf, settings["figure_format"], settings["learned_min_gain"])
+
+
+def change_table(perf, settings):
+    return change_after_finetuning(perf, settings["figure_format"], learned_table(perf, settings))
+
+
+def slope_table(perf, settings):
+    return change_slope(change_table(perf, settings))
+
+
+def _plot(inputs, settings, spec, out) -> None:
+    import pandas as pd
+
+    from ptft.aggregate import figures
+
+    figures.plot_average_change(change_table(pd.read_parquet(inputs["performance"][0]), settings),
+                                out / "average_change.png")  # fmt: skip
+
+
+register(
+    Analysis(
+        name="change",
+        category="Change after fine-tuning",
+        tables=(
+            Table(
+                "change_per_checkpoint",
+                "Average change after fine-tuning per checkpoint and relation (in-domain, OOD, cross-task): "
+                "``avg_diff`` is the mean of (fine-tuned − base), ``avg_ratio_pct`` the mean of "
+                "(fine-tuned − base) / base × 100 over all (training task, eval set) pairs, in the figure format, "
+                "split by whether the eval set was learned during pre-training (``learned``; see that table).",
+                change_table,
+            ),
+            Table(
+                "change_slope",
+                "Trend of the average change over pre-training, per relation and learned split: the "
+                "least-squares slope of ``avg_diff`` and ``avg_ratio_pct`` against the checkpoint's step, per "
+                "100k pre-training steps (Sun & Dredze 2024, Table 6). Defined in ``ptft.aggregate.change``.",
+                slope_table,
+            ),
+            Table(
+                "learned_during_pretraining",
+                "Eval sets learned during pre-training: an eval set is learned when the base model's score at "
+                "the last checkpoint exceeds the first checkpoint's by at least ``aggregate.learned_min_gain`` "
+                "(absolute, 0.05 by default), in the figure format. Defined in ``ptft.analysis.pretraining``.",
+                learned_table,
+            ),
+        ),
+        figure_caption="Average raw change of the metric after fine-tuning (fine-tuned − base) at each "
+        "pre-training checkpoint, one line per relation of eval set to training task.",
+        figures=lambda plan: ["average_change"],
+        plot=_plot,
+    )
+)

@@ -1,0 +1,121 @@
+"""The analyses of a study: each registers its tables, figures, captions and report category.
+
+An analysis is one module of ``ptft.analysis`` that calls :func:`register` with an
+:class:`Analysis`; adding one is that module, its test, and its name in ``MODULES`` of
+``ptft/analysis/__init__.py``. The plan (``ptft.plan.Plan.analyses``) asks each registered
+analysis which of its tables and figures a study has, and the workflow makes one job per
+analysis (``workflow/rules/aggregate.smk``) that runs :func:`run_analysis`.
+
+- A **table** is a pure function ``build(performance, settings) -> DataFrame`` of the
+  performance table and the ``aggregate`` section, written to ``tables/<name>.parquet`` and
+  shown in the report as a page with its caption. A table that another stage writes
+  (``performance``, the Dissecting tables) is registered with ``build=None``, for its caption.
+- A **figure** is written as ``figures/<name>.png`` and ``.svg`` by the analysis's ``plot``,
+  which gets its inputs, the settings, the ``spec`` the plan made for it and the figure folder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from ptft.plan import Plan
+
+
+def _none(_plan) -> list:
+    return []
+
+
+def _always(_plan) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    caption: str
+    build: Callable[[pd.DataFrame, dict], pd.DataFrame] | None = None  # None: written by another rule
+    applies: Callable[[Plan], bool] = _always
+
+
+def _performance_input(plan: Plan) -> dict[str, list[str]]:
+    return {"performance": [plan.table_path("performance")]}
+
+
+def _no_spec(_plan) -> dict:
+    return {}
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """One analysis: what it makes, where in the report, from which inputs.
+
+    ``figures(plan)``: names of the figures this study gets (a list that depends on the study,
+    e.g. one per eval set); ``spec(plan)``: what ``plot`` needs to know of the plan (JSON);
+    ``inputs(plan)``: name -> files, by default the performance table.
+    """
+
+    name: str
+    category: str  # the report's category
+    tables: tuple[Table, ...] = ()
+    figure_caption: str = ""
+    figures: Callable[[Plan], list[str]] = _none
+    plot: Callable[[dict[str, list[str]], dict, dict, Path], None] | None = None
+    applies: Callable[[Plan], bool] = _always
+    inputs: Callable[[Plan], dict[str, list[str]]] = _performance_input
+    spec: Callable[[Plan], dict[str, Any]] = _no_spec
+    built_here: tuple[str, ...] = field(init=False, default=())
+
+    def __post_init__(self):
+        object.__setattr__(self, "built_here", tuple(t.name for t in self.tables if t.build is not None))
+
+    def table(self, name: str) -> Table:
+        return next(t for t in self.tables if t.name == name)
+
+
+ANALYSES: dict[str, Analysis] = {}
+
+
+def register(analysis: Analysis) -> Analysis:
+    for other in ANALYSES.values():
+        if other.name != analysis.name and {t.name for t in other.tables} & {t.name for t in analysis.tables}:
+            raise ValueError(f"analysis {analysis.name!r}: a table name is already registered by {other.name!r}")
+    ANALYSES[analysis.name] = analysis
+    return analysis
+
+
+def get_analysis(name: str) -> Analysis:
+    try:
+        return ANALYSES[name]
+    except KeyError:
+        raise ValueError(f"unknown analysis {name!r}; registered: {', '.join(ANALYSES)}") from None
+
+
+def run_analysis(
+    name: str, inputs: dict[str, list[str]], settings: dict, spec: dict, tables: list[str], figures: list[str]
+) -> None:
+    """Write the analysis's tables (each to the path of ``tables`` named after it) and figures
+    (``plot`` writes each of ``spec["figures"]`` beside the paths of ``figures``)."""
+    import pandas as pd
+
+    from ptft import io
+
+    analysis = get_analysis(name)
+    paths = {Path(p).stem: p for p in tables}
+    unknown = set(paths) - set(analysis.built_here)
+    if unknown:
+        raise ValueError(f"analysis {name!r} builds no table {sorted(unknown)}; it builds {list(analysis.built_here)}")
+    if paths:
+        perf = pd.read_parquet(inputs["performance"][0])
+        for table in analysis.tables:
+            if table.name in paths:
+                io.write_parquet(paths[table.name], table.build(perf, settings))
+    if figures:
+        if sorted(Path(p).stem for p in figures) != sorted(spec["figures"]):
+            raise ValueError(f"analysis {name!r}: figure paths {figures} are not its figures {spec['figures']}")
+        analysis.plot(inputs, settings, spec, Path(figures[0]).parent)

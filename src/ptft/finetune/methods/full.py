@@ -1,0 +1,13 @@
+"""``full``: every parameter trains, on any task but a chat (the :class:`~ptft.finetune.methods.Method` defaults)."""
+
+from __future__ import annotations
+
+from ptft.finetune.methods.base import Method
+
+# Every task kind of ptft.data.tasks but "chat", which is instruction tuning's.
+LABELLED_KINDS = ("classification", "generation", "multiple_choice", "text")
+
+
+class Full(Method):
+    name = "full"
+    task_kinds = LABELLED_KINDS

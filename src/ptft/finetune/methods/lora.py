@@ -1,0 +1,79 @@
+"""``lora``: low-rank adapters from ``peft`` on the configured modules; only adapter parameters train.
+
+The result is saved merged into the base weights (a plain checkpoint that every stage loads)
+or as the adapter alone (``lora.save: adapter``), which
+:func:`ptft.checkpoints.load.load_pretrained` loads on top of its base checkpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ptft.finetune.methods.base import Method, RunInputs
+from ptft.finetune.methods.full import LABELLED_KINDS
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    """``finetune.lora`` (and ``finetune.per_task.<task>.lora``)."""
+
+    r: int = field(default=8, metadata={"help": "rank of the adapter matrices", "minimum": 1})
+    alpha: float = field(
+        default=16,
+        metadata={"help": "scaling: the adapters' product is multiplied by alpha / r", "exclusive_minimum": 0},
+    )
+    dropout: float = field(
+        default=0.05, metadata={"help": "dropout on the adapters' input", "minimum": 0, "maximum": 1}
+    )
+    target_modules: str | list[str] = field(
+        default="all-linear", metadata={"help": 'module names (or peft\'s "all-linear") that get adapters'}
+    )
+    save: Literal["merged", "adapter"] = field(
+        default="merged",
+        metadata={"help": "merged = adapters merged into the weights for evaluation; adapter = saved and evaluated "
+                          "as adapters"},
+    )  # fmt: skip
+
+
+def apply_lora(model, lora: dict):
+    """Wrap ``model`` with LoRA adapters; every other parameter is frozen by ``peft``."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    config = PeftLoraConfig(
+        r=lora["r"],
+        lora_alpha=lora["alpha"],
+        lora_dropout=lora["dropout"],
+        target_modules=lora["target_modules"],
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+class LoRA(Method):
+    name = "lora"
+    task_kinds = LABELLED_KINDS
+    config = LoraConfig
+
+    def prepare(self, model, run: RunInputs):
+        model = apply_lora(model, run.cfg["lora"])
+        if run.cfg["gradient_checkpointing"]:
+            # The frozen embeddings' output needs a gradient for checkpointed layers to backpropagate.
+            model.enable_input_require_grads()
+        return model, {}
+
+    def save(self, path, model, tokenizer, cfg: dict, base_checkpoint) -> None:
+        from ptft import io
+
+        if cfg["lora"]["save"] == "merged":
+            io.write_pretrained(path, model.merge_and_unload(), tokenizer)
+            return
+
+        def fill(tmp):
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            io.write_json(tmp / "ptft_adapter.json", {"base_checkpoint": str(base_checkpoint)})
+
+        io.write_dir(path, fill)
