@@ -24,7 +24,7 @@ test: $(VENV)/.installed
 # SLURM and munge from Debian's packages when missing and we are root (CI is); the tests skip,
 # saying why, where they cannot be installed or started.
 test-slurm: $(VENV)/.installed
-	command -v slurmctld >/dev/null || [ "$$(id -u)" != 0 ] || sh tests/slurm/install.sh
+	command -v slurmctld >/dev/null || [ "$$(id -u)" != 0 ] || sh tests/helpers/slurm/install.sh
 	pytest -q -s --durations=5 -m slurm
 
 env: $(VENV)/.installed

@@ -117,6 +117,15 @@ class Model:
 
 
 @dataclass(frozen=True)
+class ReportItem:
+    kind: str  # "table" (its HTML page) or "figure" (its PNG)
+    name: str
+    path: str
+    category: str  # the analysis's category in the report
+    caption: str
+
+
+@dataclass(frozen=True)
 class Plan:
     study: str
     suite: str
@@ -218,6 +227,16 @@ class Plan:
     def figures(self) -> dict[str, str]:
         """Every figure: name -> its analysis's name."""
         return {f: a.name for a in self.analyses() for f in a.figures(self)}
+
+    def report_items(self) -> list[ReportItem]:
+        """Every item of the report: each table's page and each figure's PNG, with category and caption."""
+        items = []
+        for a in self.analyses():
+            items += [ReportItem("table", t.name, self.report_page(t.name), a.category, t.caption)
+                      for t in a.tables if t.applies(self)]  # fmt: skip
+            items += [ReportItem("figure", f, self.figure_paths(f)[0], a.category, a.figure_caption)
+                      for f in a.figures(self)]  # fmt: skip
+        return items
 
     def analysis_spec(self, analysis) -> dict:
         """What an analysis's job is told of the plan: its figures and its own spec."""

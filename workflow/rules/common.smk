@@ -7,7 +7,6 @@ from ptft.data.registry import get_dataset
 from ptft.plan import RUN, SELECTED_RUN, build_plan
 
 PLAN = build_plan(config)
-RESULTS = PLAN.root
 TOY_SUITE = PLAN.suite == "toy"
 
 
@@ -173,9 +172,7 @@ def get_input_args(_wildcards, input):
 
 
 def get_report_caption(wildcards):
-    from ptft.analysis import get_analysis
-
-    return get_analysis(PLAN.tables()[wildcards.table]).table(wildcards.table).caption
+    return next(i.caption for i in PLAN.report_items() if (i.kind, i.name) == ("table", wildcards.table))
 
 
 def get_corpus_input(_wildcards):

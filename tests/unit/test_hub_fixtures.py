@@ -4,7 +4,7 @@ import datasets
 import pyarrow.parquet as pq
 import pytest
 
-from hub_fixtures import HUB_DATASETS, hub_features, write_hub_dataset
+from helpers.hub_fixtures import HUB_DATASETS, hub_features, write_hub_dataset
 
 ROWS = 20
 KEYS = sorted(HUB_DATASETS)

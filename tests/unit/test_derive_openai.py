@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from chat_server import FAULTS, ChatServer, always, first_attempt_faults, planned_fault, rewrite
+from helpers.chat_server import FAULTS, ChatServer, always, first_attempt_faults, planned_fault, rewrite
 from ptft.derive.backend import Request
 from ptft.derive.openai_backend import OpenAIBackend
 

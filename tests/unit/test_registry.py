@@ -8,7 +8,7 @@ import datasets
 import pandas as pd
 import pytest
 
-from hub_fixtures import HUB_DATASETS, write_hub_dataset
+from helpers.hub_fixtures import HUB_DATASETS, write_hub_dataset
 from ptft.data.convert import DataError
 from ptft.data.prepare import eval_and_fewshot, load_raw_split, subsample_train
 from ptft.data.prompts import completion, render_prompt

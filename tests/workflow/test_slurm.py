@@ -1,4 +1,4 @@
-"""The workflow on a real SLURM cluster (tests/slurm_cluster.py), through Snakemake's SLURM executor.
+"""The workflow on a real SLURM cluster (tests/helpers/slurm_cluster.py), through Snakemake's SLURM executor.
 
 Marker ``slurm``: ``make test-slurm`` runs these (CI does, after ``make test``); they skip, saying
 why, where SLURM cannot be installed or started. The cluster has one node with two GPUs (dummy
@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, run_snakemake, snakemake_command
-from slurm_cluster import ClusterError, skip_reason, start_cluster
+from helpers.slurm_cluster import ClusterError, skip_reason, start_cluster
 
 pytestmark = pytest.mark.slurm
 

@@ -1,5 +1,5 @@
 #!/bin/sh
-# Installs what tests/slurm_cluster.py needs, as root on Debian 12: SLURM 22.05 (controller, node
+# Installs what tests/helpers/slurm_cluster.py needs, as root on Debian 12: SLURM 22.05 (controller, node
 # daemon, client commands) and munge. 8 packages, 3.5 MB, about 8 s with `apt-get update`.
 # The meta package slurm-wlm would also work, but brings 42 packages (HDF5, RRD, ROCm plugins...).
 # Debian's service scripts may start munge (with /etc/munge/munge.key) and fail to start slurmctld

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from conftest import ROOT
-from fake_hub import commit_of, write_model_repo
+from helpers.fake_hub import commit_of, write_model_repo
 from ptft.checkpoints.hub import (
     hub_suite,
     local_suite,
@@ -129,7 +129,7 @@ def test_local_suite_needs_real_folders(tmp_path, tiny_model_dir):
 def test_ptft_download_fetches_a_whole_study(fake_hub, tmp_path):
     import yaml
 
-    from hub_fixtures import write_hub_dataset
+    from helpers.hub_fixtures import write_hub_dataset
     from ptft.cli import main
 
     for name, key in {"mnli": "glue_mnli", "rte": "glue_rte"}.items():

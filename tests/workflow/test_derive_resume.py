@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from chat_server import ChatServer, first_attempt_faults
 from conftest import ROOT, run_snakemake
+from helpers.chat_server import ChatServer, first_attempt_faults
 
 SECRET = "sk-ptft-planted-4f9c1e27d3b8a6"
 VARIANTS = [

@@ -34,6 +34,12 @@ def test_targets_of_the_toy_study():
     assert all(t.startswith("results/toy/") for t in targets)
     assert "results/toy/report/seed_summary.html" in targets
     assert {"results/toy/figures/ood.png", "results/toy/figures/ood.svg"} <= set(targets)
+    items = {(i.kind, i.name): i for i in plan.report_items()}
+    assert len(items) == len(tables) + len(figures)
+    mrc = items["table", "mrc"]
+    assert (mrc.path, mrc.category) == ("results/toy/report/mrc.html", "Transfer: OOD and cross-task")
+    assert mrc.caption.startswith("Mean ratio of change")
+    assert items["figure", "ood"].path == "results/toy/figures/ood.png"
 
 
 def test_targets_follow_the_study():

@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from conftest import run_snakemake
-from fake_hub import commit_of, write_model_repo
-from hub_fixtures import write_hub_dataset
+from helpers.fake_hub import commit_of, write_model_repo
+from helpers.hub_fixtures import write_hub_dataset
 from ptft.aggregate.performance import validate_performance
 from ptft.io import read_json
 

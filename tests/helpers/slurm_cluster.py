@@ -1,6 +1,6 @@
 """A real single-node SLURM cluster on localhost, for tests that submit jobs through SLURM.
 
-It needs SLURM and munge (tests/slurm/install.sh, as root: Debian 12 has SLURM 22.05) and root,
+It needs SLURM and munge (tests/helpers/slurm/install.sh, as root: Debian 12 has SLURM 22.05) and root,
 as every daemon runs as root. The node's GPUs are dummy character devices: SLURM hands them out and
 sets CUDA_VISIBLE_DEVICES, but there is no GPU behind them.
 
@@ -16,8 +16,9 @@ sets CUDA_VISIBLE_DEVICES, but there is no GPU behind them.
         cluster.stop()
 
 Commands run with ``env=cluster.env`` reach the cluster: ``cluster.sbatch("--wrap", "true")``, or
-``snakemake --executor slurm --slurm-status-command squeue ...`` (tests/test_slurm.py has the flags
-this cluster needs). ``python tests/slurm_cluster.py`` starts a cluster, checks GPUs, requeue and scancel, and stops it.
+``snakemake --executor slurm --slurm-status-command squeue ...`` (tests/workflow/test_slurm.py has the
+flags this cluster needs). ``python tests/helpers/slurm_cluster.py`` starts a cluster, checks GPUs,
+requeue and scancel, and stops it.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def skip_reason() -> str | None:
     """Why a SLURM cluster cannot be started here, or None when it can be tried."""
     missing = [name for name in DAEMONS + CLIENTS if not _which(name)]
     if missing:
-        return f"SLURM/munge not installed (no {', '.join(missing)}): run tests/slurm/install.sh as root"
+        return f"SLURM/munge not installed (no {', '.join(missing)}): run tests/helpers/slurm/install.sh as root"
     if os.geteuid() != 0:
         return "the test SLURM cluster runs its daemons as root; not root here"
     return None
