@@ -1,4 +1,4 @@
-"""TokenProb classification (Amuro & Char, §1 of studies.md).
+"""TokenProb classification (Amuro & Char, docs/studies.md §1).
 
 At the last prompt position the next-token distribution is restricted to the token ids of
 the acceptable label strings, and the label owning the most probable of those ids wins.
