@@ -447,6 +447,10 @@ def build_plan(config: dict, results: str | Path = "results") -> Plan:
         stray = [t for t in config[section].get("per_task", {}) if t not in train_tasks]
         if stray:
             raise ValueError(f"{section}.per_task: {stray} are not in train_tasks {list(train_tasks)}")
+    named = config["aggregate"].get("learned_during_pretraining")
+    unknown = [e for e in named or [] if e not in eval_sets]
+    if unknown:
+        raise ValueError(f"aggregate.learned_during_pretraining: {unknown} are not eval sets of the study")
     formats = {e: _formats(config, e) for e in eval_sets}
     pairs = relation_table(config, train_tasks, eval_sets)
     ev = config["evaluate"]

@@ -349,6 +349,7 @@ def test_change_split_by_learned_during_pretraining(perf):
         ("step40", "cross-task", False): pytest.approx((0.375, 1)),
     }
     slope = change_slope(change)
+    slope = slope[slope["kind"] == "fit"]
     assert slope[["relation", "learned"]].values.tolist() == [["cross-task", False], ["in-domain", True]]
     # cross-task: -0.25 at step 20, 0.375 at step 40: +0.625 per 20 steps = 3125 per 100k steps.
     assert slope.set_index("relation").loc["cross-task", "slope_avg_diff"] == pytest.approx(0.625 / 20 * 1e5)
@@ -369,11 +370,17 @@ def test_change_slope_linear():
             "n_pairs": [1] * 5,
         }
     )
-    slope = change_slope(change).set_index("relation")
+    table = change_slope(change)
+    slope = table[table["kind"] == "fit"].set_index("relation")
     assert slope.loc["in-domain", "slope_avg_diff"] == pytest.approx(0.02)
     assert slope.loc["in-domain", "slope_avg_ratio_pct"] == pytest.approx(-1.5)
     assert slope.loc["in-domain", "n_steps"] == 4
     assert math.isnan(slope.loc["ood", "slope_avg_diff"])
+    # The paper's column: per checkpoint, the change from the previous one per 100k steps (0 first).
+    consecutive = table[(table["kind"] == "consecutive") & (table["relation"] == "in-domain")]
+    assert consecutive["checkpoint"].tolist() == [f"s{s}" for s in steps]
+    assert consecutive["slope_avg_diff"].to_numpy() == pytest.approx([0.0, 0.02, 0.02, 0.02])
+    assert consecutive["slope_avg_ratio_pct"].to_numpy() == pytest.approx([0.0, -1.5, -1.5, -1.5])
 
 
 # --- figures -----------------------------------------------------------------------------------

@@ -80,7 +80,9 @@ def test_mrc_table_is_written(micro_run):
     in_domain = change[change["relation"] == "in-domain"]  # toy_nli only
     assert in_domain["learned"].tolist() == [learned.set_index("eval_set").loc["toy_nli", "learned"]]
     slope = pd.read_parquet(micro_run / "results/micro/tables/change_slope.parquet")
-    assert slope["n_steps"].eq(1).all() and slope["slope_avg_diff"].isna().all()  # one fine-tuned checkpoint
+    fit, consecutive = slope[slope["kind"] == "fit"], slope[slope["kind"] == "consecutive"]
+    assert fit["n_steps"].eq(1).all() and fit["slope_avg_diff"].isna().all()  # one fine-tuned checkpoint
+    assert (consecutive["slope_avg_diff"] == 0).all() and (consecutive["checkpoint"] == "step12").all()
     sensitivity = pd.read_parquet(micro_run / "results/micro/tables/format_sensitivity.parquet")
     assert len(sensitivity) == 6 * 4 and sensitivity["value_instruct"].isna().all()  # default and io only
 

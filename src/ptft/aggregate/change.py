@@ -10,7 +10,9 @@ import pandas as pd
 
 PAIR_KEYS = ["checkpoint", "eval_set", "format", "metric"]
 CHANGE_COLUMNS = ("checkpoint", "step", "relation", "learned", "avg_diff", "avg_ratio_pct", "n_pairs")
-SLOPE_COLUMNS = ("relation", "learned", "n_steps", "slope_avg_diff", "slope_avg_ratio_pct")
+SLOPE_COLUMNS = ("relation", "learned", "kind", "checkpoint", "step", "n_steps", "slope_avg_diff",
+                 "slope_avg_ratio_pct")  # fmt: skip
+PAIR_TABLE_COLUMNS = ("checkpoint", "step", "avg_diff", "avg_ratio_pct", "n_pairs", "slope_avg_diff")
 # Slopes are reported per 100k pre-training steps, as in the paper.
 STEP_UNIT = 100_000
 
@@ -76,40 +78,65 @@ def _with_learned(pairs: pd.DataFrame, learned: pd.DataFrame | None) -> pd.DataF
 
 
 def change_slope(change_df: pd.DataFrame) -> pd.DataFrame:
-    """Linear trend of the average change over pre-training, per relation and learned split.
+    """Trend of the average change over pre-training, per relation and learned split, two ways.
 
-    ``slope_avg_diff`` (and ``slope_avg_ratio_pct``) is the least-squares slope
-    (``np.polyfit`` degree 1) of ``avg_diff`` (``avg_ratio_pct``) against ``step / 100_000``:
-    the change per 100k pre-training steps. Rows without a step or value are left out; the slope is
-    NaN with fewer than 2 distinct steps. ``n_steps`` counts the distinct steps used for
-    ``avg_diff``. A final checkpoint needs a step in the manifest to count (the paper uses 750000
-    for OLMo-1B ``main``).
+    - ``kind == "fit"`` (ptft's): the least-squares slope (``np.polyfit`` degree 1) of
+      ``avg_diff`` (``avg_ratio_pct``) against ``step / 100_000`` over every checkpoint; rows
+      without a step or value are left out; NaN with fewer than 2 distinct steps; ``n_steps``
+      counts the distinct steps used for ``avg_diff``; ``checkpoint`` and ``step`` are null.
+    - ``kind == "consecutive"`` (the paper's Table 6 column "Slope by 100000 Step"): per
+      checkpoint, (value − the previous checkpoint's value) / (step − its step) × 100_000, 0 at
+      the first checkpoint, as the paper's notebook computes it; ``n_steps`` is 2 (1 at the first).
+
+    A final checkpoint needs a step in the manifest to count (the paper uses 750000 for OLMo-1B ``main``).
     """
     if "learned" not in change_df:
         change_df = change_df.assign(learned=pd.array([pd.NA] * len(change_df), dtype="boolean"))
     rows = []
     for (relation, learned), group in change_df.groupby(["relation", "learned"], sort=True, dropna=False):
-        group = group[group["step"].notna()]
+        group = group[group["step"].notna()].sort_values("step", kind="mergesort")
         steps = group["step"].to_numpy(dtype=np.float64) / STEP_UNIT
-        rows.append(
-            {
-                "relation": relation,
-                "learned": learned,
-                "n_steps": int(np.unique(steps[group["avg_diff"].notna().to_numpy()]).size),
-                "slope_avg_diff": _slope(steps, group["avg_diff"].to_numpy(dtype=np.float64)),
-                "slope_avg_ratio_pct": _slope(steps, group["avg_ratio_pct"].to_numpy(dtype=np.float64)),
-            }
-        )
+        diff, ratio = group["avg_diff"].to_numpy(dtype=np.float64), group["avg_ratio_pct"].to_numpy(dtype=np.float64)
+        key = {"relation": relation, "learned": learned}
+        rows.append({**key, "kind": "fit", "checkpoint": None, "step": None,
+                     "n_steps": int(np.unique(steps[~np.isnan(diff)]).size), "slope_avg_diff": _slope(steps, diff),
+                     "slope_avg_ratio_pct": _slope(steps, ratio)})  # fmt: skip
+        for i, checkpoint in enumerate(group["checkpoint"]):
+            first, gap = i == 0, steps[i] - steps[i - 1]
+            rows.append({**key, "kind": "consecutive", "checkpoint": checkpoint, "step": group["step"].iloc[i],
+                         "n_steps": 1 if first else 2,
+                         "slope_avg_diff": 0.0 if first else (diff[i] - diff[i - 1]) / gap,
+                         "slope_avg_ratio_pct": 0.0 if first else (ratio[i] - ratio[i - 1]) / gap})  # fmt: skip
     out = pd.DataFrame(rows, columns=list(SLOPE_COLUMNS))
-    return out.astype(
-        {
-            "relation": "str",
-            "learned": "boolean",
-            "n_steps": "int64",
-            "slope_avg_diff": "float64",
-            "slope_avg_ratio_pct": "float64",
-        }  # fmt: skip
+    return out.astype({"relation": "str", "learned": "boolean", "kind": "str", "checkpoint": "object", "step": "Int64",
+                       "n_steps": "int64", "slope_avg_diff": "float64", "slope_avg_ratio_pct": "float64"})  # fmt: skip
+
+
+def change_by_pairs(perf: pd.DataFrame, pairs: list[tuple[str, str]], format: str = "default") -> pd.DataFrame:
+    """Amuro & Char's Table 6 as the paper's notebook computes it, over an explicit list of pairs.
+
+    ``pairs`` lists (eval set, training task); a pair listed twice counts twice (the paper's
+    not-improving group lists sciq ← tulu twice). Per checkpoint, over the pairs with both a
+    fine-tuned and a base row (:func:`paired_change`, every fine-tuned run of the task pooled):
+    ``avg_diff`` = mean of (ft − base), ``avg_ratio_pct`` = mean of (ft − base) / base × 100,
+    ``n_pairs``, and ``slope_avg_diff`` = (``avg_diff`` − the previous checkpoint's) / (step −
+    its step) × 100_000, 0 at the first checkpoint. Checkpoints in order of step.
+    """
+    changes = paired_change(perf, format)
+    wanted = pd.DataFrame(pairs, columns=["eval_set", "train_task"])
+    rows = wanted.merge(changes, on=["eval_set", "train_task"], how="inner")
+    out = (
+        rows.groupby(["checkpoint", "step"], sort=False)
+        .agg(avg_diff=("diff", "mean"), avg_ratio_pct=("ratio_pct", "mean"), n_pairs=("diff", "size"))
+        .reset_index()
+        .sort_values("step", kind="mergesort")
+        .reset_index(drop=True)
     )
+    step = out["step"].to_numpy(dtype=np.float64)
+    previous = np.r_[np.nan, out["avg_diff"].to_numpy()[:-1]]
+    slope = (out["avg_diff"].to_numpy() - previous) / (step - np.r_[np.nan, step[:-1]]) * STEP_UNIT
+    out["slope_avg_diff"] = np.where(np.arange(len(out)) == 0, 0.0, slope)
+    return out.astype({"step": "Int64", "n_pairs": "int64"})[list(PAIR_TABLE_COLUMNS)]
 
 
 def _slope(x: np.ndarray, y: np.ndarray) -> float:

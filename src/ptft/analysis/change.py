@@ -10,7 +10,12 @@ from ptft.analysis.registry import Analysis, Table, register
 
 
 def learned_table(perf, settings):
-    return learned_during_pretraining(perf, settings["figure_format"], settings["learned_min_gain"])
+    """The rule's table; where the study names the learned sets, ``learned`` says whether each is named."""
+    table = learned_during_pretraining(perf, settings["figure_format"], settings["learned_min_gain"])
+    named = settings.get("learned_during_pretraining")
+    if named is not None:
+        table["learned"] = table["eval_set"].isin(named)
+    return table
 
 
 def change_table(perf, settings):
@@ -45,16 +50,19 @@ register(
             ),
             Table(
                 "change_slope",
-                "Trend of the average change over pre-training, per relation and learned split: the "
-                "least-squares slope of ``avg_diff`` and ``avg_ratio_pct`` against the checkpoint's step, per "
-                "100k pre-training steps (Sun & Dredze 2024, Table 6). Defined in ``ptft.aggregate.change``.",
+                "Trend of the average change over pre-training, per relation and learned split, per 100k "
+                "pre-training steps: ``kind = fit``, the least-squares slope of ``avg_diff`` and "
+                "``avg_ratio_pct`` against the step; ``kind = consecutive``, per checkpoint the change from "
+                "the previous checkpoint (the paper's Table 6 column). Defined in ``ptft.aggregate.change``.",
                 slope_table,
             ),
             Table(
                 "learned_during_pretraining",
                 "Eval sets learned during pre-training: an eval set is learned when the base model's score at "
                 "the last checkpoint exceeds the first checkpoint's by at least ``aggregate.learned_min_gain`` "
-                "(absolute, 0.05 by default), in the figure format. Defined in ``ptft.analysis.pretraining``.",
+                "(absolute, 0.05 by default), in the figure format, or, where the study names them "
+                "(``aggregate.learned_during_pretraining``), when it is named. Defined in "
+                "``ptft.analysis.pretraining``.",
                 learned_table,
             ),
         ),

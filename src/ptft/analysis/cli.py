@@ -40,7 +40,9 @@ def add_commands(sub) -> None:
     s.set_defaults(func=cmd_analysis)
 
     s = sub.add_parser("import-released", help="a released results table (Amuro & Char's) as a performance table")
-    s.add_argument("--csv", required=True, help="all_perf_table.csv")
+    s.add_argument(
+        "--csv", nargs="+", required=True, help="released tables: all_perf_table.csv, official_eval_table.csv, ..."
+    )
     s.add_argument("--study", required=True)
     s.add_argument("--study-config", default=None, help="study YAML whose relations table to use")
     s.add_argument("--shots", type=int, default=4)
