@@ -20,6 +20,9 @@ Same model files, same items, same context and choice strings on both sides, fp3
   ``toy_nli_ood``, topped up the same way. The context is the 0-shot prompt in the default
   format (``ptft.data.prompts``, stripped on the right as ``build_prompts`` strips it); the
   choices are the label words, one token each.
+- **toy_mc_varied** (multiple choice, 4 choices): toy_mc's contexts, with choices cut from the
+  start of texts at 1-400 characters (``varied_mc_items``): a batch mixes one-token and
+  hundred-token choices, the case where padding every choice row to the longest one is costly.
 - ``--limit`` items per task (default 1000). Both tasks are written as lm-eval YAML tasks over
   local JSONL files (``dataset_path: json``) in a temporary directory, with the choices in the
   documents and ``target_delimiter`` at its default ``" "``, which is also ours.
@@ -77,7 +80,7 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 ROOT = Path(__file__).resolve().parents[2]
 TOY_CHECKPOINT = ROOT / "results/toy/checkpoints/step250"
 TOY_EVAL = ROOT / "results/toy/data/eval"
-TASKS = ("toy_mc", "toy_nli")
+TASKS = ("toy_mc", "toy_mc_varied", "toy_nli")
 
 
 # --- items -------------------------------------------------------------------------------------
@@ -135,6 +138,27 @@ def mc_items(n: int, seed: int, data_dir: Path, shots: int = 0) -> list[dict]:
         rng.shuffle(choices)
         solved = [f"{c} {e}" for c, e, _, _ in random.Random(f"{seed}:toy_mc:{i}").sample(pool, shots)]
         items.append({"query": "\n\n".join([*solved, context]), "choices": choices, "label": choices.index(ending)})
+    return items
+
+
+def varied_mc_items(n: int, seed: int, data_dir: Path, shots: int = 0) -> list[dict]:
+    """toy_mc's stories with choices of 1-400 characters: how the story goes on, or other stories' text.
+
+    Each choice is cut from the start of a text (the true one: the story's own last sentence
+    followed by the next stories; a distractor: other stories) at a length drawn uniformly from
+    1-400 characters, so one batch mixes one-token and hundred-token choices.
+    """
+    base = mc_items(n + 3, seed, data_dir, shots)
+    texts = [" ".join(item["choices"][item["label"]] for item in base[j : j + 12]) * 4 for j in range(len(base))]
+    rng = random.Random(f"{seed}:toy_mc_varied")
+    items = []
+    for i, item in enumerate(base[:n]):
+        others = rng.sample([j for j in range(len(base)) if j != i], 3)
+        # Cut texts never end in a space: lm-eval and ours would both move it, but it makes no choice.
+        choices = [texts[j][: rng.randint(1, 400)].rstrip() or texts[j][0] for j in [i, *others]]
+        order = list(range(4))
+        rng.shuffle(order)
+        items.append({"query": item["query"], "choices": [choices[k] for k in order], "label": order.index(0)})
     return items
 
 
@@ -295,7 +319,10 @@ def token_stats(tokenizer, items) -> dict:
         "requests": len(requests),
         "mean_context_tokens": float(np.mean([len(ctx) for ctx, _ in encoded])),
         "mean_choice_tokens": float(np.mean([len(cont) for _, cont in encoded])),
-    }
+        "choice_tokens_range": [min(len(c) for _, c in encoded), max(len(c) for _, c in encoded)],
+        "choice_chars_range": [min(len(c) for item in items for c in item["choices"]),
+                               max(len(c) for item in items for c in item["choices"])],
+    }  # fmt: skip
 
 
 def main() -> None:
@@ -334,6 +361,7 @@ def main() -> None:
             if not (model_dir / "config.json").exists():
                 p.error(f"no model in {model_dir}; pass --model-dir or --build-tiny")
         items = {"toy_mc": mc_items(a.limit, a.seed, a.data_dir, a.shots),
+                 "toy_mc_varied": varied_mc_items(a.limit, a.seed, a.data_dir, a.shots),
                  "toy_nli": nli_items(a.limit, a.seed, a.data_dir, a.shots)}  # fmt: skip
         task_dir = tmp / "lm_eval_tasks"
         task_dir.mkdir()

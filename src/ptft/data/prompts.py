@@ -9,6 +9,26 @@ from ptft.data.tasks import TaskType
 SHOT_SEPARATOR = "\n\n"
 
 
+class Prompt(str):
+    """A few-shot prompt that knows where its parts begin.
+
+    ``part_starts``: the character offset of each few-shot example and, last, of the query.
+    Scoring cuts an over-long prompt at these offsets (oldest examples first) so that the query
+    stays whole (:func:`ptft.evaluate.encoding.fit_to_window`). It compares, hashes and
+    serialises as the plain string.
+    """
+
+    part_starts: tuple[int, ...]
+
+    def __new__(cls, text: str, part_starts: Sequence[int] = (0,)):
+        self = super().__new__(cls, text)
+        self.part_starts = tuple(part_starts)
+        return self
+
+    def __reduce__(self):
+        return (Prompt, (str(self), self.part_starts))
+
+
 def render_prompt(task: TaskType, record: dict, fmt: str) -> str:
     try:
         template = task.formats[fmt]
@@ -56,12 +76,19 @@ def join_prompt_completion(prompt: str, target: str) -> tuple[str, str]:
     return stripped, gap + target
 
 
-def few_shot_prompt(task: TaskType, shots: Sequence[dict], query: dict, fmt: str) -> str:
-    """k solved examples then the query, separated by blank lines; the result is stripped on the right."""
+def few_shot_prompt(task: TaskType, shots: Sequence[dict], query: dict, fmt: str) -> Prompt:
+    """k solved examples then the query, separated by blank lines; the result is stripped on the right.
+
+    The result is a :class:`Prompt`: it records where each example and the query begin.
+    """
     parts = []
     for shot in shots:
         prompt, target = join_prompt_completion(render_prompt(task, shot, fmt), completion(task, shot))
         parts.append(prompt + target)
     prompt, _ = join_prompt_completion(render_prompt(task, query, fmt), completion(task, query))
     parts.append(prompt)
-    return SHOT_SEPARATOR.join(parts)
+    starts, at = [], 0
+    for part in parts:
+        starts.append(at)
+        at += len(part) + len(SHOT_SEPARATOR)
+    return Prompt(SHOT_SEPARATOR.join(parts), starts)

@@ -36,11 +36,6 @@ def context_limit(model, reserve: int = 0) -> int:
     return max(1, model_max_length(model) - reserve)
 
 
-def truncate_left(seqs: list[list[int]], limit: int) -> list[list[int]]:
-    """Keep the last ``limit`` tokens: long few-shot prompts lose their oldest shots, never the query."""
-    return [s[-limit:] for s in seqs]
-
-
 def left_pad(seqs: Sequence[Sequence[int]], pad_id: int, device="cpu") -> dict[str, torch.Tensor]:
     """input_ids, attention_mask and position_ids of left-padded sequences.
 

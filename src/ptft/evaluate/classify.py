@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from ptft.evaluate.encoding import add_bos_setting
 from ptft.evaluate.generate import generate_greedy
 from ptft.evaluate.tokenprob import score_token_prob
 
@@ -66,20 +67,32 @@ def match_label(text: str, labels: Sequence[str]) -> str:
     return min(found)[2] if found else ""
 
 
-def classify(model, tokenizer, prompts: Sequence[str], labels: Sequence[str], cfg: dict) -> tuple[list[str], list]:
-    """(predicted label per prompt, TokenProb label log-probabilities per prompt) by ``cfg["classification"]``."""
+def classify(
+    model, tokenizer, prompts: Sequence[str], labels: Sequence[str], cfg: dict, return_truncated: bool = False
+):
+    """(predicted label per prompt, TokenProb label log-probabilities per prompt) by ``cfg["classification"]``.
+
+    With ``return_truncated``, third: the prompt tokens each prompt lost to the window in the
+    method that made the prediction (generation reserves room for its new tokens).
+    """
     method = cfg.get("classification", "tokenprob")
     if method not in METHODS:
         raise ValueError(f"evaluate.classification: {method!r} is not one of {', '.join(METHODS)}")
-    pred_idx, logprobs = score_token_prob(model, tokenizer, prompts, labels, cfg["batch_size"])
+    add_bos = add_bos_setting(cfg)
+    pred_idx, logprobs, cut = score_token_prob(
+        model, tokenizer, prompts, labels, cfg["batch_size"], add_bos=add_bos, return_truncated=True
+    )
     if method == "tokenprob":
-        return [labels[i] for i in pred_idx], logprobs
-    if method == "free":
-        texts = generate_greedy(model, tokenizer, prompts, cfg["max_new_tokens"]["classification"], cfg["stop"],
-                                cfg["batch_size"])  # fmt: skip
-        return [match_label(t, labels) for t in texts], logprobs
-    sequences = label_sequences(tokenizer, labels)
-    allowed = trie_allowed(list(sequences), tokenizer.eos_token_id)
-    texts = generate_greedy(model, tokenizer, prompts, max(map(len, sequences)) + 1, "", cfg["batch_size"], allowed)
-    by_text = {tokenizer.decode(list(seq)).strip(): label for seq, label in sequences.items()}
-    return [by_text[t] for t in texts], logprobs
+        predictions = [labels[i] for i in pred_idx]
+    elif method == "free":
+        texts, cut = generate_greedy(model, tokenizer, prompts, cfg["max_new_tokens"]["classification"], cfg["stop"],
+                                     cfg["batch_size"], add_bos=add_bos, return_truncated=True)  # fmt: skip
+        predictions = [match_label(t, labels) for t in texts]
+    else:
+        sequences = label_sequences(tokenizer, labels)
+        allowed = trie_allowed(list(sequences), tokenizer.eos_token_id)
+        texts, cut = generate_greedy(model, tokenizer, prompts, max(map(len, sequences)) + 1, "", cfg["batch_size"],
+                                     allowed, add_bos=add_bos, return_truncated=True)  # fmt: skip
+        by_text = {tokenizer.decode(list(seq)).strip(): label for seq, label in sequences.items()}
+        predictions = [by_text[t] for t in texts]
+    return (predictions, logprobs, cut) if return_truncated else (predictions, logprobs)

@@ -6,7 +6,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from ptft.evaluate.batching import context_limit, left_pad, length_sorted_batches, truncate_left
+from ptft.evaluate.batching import context_limit, left_pad, length_sorted_batches
+from ptft.evaluate.encoding import encode_prompts, fit_to_window
 
 
 def cut_at_stop(text: str, stop: str) -> str:
@@ -24,13 +25,24 @@ def generate_greedy(
     stop: str,
     batch_size: int,
     allowed: Callable[[list[int]], list[int]] | None = None,
-) -> list[str]:
+    add_bos: str | bool = "auto",
+    return_truncated: bool = False,
+):
     """The greedy continuation of each prompt, cut at the first ``stop`` and stripped.
 
-    ``allowed(generated_ids)``, if given, lists the tokens the next step may choose from.
+    ``allowed(generated_ids)``, if given, lists the tokens the next step may choose from. Prompts
+    are encoded and cut to the window (less ``max_new_tokens``) as in
+    :func:`ptft.evaluate.tokenprob.score_token_prob`; with ``return_truncated`` the result is
+    (texts, prompt tokens each lost).
     """
-    encoded = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
-    encoded = truncate_left(encoded, context_limit(model, max_new_tokens))
+    prompts = list(prompts)
+    encoded, cut = fit_to_window(
+        tokenizer,
+        prompts,
+        encode_prompts(tokenizer, prompts, add_bos),
+        context_limit(model, max_new_tokens),
+        add_bos,
+    )
     outputs: list[str] = [""] * len(prompts)
     for batch in length_sorted_batches([len(e) for e in encoded], batch_size):
         inputs = left_pad([encoded[i] for i in batch], tokenizer.pad_token_id, model.device)
@@ -52,4 +64,4 @@ def generate_greedy(
         new_tokens = generated[:, inputs["input_ids"].shape[1] :]
         for row, i in enumerate(batch):
             outputs[i] = cut_at_stop(tokenizer.decode(new_tokens[row], skip_special_tokens=True), stop)
-    return outputs
+    return (outputs, cut) if return_truncated else outputs

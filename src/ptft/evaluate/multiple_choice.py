@@ -15,18 +15,21 @@ Encoding (``_encode_pair``)
     ``whole = encode(context + continuation)``, ``context_enc = encode(context)`` and
     ``continuation_enc = whole[len(context_enc):]``. The continuation's tokens are therefore those
     of the joint encoding, even where the tokenizer merges across the boundary. Every ``encode``
-    here is ``add_special_tokens=False``. lm-eval 0.4.13's HF model encodes with the tokenizer's
-    default instead (unless ``add_bos_token`` is set), so the two agree for tokenizers that add no
-    special tokens (GPT-NeoX's of Pythia and OLMo, the toy tokenizers) and differ by a leading BOS
-    for those that add one (LLaMA's). An empty context is replaced by the single EOS token and the
-    continuation is encoded on its own; lm-eval 0.4.13 uses the BOS token there when the tokenizer
-    has one, else EOS. A request whose continuation encodes to no tokens is an error, as in lm-eval.
+    here is ``add_special_tokens=False`` with a BOS token put in front of the context (and so of the
+    whole) where ``evaluate.add_bos`` says so (:mod:`ptft.evaluate.encoding`; by default where the
+    tokenizer adds one, as lm-eval 0.4.13's HF model does unless ``add_bos_token`` is set). An empty
+    context is conditioned on lm-eval's ``prefix_token_id``: the BOS token when the tokenizer has
+    one, else EOS; if the continuation (encoded without special tokens) starts with that token, its
+    first token is the context instead. With ``add_bos: false`` an empty context is the single EOS
+    token and the continuation is encoded on its own. A request whose continuation encodes to no
+    tokens is an error, as in lm-eval.
 
 Log-likelihood (``_loglikelihood_tokens``)
     The model reads ``(context_enc + continuation_enc)[-(max_length + 1):][:-1]``, i.e. the context
     is truncated from the left so that the input fits ``max_length`` while the continuation stays
-    whole (a continuation longer than ``max_length`` is an error). The log-likelihood is the sum,
-    over the continuation tokens, of the log-softmax probability of each token given everything
+    whole; a BOS token and the start of the query can be cut with it, as in lm-eval (a continuation
+    longer than ``max_length`` is an error). The log-likelihood is the sum, over the continuation
+    tokens, of the log-softmax probability of each token given everything
     before it. ``max_length`` is the model config's ``n_positions``, ``max_position_embeddings`` or
     ``n_ctx`` (first present), else the tokenizer's ``model_max_length`` unless unset, else 2048.
     How it is computed differs from lm-eval: an item's context runs once, left-padded with
@@ -44,6 +47,7 @@ Metrics (``process_results``)
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Sequence
 from itertools import chain
@@ -52,6 +56,7 @@ import numpy as np
 import torch
 
 from ptft.evaluate.batching import left_pad, length_sorted_batches, model_max_length
+from ptft.evaluate.encoding import bos_prefix_length, empty_context_split, encode_prompts, encode_texts
 
 
 def _split_trailing_whitespace(context: str, continuation: str) -> tuple[str, str]:
@@ -61,34 +66,28 @@ def _split_trailing_whitespace(context: str, continuation: str) -> tuple[str, st
     return stripped, context[len(stripped) :] + continuation
 
 
-def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
-    if not texts:
-        return []
-    # Only the ids are needed; building the other fields costs as much as the BPE itself.
-    out = tokenizer(texts, add_special_tokens=False, return_attention_mask=False, return_token_type_ids=False)
-    return out["input_ids"]
-
-
-def encode_requests(tokenizer, requests: Sequence[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
+def encode_requests(
+    tokenizer, requests: Sequence[tuple[str, str]], add_bos: str | bool = "auto"
+) -> list[tuple[list[int], list[int]]]:
     """(context tokens, continuation tokens) per request, by lm-eval's rule (module docstring)."""
     pairs = [_split_trailing_whitespace(ctx, cont) if ctx else (ctx, cont) for ctx, cont in requests]
     # One batched call per kind of string: the fast tokenizer then works in parallel.
     joint = [i for i, (ctx, _) in enumerate(pairs) if ctx]
     alone = [i for i, (ctx, _) in enumerate(pairs) if not ctx]
-    wholes = _encode(tokenizer, [pairs[i][0] + pairs[i][1] for i in joint])
+    wholes = encode_texts(tokenizer, [pairs[i][0] + pairs[i][1] for i in joint])
     # The choices of an item share their context string: encode each distinct one once.
     unique = list(dict.fromkeys(pairs[i][0] for i in joint))
-    by_context = dict(zip(unique, _encode(tokenizer, unique), strict=True))
+    # A BOS goes in front of both the context and the whole, so the split point moves with it.
+    by_context = dict(zip(unique, encode_prompts(tokenizer, unique, add_bos), strict=True))
+    bos = dict(zip(unique, bos_prefix_length(tokenizer, unique, add_bos), strict=True))
     contexts = [by_context[pairs[i][0]] for i in joint]
-    conts_alone = _encode(tokenizer, [pairs[i][1] for i in alone])
+    conts_alone = encode_texts(tokenizer, [pairs[i][1] for i in alone])
 
     encoded: list[tuple[list[int], list[int]]] = [([], [])] * len(pairs)
     for i, whole, ctx in zip(joint, wholes, contexts, strict=True):
-        encoded[i] = (list(ctx), list(whole[len(ctx) :]))
-    if alone and tokenizer.eos_token_id is None:
-        raise ValueError("an empty context needs the tokenizer's EOS token to condition on")
+        encoded[i] = (list(ctx), list(whole[len(ctx) - bos[pairs[i][0]] :]))
     for i, cont in zip(alone, conts_alone, strict=True):
-        encoded[i] = ([tokenizer.eos_token_id], list(cont))
+        encoded[i] = empty_context_split(tokenizer, cont, add_bos)
     for (ctx, cont), (_, cont_ids) in zip(requests, encoded, strict=True):
         if not cont_ids:
             raise ValueError(f"continuation encodes to no tokens: {(ctx, cont)!r}")
@@ -153,11 +152,13 @@ def _summed_logprobs(logits: torch.Tensor, starts: list[int], targets: list[list
 
 
 @torch.no_grad()
-def continuation_loglikelihoods(model, tokenizer, requests: Sequence[tuple[str, str]], batch_size: int) -> np.ndarray:
+def continuation_loglikelihoods(
+    model, tokenizer, requests: Sequence[tuple[str, str]], batch_size: int, add_bos: str | bool = "auto"
+) -> np.ndarray:
     """Summed log-likelihood of each request's continuation given its context (float64, request order)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    encoded = encode_requests(tokenizer, requests)
+    encoded = encode_requests(tokenizer, requests, add_bos)
     max_length = model_max_length(model, tokenizer)
     windows = [_model_window(ctx, cont, max_length) for ctx, cont in encoded]
     conts = [cont for _, cont in encoded]
@@ -172,12 +173,50 @@ def continuation_loglikelihoods(model, tokenizer, requests: Sequence[tuple[str, 
     return out
 
 
+# A forward call costs about as much as this many extra padded positions (launch and Python
+# overhead); it only sets where tail groups split, never a score.
+_CALL_COST_POSITIONS = 256
+
+
+def _length_groups(lengths: Sequence[int], call_cost: int = _CALL_COST_POSITIONS) -> list[list[int]]:
+    """Indices grouped for right-padded batches: sorted longest first, split where it pays.
+
+    Minimises, over contiguous groups of the sorted lengths, the padded positions (rows times the
+    group's longest) plus ``call_cost`` per group, by dynamic programming over the split points.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    n = len(order)
+    longest = np.array([lengths[i] for i in order], dtype=np.float64)
+    best = np.zeros(n + 1)  # best[k]: cost of the first k sorted rows
+    split = [0] * (n + 1)
+    for k in range(1, n + 1):
+        # Group order[j:k] for every j at once; its longest is order[j].
+        costs = best[:k] + call_cost + (k - np.arange(k)) * longest[:k]
+        split[k] = int(np.argmin(costs))
+        best[k] = costs[split[k]]
+    groups, k = [], n
+    while k:
+        groups.append(order[split[k] : k])
+        k = split[k]
+    return groups[::-1]
+
+
+def _select_cache_rows(cache, rows: torch.Tensor):
+    """A cache holding ``rows`` of ``cache`` (repeats allowed), leaving ``cache`` itself as it is."""
+    picked = copy.copy(cache)
+    picked.layers = [copy.copy(layer) for layer in cache.layers]
+    # reorder_cache rebinds each layer's tensors to index_select copies, so the source keeps its own.
+    picked.reorder_cache(rows)
+    return picked
+
+
 def _shared_context_loglikelihoods(model, items: list[tuple[list[int], list[list[int]]]], pad_id: int, keep_ok: bool):
     """Per item (context tokens, continuation token lists), each continuation's summed log-likelihood.
 
     The context runs once, left-padded (positions count real tokens only); the first token of
-    every continuation is scored from its last position. The other continuation tokens run in
-    one right-padded batch, one row per choice, on the context's KV cache copied per choice.
+    every continuation is scored from its last position. The other continuation tokens run
+    right-padded, one row per choice, on the context's KV cache copied per choice, in groups of
+    similar length (:func:`_length_groups`) so that short choices are not padded to long ones.
     The conditional probabilities are those of the full ``context + continuation`` sequence.
     """
     device = model.device
@@ -189,21 +228,24 @@ def _shared_context_loglikelihoods(model, items: list[tuple[list[int], list[list
     first = torch.tensor([cont[0] for cont in conts], device=device)
     row_lp = first_lp[item_of_row, first].double()
 
-    tails = [cont[1:] for cont in conts]
-    if any(tails):
-        cache = out.past_key_values
-        cache.reorder_cache(item_of_row)
-        inputs, mask = _right_pad([cont[:-1] for cont in conts], pad_id)
+    # One-token choices are done; the others need their remaining tokens scored on the cache.
+    rows = [r for r, cont in enumerate(conts) if len(cont) > 1]
+    ctx_mask = batch["attention_mask"]
+    ctx_len = ctx_mask.sum(-1)
+    for group in _length_groups([len(conts[r]) - 1 for r in rows]):
+        picked = [rows[j] for j in group]
+        owner = item_of_row[picked]
+        inputs, mask = _right_pad([conts[r][:-1] for r in picked], pad_id)
         inputs, mask = inputs.to(device), mask.to(device)
-        ctx_len = batch["attention_mask"].sum(-1)[item_of_row]
         logits = model(
             input_ids=inputs,
-            attention_mask=torch.cat([batch["attention_mask"][item_of_row], mask], dim=1),
-            position_ids=ctx_len[:, None] + torch.arange(inputs.shape[1], device=device)[None, :],
-            past_key_values=cache,
+            attention_mask=torch.cat([ctx_mask[owner], mask], dim=1),
+            position_ids=ctx_len[owner][:, None] + torch.arange(inputs.shape[1], device=device)[None, :],
+            past_key_values=_select_cache_rows(out.past_key_values, owner),
             use_cache=True,
         ).logits
-        row_lp = row_lp + _summed_logprobs(logits, [0] * len(tails), tails)
+        tails = _summed_logprobs(logits, [0] * len(picked), [conts[r][1:] for r in picked])
+        row_lp[torch.tensor(picked, device=device)] += tails
     row_lp = row_lp.cpu().numpy()
     bounds = np.cumsum([len(item_conts) for _, item_conts in items])[:-1]
     return np.split(row_lp, bounds)
@@ -217,26 +259,34 @@ def score_multiple_choice(
     choices: Sequence[Sequence[str]],
     batch_size: int,
     delimiter: str = " ",
-) -> list[np.ndarray]:
+    add_bos: str | bool = "auto",
+    return_truncated: bool = False,
+):
     """Per item, the log-likelihood of each of its choices (the module docstring's definition).
 
     An item's context is computed once and shared by its choices (batches of ``batch_size``
     items, sorted by context length). An item whose longest request would be truncated to the
     context window is scored request by request instead, because lm-eval's left truncation then
-    cuts a different context for each choice.
+    cuts a different context for each choice. With ``return_truncated`` the result is (that list,
+    per item the most context tokens any of its requests lost to the left truncation).
     """
     if len(contexts) != len(choices):
         raise ValueError(f"{len(contexts)} contexts but {len(choices)} choice lists")
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     requests = [(ctx, delimiter + choice) for ctx, item in zip(contexts, choices, strict=True) for choice in item]
-    encoded = encode_requests(tokenizer, requests)
+    encoded = encode_requests(tokenizer, requests, add_bos)
     starts = np.cumsum([0] + [len(item) for item in choices])
     # Every request of an item has the same context tokens (the whitespace move is per context).
     spans = list(zip(starts[:-1], starts[1:], strict=True))
     items = [(encoded[a][0] if b > a else [], [cont for _, cont in encoded[a:b]]) for a, b in spans]
+    # lm-eval's empty-context rule can give one choice of an item a context of its own.
+    shared_ctx = [all(encoded[k][0] == encoded[a][0] for k in range(a, b)) for a, b in spans]
     max_length = model_max_length(model, tokenizer)
-    fits = [bool(conts) and len(ctx) + max(map(len, conts)) <= max_length + 1 for ctx, conts in items]
+    fits = [
+        bool(conts) and same and len(ctx) + max(map(len, conts)) <= max_length + 1
+        for (ctx, conts), same in zip(items, shared_ctx, strict=True)
+    ]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     keep_ok = _accepts_logits_to_keep(model)
 
@@ -250,10 +300,13 @@ def score_multiple_choice(
     long = [i for i, ok in enumerate(fits) if not ok and choices[i]]
     if long:
         flat = continuation_loglikelihoods(
-            model, tokenizer, [r for i in long for r in requests[starts[i] : starts[i + 1]]], batch_size
+            model, tokenizer, [r for i in long for r in requests[starts[i] : starts[i + 1]]], batch_size, add_bos
         )
         for i, lls in zip(long, np.split(flat, np.cumsum([len(choices[i]) for i in long])[:-1]), strict=True):
             out[i] = lls
+    if return_truncated:
+        over = [[len(ctx) + len(cont) - (max_length + 1) for ctx, cont in encoded[a:b]] for a, b in spans]
+        return out, [max([0, *o]) for o in over]
     return out
 
 

@@ -4,9 +4,10 @@
 ``score(model, tokenizer, task, items, prompts, golds, cfg)`` (``golds``: the gold completion of
 each item, :func:`ptft.data.prompts.completion`) and returns one dict per metric of the task
 (``task.metrics``, in that order) with the per-example columns of ``predictions.parquet``:
-``metric``, ``prediction``, ``gold``, ``score`` (that metric's per-example values) and
-``label_logprobs``. A scorer declares the metrics it can produce; the first is the default
-metric of a task type of its kind (:mod:`ptft.data.tasks`).
+``metric``, ``prediction``, ``gold``, ``score`` (that metric's per-example values),
+``label_logprobs`` and ``truncated_tokens`` (prompt tokens cut to fit the context window, 0 if
+none). A scorer declares the metrics it can produce; the first is the default metric of a task
+type of its kind (:mod:`ptft.data.tasks`).
 
 The built-in scorers are thin: the implementations are :mod:`ptft.evaluate.classify`,
 :mod:`ptft.evaluate.generate` and :mod:`ptft.evaluate.multiple_choice`. They live here, not in
@@ -91,7 +92,7 @@ def score_classification(model, tokenizer, task: TaskType, items, prompts, golds
     """The label word ``evaluate.classification`` picks, scored by accuracy, with TokenProb log-probabilities."""
     from ptft.evaluate.classify import classify
 
-    predictions, logprobs = classify(model, tokenizer, prompts, task.labels, cfg)
+    predictions, logprobs, cut = classify(model, tokenizer, prompts, task.labels, cfg, return_truncated=True)
     return [
         {
             "metric": task.metric,
@@ -99,6 +100,7 @@ def score_classification(model, tokenizer, task: TaskType, items, prompts, golds
             "gold": golds,
             "score": accuracy(predictions, golds),
             "label_logprobs": [list(map(float, r)) for r in logprobs],
+            "truncated_tokens": [int(c) for c in cut],
         }
     ]
 
@@ -106,10 +108,18 @@ def score_classification(model, tokenizer, task: TaskType, items, prompts, golds
 @register_scorer("generation", metrics=("rougeL",))
 def score_generation(model, tokenizer, task: TaskType, items, prompts, golds, cfg) -> list[dict]:
     """Greedy generation cut at the stop string, scored by ROUGE-L against the gold."""
+    from ptft.evaluate.encoding import add_bos_setting
     from ptft.evaluate.generate import generate_greedy
 
-    predictions = generate_greedy(
-        model, tokenizer, prompts, cfg["max_new_tokens"]["generation"], cfg["stop"], cfg["batch_size"]
+    predictions, cut = generate_greedy(
+        model,
+        tokenizer,
+        prompts,
+        cfg["max_new_tokens"]["generation"],
+        cfg["stop"],
+        cfg["batch_size"],
+        add_bos=add_bos_setting(cfg),
+        return_truncated=True,
     )
     return [
         {
@@ -118,6 +128,7 @@ def score_generation(model, tokenizer, task: TaskType, items, prompts, golds, cf
             "gold": golds,
             "score": rouge_l(predictions, golds, stemmer=cfg["rouge_stemmer"]),
             "label_logprobs": [[] for _ in items],
+            "truncated_tokens": [int(c) for c in cut],
         }
     ]
 
@@ -125,10 +136,13 @@ def score_generation(model, tokenizer, task: TaskType, items, prompts, golds, cf
 @register_scorer("multiple_choice", metrics=("acc", "acc_norm"))
 def score_multiple_choice_items(model, tokenizer, task: TaskType, items, prompts, golds, cfg) -> list[dict]:
     """Each choice's log-likelihood as a continuation of the prompt; one result per metric the task names."""
+    from ptft.evaluate.encoding import add_bos_setting
     from ptft.evaluate.multiple_choice import mc_predictions, score_multiple_choice
 
     choices = [list(r["choices"]) for r in items]
-    lls = score_multiple_choice(model, tokenizer, prompts, choices, cfg["batch_size"])
+    lls, cut = score_multiple_choice(
+        model, tokenizer, prompts, choices, cfg["batch_size"], add_bos=add_bos_setting(cfg), return_truncated=True
+    )
     picks = [mc_predictions(ll, c) for ll, c in zip(lls, choices, strict=True)]
     out = []
     for metric in task.metrics:
@@ -142,6 +156,7 @@ def score_multiple_choice_items(model, tokenizer, task: TaskType, items, prompts
                 "gold": golds,
                 "score": scores,
                 "label_logprobs": [list(map(float, ll)) for ll in lls],
+                "truncated_tokens": [int(c) for c in cut],
             }
         )
     return out

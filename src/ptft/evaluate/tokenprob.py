@@ -18,7 +18,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ptft.evaluate.batching import context_limit, left_pad, length_sorted_batches, truncate_left
+from ptft.evaluate.batching import context_limit, left_pad, length_sorted_batches
+from ptft.evaluate.encoding import encode_prompts, fit_to_window
 
 
 def label_token_sets(tokenizer, labels: Sequence[str]) -> list[list[int]]:
@@ -33,11 +34,25 @@ def label_token_sets(tokenizer, labels: Sequence[str]) -> list[list[int]]:
 
 @torch.no_grad()
 def score_token_prob(
-    model, tokenizer, prompts: Sequence[str], labels: Sequence[str], batch_size: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Return (predicted label index per prompt, label log-probabilities [n_prompts, n_labels])."""
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    labels: Sequence[str],
+    batch_size: int,
+    add_bos: str | bool = "auto",
+    return_truncated: bool = False,
+):
+    """Return (predicted label index per prompt, label log-probabilities [n_prompts, n_labels]).
+
+    Prompts are encoded by :func:`ptft.evaluate.encoding.encode_prompts` and cut to the window by
+    :func:`ptft.evaluate.encoding.fit_to_window`; with ``return_truncated`` the tokens each lost
+    come third.
+    """
     sets = label_token_sets(tokenizer, labels)
-    encoded = truncate_left(tokenizer(list(prompts), add_special_tokens=False)["input_ids"], context_limit(model))
+    prompts = list(prompts)
+    encoded, cut = fit_to_window(
+        tokenizer, prompts, encode_prompts(tokenizer, prompts, add_bos), context_limit(model), add_bos
+    )
     scores = np.zeros((len(prompts), len(labels)), dtype=np.float64)
     for batch in length_sorted_batches([len(e) for e in encoded], batch_size):
         inputs = left_pad([encoded[i] for i in batch], tokenizer.pad_token_id, model.device)
@@ -45,4 +60,6 @@ def score_token_prob(
         logp = torch.log_softmax(logits, dim=-1)
         per_label = torch.stack([logp[:, ids].max(dim=-1).values for ids in sets], dim=-1)
         scores[batch] = per_label.double().cpu().numpy()
+    if return_truncated:
+        return scores.argmax(axis=1), scores, cut
     return scores.argmax(axis=1), scores
