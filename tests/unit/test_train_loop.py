@@ -19,9 +19,9 @@ from ptft.toy.generate import generate_splits
 CFG = {"epochs": 1, "batch_size": 4, "grad_accum": 2, "warmup_ratio": 0.1, "weight_decay": 0.01, "max_steps": 6,
        "save_every": 100, "precision": "fp32", "batching": "grouped", "max_grad_norm": 1.0}  # fmt: skip
 SUMMARY_KEYS = {
-    "checkpoint", "task", "method", "lr", "seed", "model_dir", "examples", "steps", "batching", "head_on_targets_only",
-    "total_tokens", "wall_time_s", "tokens_per_s", "probe_time_s", "n_parameters", "n_trainable_parameters",
-    "peak_flops", "mfu", "peak_memory_bytes", "final_loss", "validation", "config",
+    "checkpoint", "task", "method", "lr", "seed", "model_dir", "examples", "examples_without_targets", "steps",
+    "batching", "head_on_targets_only", "total_tokens", "wall_time_s", "tokens_per_s", "probe_time_s", "n_parameters",
+    "n_trainable_parameters", "peak_flops", "mfu", "peak_memory_bytes", "final_loss", "validation", "config",
 }  # fmt: skip
 
 

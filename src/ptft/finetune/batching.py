@@ -81,6 +81,26 @@ def encode_examples(tokenizer, task, records, fmt: str, max_length: int) -> list
     return out
 
 
+def has_target(labels: list[int]) -> bool:
+    """Whether an example has a token to predict: a label after its first position.
+
+    The first position is never a target (labels are shifted by one, and a packed row ignores
+    each example's first label), so an example whose completion ``max_length`` cut away, or
+    whose only trained token comes first, has none.
+    """
+    return any(label != IGNORE for label in labels[1:])
+
+
+def with_targets(examples: list[tuple[list[int], list[int]]]) -> tuple[list[tuple[list[int], list[int]]], int]:
+    """The examples that have a target, and how many were left out.
+
+    Training on an example without one adds nothing to the loss but its tokens to the step, and
+    a micro-batch of such examples would divide the step's loss by zero target tokens.
+    """
+    kept = [e for e in examples if has_target(e[1])]
+    return kept, len(examples) - len(kept)
+
+
 def make_batches(lengths: list[int], batch_size: int, rng: random.Random, grouped: bool) -> list[list[int]]:
     """One epoch of micro-batches (lists of example indices), shuffled by ``rng``."""
     order = list(range(len(lengths)))

@@ -9,7 +9,7 @@ from ptft.finetune.select import SELECTION_METRICS
 
 def cmd_finetune(a) -> None:
     from ptft.finetune.state import Interrupted
-    from ptft.finetune.train import finetune
+    from ptft.finetune.train import Diverged, finetune
 
     set_threads(a.threads)
     try:
@@ -18,6 +18,9 @@ def cmd_finetune(a) -> None:
         # 128 + the signal number, as a shell reports a process killed by it: SLURM and the
         # workflow treat the job as stopped, and its re-run resumes from the saved state.
         raise SystemExit(128 + stop.signum) from None
+    except Diverged as err:
+        # Exit status 1 with the message alone: the traceback says nothing about the run's lr or data.
+        raise SystemExit(f"ptft finetune: {err}") from None
 
 
 def cmd_select_lr(a) -> None:

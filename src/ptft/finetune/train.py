@@ -40,7 +40,7 @@ from ptft import io
 from ptft.checkpoints.load import load_pretrained
 from ptft.data.registry import get_dataset
 from ptft.finetune import probes, state
-from ptft.finetune.batching import IGNORE, collate, collate_padded, encode_examples, make_batches
+from ptft.finetune.batching import IGNORE, collate, collate_padded, encode_examples, make_batches, with_targets
 from ptft.finetune.grad_buffers import KeptGrads
 from ptft.finetune.loss import completion_loss
 from ptft.finetune.methods import RunInputs, get_method, unwrap
@@ -162,6 +162,14 @@ def peak_memory_bytes(device: str) -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
 
 
+class Diverged(ValueError):
+    """A step's loss or gradient norm was NaN or infinite; training stopped before applying it."""
+
+    def __init__(self, message: str, step: int, loss: float, grad_norm: float):
+        super().__init__(message)
+        self.step, self.loss, self.grad_norm = step, loss, grad_norm
+
+
 @dataclass
 class LoopResult:
     """What :func:`train_loop` returns."""
@@ -170,6 +178,7 @@ class LoopResult:
     steps: int
     batching: str  # as run: packed falls back to grouped on a model that cannot pack (check_shortcuts)
     head_on_targets_only: bool
+    examples_without_targets: int = 0  # left out of training: max_length cut away their every target
 
 
 @dataclass
@@ -183,6 +192,7 @@ class RunRecord:
     seed: int
     model_dir: str
     examples: int
+    examples_without_targets: int  # of ``examples``, left out of training: max_length cut away their target
     steps: int
     batching: str
     head_on_targets_only: bool
@@ -226,7 +236,18 @@ def train_loop(
     every ``save_every`` steps, and when a stop signal arrives, after which
     :class:`ptft.finetune.state.Interrupted` is raised. ``loss_fn(model, batch, fast, kept)`` is
     the method's summed loss of a micro-batch.
+
+    Examples without a target token (see :func:`ptft.finetune.batching.has_target`) are left
+    out, with a warning, so no step divides by zero targets. A step whose loss or gradient norm
+    is NaN or infinite raises :class:`Diverged` before the optimizer applies it; the state is not
+    saved then (a re-run would replay the same step and diverge again).
     """
+    examples, untargeted = with_targets(examples)
+    if untargeted:
+        log.warning("%d of %d training examples have no target token within max_length=%s; they are left out",
+                    untargeted, untargeted + len(examples), cfg.get("max_length"))  # fmt: skip
+    if not examples:
+        raise ValueError(f"{desc}: no training example has a target token within max_length={cfg.get('max_length')}")
     # -- Setup: optimizer, schedule, and the loss shortcuts this model allows.
     device = next(model.parameters()).device
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg["precision"] == "bf16")
@@ -284,6 +305,8 @@ def train_loop(
                 group["lr"] = lr * linear_lr(step, total_steps, warmup)
             batches = [collate([examples[i] for i in next(stream)], batching, pad_id, device) for _ in range(accum)]
             n_target = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in batches)
+            if n_target == 0:  # unreachable after with_targets; a guard against a NaN loss of 0 / 0
+                raise RuntimeError(f"{desc}: optimizer step {step + 1} has no target token")
             t0 = time.time()
             loss_sum = 0.0
             for b in batches:
@@ -294,6 +317,12 @@ def train_loop(
             if kept is not None:
                 kept.settle()
             grad_norm = clip_gradients(trainable, cfg["max_grad_norm"])
+            if not (math.isfinite(loss_sum) and math.isfinite(grad_norm)):
+                message = (f"{desc}, lr {lr:g}, seed {seed}: the loss is {loss_sum} and the gradient norm "
+                           f"{grad_norm} at optimizer step {step + 1} of {total_steps}; training diverged and stopped "
+                           f"before this step's update, and no model is written. Lower the lr or max_grad_norm, "
+                           f"or check the checkpoint and the data.")  # fmt: skip
+                raise Diverged(message, step + 1, loss_sum, grad_norm)
             opt.step()
             if kept is not None:
                 kept.zero_grad(opt)
@@ -314,7 +343,7 @@ def train_loop(
                 state.save(state_path, model, opt, step, progress)
             if stop:
                 raise state.Interrupted(stop.signum)
-    return LoopResult(progress, total_steps, batching, fast)
+    return LoopResult(progress, total_steps, batching, fast, untargeted)
 
 
 def finetune(
@@ -349,6 +378,18 @@ def finetune(
     records = pd.read_parquet(train_path).to_dict("records")
     fmt = cfg["format"]
     examples = encode_examples(tokenizer, task, records, fmt, cfg["max_length"])
+    val_records, val_examples = [], []
+    if validation_path is not None:
+        # Encoded before training, so a validation split with no target token fails before the run, not after.
+        val_records = pd.read_parquet(validation_path).to_dict("records")
+        encoded = encode_examples(tokenizer, task, val_records, fmt, cfg["max_length"])
+        val_examples, untargeted = with_targets(encoded)
+        if not val_examples:
+            raise ValueError(f"finetune {task_name} ({method}): no validation example has a target token within "
+                             f"max_length={cfg['max_length']}; its validation loss would be meaningless")  # fmt: skip
+        if untargeted:
+            log.warning("%d of %d validation examples have no target token within max_length=%s; the validation "
+                        "loss leaves them out", untargeted, len(encoded), cfg["max_length"])  # fmt: skip
     if cfg["gradient_checkpointing"]:
         model.gradient_checkpointing_enable()
     state_path = state_dir / "state.pt"
@@ -371,8 +412,6 @@ def finetune(
 
     valid = {}
     if validation_path is not None:
-        val_records = pd.read_parquet(validation_path).to_dict("records")
-        val_examples = encode_examples(tokenizer, task, val_records, fmt, cfg["max_length"])
         valid["loss"] = validation_loss(model, val_examples, batching, tokenizer.pad_token_id, cfg["batch_size"], fast,
                                         device)  # fmt: skip
         if scoring:
@@ -389,6 +428,7 @@ def finetune(
         seed=seed,
         model_dir=str(out_dir / "model"),
         examples=len(examples),
+        examples_without_targets=trained.examples_without_targets,
         steps=trained.steps,
         batching=batching,
         head_on_targets_only=fast,
