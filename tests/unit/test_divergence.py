@@ -165,3 +165,24 @@ def test_a_run_records_the_examples_max_length_cut_and_trains_on_the_rest(tiny_m
     with pytest.raises(ValueError, match="no validation example has a target token"):
         finetune(tiny_model_dir, train, "toy_nli", {**RUN_CFG, "max_length": 1}, 1e-3, 0,
                  tmp_path / "ft2", tmp_path / "st2", "full", train)  # fmt: skip
+
+
+def test_a_diverging_lr_of_a_grid_is_recorded_and_the_selection_skips_it(tiny_model_dir, tmp_path):
+    """With a validation split (the run belongs to an lr selection), a diverging lr does not stop the
+    workflow: its run is recorded as diverged and the grid's finite lr is selected."""
+    train = write_toy_nli(tmp_path / "train.parquet", 16)
+    valid = write_toy_nli(tmp_path / "valid.parquet", 8)
+    summaries = []
+    for lr in (1e-3, 1e38):
+        out = tmp_path / f"lr{lr:g}"
+        summaries.append(finetune(tiny_model_dir, train, "toy_nli", RUN_CFG, lr, 0, out, tmp_path / f"st{lr:g}",
+                                  "full", valid))  # fmt: skip
+    good, bad = summaries
+    assert good["diverged"] is None and math.isfinite(good["validation"]["loss"])
+    assert bad["diverged"]["step"] >= 1 and not math.isfinite(bad["final_loss"])
+    assert math.isnan(bad["validation"]["loss"])
+    on_disk = json.loads((tmp_path / "lr1e+38" / "summary.json").read_text())
+    assert on_disk["diverged"]["step"] == bad["diverged"]["step"]
+    chosen = select_lr([good, on_disk], "loss", {"checkpoint": str(tiny_model_dir), "task": "toy_nli",
+                                                  "method": "full", "seed": 0})  # fmt: skip
+    assert chosen["lr"] == 1e-3 and [c["diverged"] for c in chosen["candidates"]] == [False, True]

@@ -21,7 +21,8 @@ CFG = {"epochs": 1, "batch_size": 4, "grad_accum": 2, "warmup_ratio": 0.1, "weig
 SUMMARY_KEYS = {
     "checkpoint", "task", "method", "lr", "seed", "model_dir", "examples", "examples_without_targets", "steps",
     "batching", "head_on_targets_only", "total_tokens", "wall_time_s", "tokens_per_s", "probe_time_s", "n_parameters",
-    "n_trainable_parameters", "peak_flops", "mfu", "peak_memory_bytes", "final_loss", "validation", "config",
+    "n_trainable_parameters", "peak_flops", "mfu", "peak_memory_bytes", "final_loss", "validation", "diverged",
+    "config",
 }  # fmt: skip
 
 

@@ -163,11 +163,14 @@ def peak_memory_bytes(device: str) -> int:
 
 
 class Diverged(ValueError):
-    """A step's loss or gradient norm was NaN or infinite; training stopped before applying it."""
+    """A step's loss or gradient norm was NaN or infinite; training stopped before applying it.
 
-    def __init__(self, message: str, step: int, loss: float, grad_norm: float):
+    ``result`` is the loop's record up to the last finite step (the weights are those of that step).
+    """
+
+    def __init__(self, message: str, step: int, loss: float, grad_norm: float, result: LoopResult | None = None):
         super().__init__(message)
-        self.step, self.loss, self.grad_norm = step, loss, grad_norm
+        self.step, self.loss, self.grad_norm, self.result = step, loss, grad_norm, result
 
 
 @dataclass
@@ -207,6 +210,7 @@ class RunRecord:
     peak_memory_bytes: int
     final_loss: float | None
     validation: dict  # loss, and score with validation_score
+    diverged: dict | None  # a run of an lr grid that diverged: the step, its loss and gradient norm
     method_stats: dict  # written as top-level keys (LP-FT's lp_accuracy_before, ...)
     config: dict
 
@@ -320,9 +324,10 @@ def train_loop(
             if not (math.isfinite(loss_sum) and math.isfinite(grad_norm)):
                 message = (f"{desc}, lr {lr:g}, seed {seed}: the loss is {loss_sum} and the gradient norm "
                            f"{grad_norm} at optimizer step {step + 1} of {total_steps}; training diverged and stopped "
-                           f"before this step's update, and no model is written. Lower the lr or max_grad_norm, "
-                           f"or check the checkpoint and the data.")  # fmt: skip
-                raise Diverged(message, step + 1, loss_sum, grad_norm)
+                           f"before this step's update. Lower the lr or max_grad_norm, or check the checkpoint and "
+                           f"the data.")  # fmt: skip
+                result = LoopResult(progress, total_steps, batching, fast, untargeted)
+                raise Diverged(message, step + 1, loss_sum, grad_norm, result)
             opt.step()
             if kept is not None:
                 kept.zero_grad(opt)
@@ -405,13 +410,25 @@ def finetune(
         )
         prober = probes.Prober(tokenizer, probe_set, p["every"])
 
-    trained = train_loop(model, examples, cfg, lr, seed, tokenizer.pad_token_id, state_path,
-                         state.Progress(method_stats=method_stats), prober, impl.loss,
-                         desc=f"finetune {task_name} ({method})")  # fmt: skip
+    diverged = None
+    try:
+        trained = train_loop(model, examples, cfg, lr, seed, tokenizer.pad_token_id, state_path,
+                             state.Progress(method_stats=method_stats), prober, impl.loss,
+                             desc=f"finetune {task_name} ({method})")  # fmt: skip
+    except Diverged as err:
+        # A run of an lr grid (it has a validation split) is recorded as diverged, so that the
+        # selection skips it and the grid's other lrs still count; a run on its own fails.
+        if validation_path is None or err.result is None:
+            raise
+        log.error("%s The run is recorded as diverged; the lr selection skips it.", err)
+        trained = err.result
+        diverged = {"step": err.step, "loss": err.loss, "grad_norm": err.grad_norm}
     progress, batching, fast = trained.progress, trained.batching, trained.head_on_targets_only
 
     valid = {}
-    if validation_path is not None:
+    if diverged is not None:
+        valid = {"loss": float("nan"), **({"score": float("nan")} if scoring else {})}
+    elif validation_path is not None:
         valid["loss"] = validation_loss(model, val_examples, batching, tokenizer.pad_token_id, cfg["batch_size"], fast,
                                         device)  # fmt: skip
         if scoring:
@@ -442,8 +459,9 @@ def finetune(
         # 6·N·D: forward and backward FLOPs of a dense transformer per token, over the peak.
         mfu=6 * n_params * tokens / wall / flops if flops else None,
         peak_memory_bytes=peak_memory_bytes(device),
-        final_loss=progress.log[-1]["loss"] if progress.log else None,
+        final_loss=diverged["loss"] if diverged else progress.log[-1]["loss"] if progress.log else None,
         validation=valid,
+        diverged=diverged,
         method_stats=progress.method_stats,
         config=cfg,
     )
