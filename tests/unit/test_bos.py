@@ -60,9 +60,8 @@ def _tokenizer(kind: str) -> PreTrainedTokenizerFast:
 KINDS = ("plain", "llama", "bos_unused")
 
 
-@pytest.fixture(scope="module", params=KINDS)
-def setup(request):
-    tok = _tokenizer(request.param)
+def tiny_llama(tok):
+    """A random two-layer LLaMA over ``tok``'s vocabulary (seeded)."""
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=len(tok),
@@ -74,7 +73,13 @@ def setup(request):
         max_position_embeddings=128,
         initializer_range=0.3,
     )
-    return request.param, tok, LlamaForCausalLM(config).eval()
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="module", params=KINDS)
+def setup(request):
+    tok = _tokenizer(request.param)
+    return request.param, tok, tiny_llama(tok)
 
 
 def lm_eval_encode_pair(tok, context: str, continuation: str, add_bos_token=None):
@@ -181,19 +186,7 @@ def test_multiple_choice_matches_lm_eval_definition(setup):
 
 def test_bos_changes_llama_scores_and_false_keeps_the_old_ones():
     tok = _tokenizer("llama")
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=len(tok),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-            max_position_embeddings=128,
-            initializer_range=0.3,
-        )  # fmt: skip
-    ).eval()
+    model = tiny_llama(tok)
     old = score_multiple_choice(model, tok, CONTEXTS, CHOICES, batch_size=4, add_bos=False)
     pairs = iter(old_encode_pair(tok, ctx, cont) for ctx, cont in REQUESTS)
     for got, choices in zip(old, CHOICES, strict=True):
