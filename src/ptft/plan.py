@@ -238,6 +238,10 @@ class Plan:
                       for f in a.figures(self)]  # fmt: skip
         return items
 
+    def analysis_tables(self, analysis) -> list[str]:
+        """The tables an analysis's job writes in this study (its others are written by another rule)."""
+        return [t.name for t in analysis.tables if t.name in analysis.built_here and t.applies(self)]
+
     def analysis_spec(self, analysis) -> dict:
         """What an analysis's job is told of the plan: its figures and its own spec."""
         return {**analysis.spec(self), "figures": analysis.figures(self)}

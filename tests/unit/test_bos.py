@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from tokenizers import processors
+from transformers import PreTrainedTokenizerFast
 
+from helpers.tiny_models import tiny_llama, train_bpe
 from ptft.evaluate.encoding import add_bos_setting, encode_prompts, uses_bos
 from ptft.evaluate.generate import generate_greedy
 from ptft.evaluate.multiple_choice import encode_requests, mc_predictions, score_multiple_choice
@@ -37,17 +38,8 @@ CHOICES = [
 
 def _tokenizer(kind: str) -> PreTrainedTokenizerFast:
     """``plain``: EOS only; ``llama``: adds BOS <s> != EOS </s>; ``bos_unused``: has BOS <s> but never adds it."""
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
     specials = ["<eos>", "<pad>"] if kind == "plain" else ["<s>", "</s>", "<pad>"]
-    trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        special_tokens=specials,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(SENTENCES, trainer)
+    tok = train_bpe(SENTENCES, 300, specials)
     if kind == "plain":
         return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>")
     if kind == "llama":
@@ -58,22 +50,6 @@ def _tokenizer(kind: str) -> PreTrainedTokenizerFast:
 
 
 KINDS = ("plain", "llama", "bos_unused")
-
-
-def tiny_llama(tok):
-    """A random two-layer LLaMA over ``tok``'s vocabulary (seeded)."""
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        initializer_range=0.3,
-    )
-    return LlamaForCausalLM(config).eval()
 
 
 @pytest.fixture(scope="module", params=KINDS)

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast
 
+from helpers.tiny_models import tiny_llama, train_bpe
 from ptft.evaluate.multiple_choice import (
     continuation_loglikelihoods,
     encode_requests,
@@ -41,34 +41,13 @@ REQUESTS = [(ctx, " " + c) for ctx, item in zip(CONTEXTS, CHOICES, strict=True) 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=["<eos>", "<pad>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(SENTENCES, trainer)
+    tok = train_bpe(SENTENCES, 400, ["<eos>", "<pad>"])
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>")
 
 
 @pytest.fixture(scope="module")
 def model(tokenizer):
-    torch.manual_seed(0)
-    # A wide init spreads the next-token distributions, so a misaligned gather changes the sums.
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        initializer_range=0.3,
-    )
-    return LlamaForCausalLM(config).eval()
+    return tiny_llama(tokenizer)
 
 
 def reference_split(tok, context, continuation):

@@ -31,7 +31,7 @@ rule performance_table:
 # One job per analysis of ptft.analysis: the tables it computes from the performance table and
 # its figures, filed in the report under the analysis's category.
 for _analysis in PLAN.analyses():
-    _tables = [t.name for t in _analysis.tables if t.build is not None and t.applies(PLAN)]
+    _tables = PLAN.analysis_tables(_analysis)
     _figures = _analysis.figures(PLAN)
     if not (_tables or _figures):
         continue

@@ -17,7 +17,7 @@ analysis (``workflow/rules/aggregate.smk``) that runs :func:`run_analysis`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -69,10 +69,11 @@ class Analysis:
     applies: Callable[[Plan], bool] = _always
     inputs: Callable[[Plan], dict[str, list[str]]] = _performance_input
     spec: Callable[[Plan], dict[str, Any]] = _no_spec
-    built_here: tuple[str, ...] = field(init=False, default=())
 
-    def __post_init__(self):
-        object.__setattr__(self, "built_here", tuple(t.name for t in self.tables if t.build is not None))
+    @property
+    def built_here(self) -> tuple[str, ...]:
+        """Its tables that it computes from the performance table (the others are another rule's)."""
+        return tuple(t.name for t in self.tables if t.build is not None)
 
     def table(self, name: str) -> Table:
         return next(t for t in self.tables if t.name == name)
