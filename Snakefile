@@ -4,7 +4,9 @@ snakemake            # the default (toy) study
 snakemake --configfile workflow/studies/X.yaml
 """
 
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
+
+from ptft.config import validate_study
 
 min_version("9.0")
 
@@ -15,7 +17,8 @@ if not workflow.overwrite_configfiles:
     configfile: "config.yaml"
 
 
-validate(config, "workflow/schemas/config.schema.yaml", set_default=True)
+# One line naming the key on a bad study (Snakemake's validate prints the whole schema after it).
+validate_study(config)
 
 
 include: "workflow/rules/common.smk"

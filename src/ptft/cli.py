@@ -11,7 +11,8 @@ import importlib
 import logging
 import sys
 
-# The modules whose add_commands(sub) adds a stage's sub-commands, in the order of the workflow.
+# The modules whose add_commands(sub) adds a stage's sub-commands, in the order of the workflow,
+# then the tools that read any stage's outputs.
 STAGES = (
     "ptft.download",
     "ptft.checkpoints.cli",
@@ -21,6 +22,7 @@ STAGES = (
     "ptft.evaluate.cli",
     "ptft.aggregate.cli",
     "ptft.analysis.cli",
+    "ptft.provenance",
 )
 
 

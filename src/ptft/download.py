@@ -25,11 +25,11 @@ def dataset_local_dir(data_dir: str | None, name: str) -> str | None:
     return str(Path(data_dir) / name) if data_dir else None
 
 
-def download_dataset(name: str, data_dir: str | None, out: str | Path) -> dict:
+def download_dataset(name: str, data_dir: str | None, out: str | Path, skip_invalid: bool = False) -> dict:
     from ptft.data.prepare import fetch
     from ptft.data.registry import get_dataset
 
-    record = fetch(get_dataset(name), dataset_local_dir(data_dir, name))
+    record = fetch(get_dataset(name), dataset_local_dir(data_dir, name), skip_invalid)
     io.write_json(out, record)
     return record
 
@@ -59,16 +59,22 @@ def revisions_source(config: dict, results: str | Path = "results") -> dict | No
 
 
 def download_study(configfile: str | Path, results: str | Path = "results") -> None:
+    from ptft.checkpoints.load import check_folder
     from ptft.data.registry import get_dataset
     from ptft.plan import build_plan
 
     config = load_study(configfile)
     plan = build_plan(config, results)
+    # Local folders are checked before the long downloads, so a bad one stops the command at once.
+    for entry in plan.checkpoint_entries:
+        if "path" in entry:
+            check_folder(entry["path"], f"checkpoint {entry['name']!r} (checkpoints.local)")
     root = Path(results) / config["study"]
     data_dir = config["data"].get("data_dir")
+    skip = config["data"]["invalid_records"] == "skip"
     hub_datasets = [d for d in plan.datasets if get_dataset(d).source == "hub"]
     for name in tqdm(hub_datasets, desc="datasets"):
-        download_dataset(name, data_dir, root / "downloads" / f"{name}.json")
+        download_dataset(name, data_dir, root / "downloads" / f"{name}.json", skip)
     if plan.suite == "toy":
         return
     revisions = revisions_source(config, results)
@@ -80,7 +86,7 @@ def cmd_download(a) -> None:
     if a.configfile:
         download_study(a.configfile, a.results)
     elif a.dataset:
-        download_dataset(a.dataset, a.data_dir, a.out)
+        download_dataset(a.dataset, a.data_dir, a.out, a.invalid == "skip")
     elif a.checkpoint:
         download_checkpoint(a.checkpoint, a.revisions, a.out)
     else:
@@ -97,6 +103,7 @@ def add_commands(sub) -> None:
     s.add_argument("--results", default="results", help="with --configfile: where results/<study>/ goes")
     s.add_argument("--dataset", help="one dataset (registry name)")
     s.add_argument("--data-dir", default=None, help="with --dataset: local folder of its split files")
+    s.add_argument("--invalid", choices=["error", "skip"], default="error", help="with --dataset: bad lines")
     s.add_argument("--checkpoint", type=json_arg, help="one suite entry (JSON, see ptft.checkpoints.hub)")
     s.add_argument("--revisions", type=json_arg, default=None, help='{"model", "revision_list", "manifest"} for steps')
     s.add_argument("--out", help="the record (dataset) or pointer (checkpoint) to write")

@@ -13,6 +13,7 @@ Base checkpoints are scored on every eval set of the study.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +32,8 @@ SELECTED_RUN = "{checkpoint}/{task}/{method}/selected/seed{seed}"
 # What a training run writes into its folder.
 RUN_FILES = {"model": "model", "log": "train_log.parquet", "probes": "probes.parquet", "summary": "summary.json"}
 PROBE_DEFAULTS = {"every": 25, "examples": 32, "path": None}
+# A name that becomes one folder of an output path: no separator, no "." or "..", no hidden folder.
+PATH_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
 
 def format_lr(lr: float) -> str:
@@ -310,6 +313,28 @@ class Plan:
         return [{"train_task": t, "eval_set": s, "relation": r} for (t, s), r in seen.items()]
 
 
+def check_path_name(key: str, name) -> None:
+    """A name that is one folder of the outputs' paths (study, checkpoint) cannot leave its folder."""
+    if not isinstance(name, str) or not PATH_NAME.match(name):
+        raise ValueError(
+            f"{key}: {name!r} cannot name a folder of the results; use letters, digits and . _ + - "
+            "(starting with a letter or digit)"
+        )
+
+
+def _check_shots(config: dict, eval_sets: tuple[str, ...]) -> None:
+    """Each eval set's few-shot pool holds at most data.fewshot_pool_size examples; a prompt draws shots of them."""
+    pool = config["data"]["fewshot_pool_size"]
+    for key in ("shots", "finetuned_shots"):
+        shots = config["evaluate"][key]
+        if shots > pool:
+            raise ValueError(
+                f"evaluate.{key}: {shots} in-context examples, but data.fewshot_pool_size is {pool}, the size of the "
+                f"few-shot pool of each eval set ({', '.join(eval_sets)}); raise data.fewshot_pool_size to at least "
+                f"{shots} or lower evaluate.{key}"
+            )
+
+
 def checkpoint_entries(config: dict, results: str | Path = "results") -> tuple[dict, ...]:
     """The suite's checkpoints: name, step, tokens and where each comes from."""
     from ptft.checkpoints import hub
@@ -324,10 +349,15 @@ def checkpoint_entries(config: dict, results: str | Path = "results") -> tuple[d
     if ck["suite"] == "hub":
         if "hub" not in ck:
             raise ValueError("checkpoints.hub: required when checkpoints.suite is 'hub'")
-        return tuple(hub.hub_suite(ck["hub"], Path(results) / config["study"] / "checkpoints" / "suite.json"))
+        entries = hub.hub_suite(ck["hub"], Path(results) / config["study"] / "checkpoints" / "suite.json")
+        for e in entries:
+            check_path_name(f"checkpoints.hub.revisions (revision {e['revision']!r})", e["name"])
+        return tuple(entries)
     if ck["suite"] == "local":
         if not ck.get("local"):
             raise ValueError("checkpoints.local: required when checkpoints.suite is 'local'")
+        for i, e in enumerate(ck["local"]):
+            check_path_name(f"checkpoints.local[{i}].name", e.get("name"))
         return tuple(hub.local_suite(ck["local"]))
     raise ValueError(f"checkpoints.suite: unknown suite {ck['suite']!r}")
 
@@ -434,6 +464,8 @@ def build_plan(config: dict, results: str | Path = "results") -> Plan:
     ``results`` is where ``<study>/checkpoints/suite.json`` is read (and, for a ``select`` rule
     resolved for the first time, written).
     """
+    # Before the suite: a hub selection rule writes its manifest under results/<study>/.
+    check_path_name("study", config["study"])
     entries = checkpoint_entries(config, results)
     train_tasks = tuple(config["train_tasks"])
     table = config.get("relations")
@@ -455,6 +487,7 @@ def build_plan(config: dict, results: str | Path = "results") -> Plan:
     unknown = [e for e in named or [] if e not in eval_sets]
     if unknown:
         raise ValueError(f"aggregate.learned_during_pretraining: {unknown} are not eval sets of the study")
+    _check_shots(config, eval_sets)
     formats = {e: _formats(config, e) for e in eval_sets}
     pairs = relation_table(config, train_tasks, eval_sets)
     ev = config["evaluate"]

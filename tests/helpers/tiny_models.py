@@ -38,3 +38,13 @@ def tiny_llama(tokenizer) -> LlamaForCausalLM:
         initializer_range=0.3,
     )
     return LlamaForCausalLM(config).eval()
+
+
+def tiny_gpt2(vocab_size: int, n_positions: int = 32):
+    """A random two-layer GPT-2 (absolute position embeddings: ``n_positions`` is a hard limit), seed 0."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=vocab_size, n_positions=n_positions, n_embd=32, n_layer=2, n_head=2)
+    return GPT2LMHeadModel(config).eval()

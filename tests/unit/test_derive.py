@@ -257,6 +257,15 @@ def test_corpus_from_local_files_filters_dedupes_and_samples_by_seed(tmp_path):
         load_documents({"path": str(tmp_path / "c.parquet")})
 
 
+@pytest.mark.parametrize("suffix", [".jsonl", ".txt"])
+def test_a_corpus_file_line_that_is_not_utf8_is_named(tmp_path, suffix):
+    path = tmp_path / f"c{suffix}"
+    path.write_bytes(b'{"text": "one"}\n{"text": "caf\xe9"}\n' if suffix == ".jsonl" else b"one\n\ncaf\xe9\n")
+    line = 2 if suffix == ".jsonl" else 3
+    with pytest.raises(ValueError, match=f"derive.corpus.path: {path} line {line}: not UTF-8 text"):
+        load_documents({"path": str(path)})
+
+
 def test_corpus_from_a_registered_hub_dataset_in_its_hub_schema(tmp_path):
     # ccdv/pubmed-summarization's schema: article, abstract; a local copy as data.data_dir holds it.
     folder = tmp_path / "pubmed"

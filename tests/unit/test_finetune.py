@@ -11,10 +11,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from ptft import signals
 from ptft.checkpoints.load import load_pretrained
 from ptft.data.convert import to_canonical
 from ptft.data.registry import get_dataset
-from ptft.finetune import methods, state
+from ptft.finetune import methods
 from ptft.finetune.batching import IGNORE, collate_packed, collate_padded, encode_examples, template_segments
 from ptft.finetune.grad_buffers import KeptGrads
 from ptft.finetune.loss import completion_loss
@@ -295,7 +296,7 @@ def test_select_lr_picks_the_best_validation_run():
 
 
 def test_a_stop_signal_is_remembered_not_fatal():
-    stop = state.StopRequested()
+    stop = signals.StopRequested()
     try:
         assert not stop
         os.kill(os.getpid(), signal.SIGUSR1)

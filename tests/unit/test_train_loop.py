@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
+from ptft import signals
 from ptft.checkpoints.load import load_pretrained
 from ptft.data.convert import to_canonical
 from ptft.data.registry import get_dataset
@@ -22,7 +23,7 @@ SUMMARY_KEYS = {
     "checkpoint", "task", "method", "lr", "seed", "model_dir", "examples", "examples_without_targets", "steps",
     "batching", "head_on_targets_only", "total_tokens", "wall_time_s", "tokens_per_s", "probe_time_s", "n_parameters",
     "n_trainable_parameters", "peak_flops", "mfu", "peak_memory_bytes", "final_loss", "validation", "diverged",
-    "config",
+    "config", "provenance",
 }  # fmt: skip
 
 
@@ -61,7 +62,7 @@ def test_a_stop_signal_saves_and_raises_and_the_resumed_loop_ends_as_an_uninterr
     handler = signal.getsignal(signal.SIGUSR1)
     model, _ = load_pretrained(tiny_model_dir)
     torch.manual_seed(1)
-    with pytest.raises(state.Interrupted) as stopped:
+    with pytest.raises(signals.Interrupted) as stopped:
         train_loop(model, data, CFG, 1e-2, 0, tok.pad_token_id, path, state.Progress(method_stats={"x": 1.0}),
                    Prober(signal_at=3))  # fmt: skip
     assert stopped.value.signum == signal.SIGUSR1 and signal.getsignal(signal.SIGUSR1) is handler

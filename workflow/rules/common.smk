@@ -9,6 +9,13 @@ from ptft.plan import RUN, SELECTED_RUN, build_plan
 PLAN = build_plan(config)
 TOY_SUITE = PLAN.suite == "toy"
 
+# Local checkpoint folders are the user's and exist before any job runs: an incomplete one stops the dry run.
+if PLAN.suite == "local":
+    from ptft.checkpoints.load import check_folder
+
+    for entry in PLAN.checkpoint_entries:
+        check_folder(entry["path"], f"checkpoint {entry['name']!r} (checkpoints.local)")
+
 
 wildcard_constraints:
     checkpoint="[^/]+",
@@ -216,3 +223,10 @@ def get_dissect_pairs(_wildcards):
     steps = {e["name"]: e.get("step") for e in PLAN.checkpoint_entries}
     return as_json([{"meta": {**m.metadata(), "step": steps[m.checkpoint]}, "base": PLAN.dissect_path(f"base/{m.checkpoint}"),
                      "ft": PLAN.dissect_path(m.id)} for m in PLAN.dissect_models if not m.is_base])  # fmt: skip
+
+
+# Every output records the study config it was made under (ptft.provenance): the jobs' shell
+# commands inherit this process's environment, and a SLURM job re-reads this file and sets it again.
+from ptft.provenance import CONFIG_ENV, config_sha256
+
+os.environ[CONFIG_ENV] = config_sha256(config)

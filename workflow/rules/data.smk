@@ -28,8 +28,10 @@ rule download_dataset:
         "../../envs/ptft.yaml"
     params:
         data_dir=config["data"]["data_dir"] or "",
+        invalid=config["data"]["invalid_records"],
     shell:
-        "ptft download --dataset {wildcards.dataset} --data-dir {params.data_dir:q} --out {output} > {log} 2>&1"
+        "ptft download --dataset {wildcards.dataset} --data-dir {params.data_dir:q} --invalid {params.invalid} "
+        "--out {output} > {log} 2>&1"
 
 
 rule prepare_train:

@@ -1,4 +1,6 @@
-# Base checkpoints and fine-tuned models differ only in where the model comes from.
+# Base checkpoints and fine-tuned models differ only in where the model comes from. Each job's
+# finished (eval set, format) parts wait in its state directory (outside the outputs, which
+# Snakemake deletes before a re-run) until predictions.parquet is written.
 EVALUATE_PARAMS = dict(
     meta=get_model_meta,
     evaluations=get_evaluations,
@@ -9,7 +11,7 @@ EVALUATE_PARAMS = dict(
 EVALUATE_SHELL = (
     "ptft evaluate --model-dir {input.model} --model {params.meta:q} --evaluations {params.evaluations:q} "
     "--data-dir {params.data_dir} --config {params.config:q} --seed {params.seed} --out {output} "
-    "--threads {threads} > {log} 2>&1"
+    "--state-dir {params.state} --threads {threads} > {log} 2>&1"
 )
 
 
@@ -29,6 +31,7 @@ rule evaluate_base:
         runtime=60,
     params:
         **EVALUATE_PARAMS,
+        state=PLAN.state_path("evaluate/base/{checkpoint}"),
     shell:
         EVALUATE_SHELL
 
@@ -49,6 +52,7 @@ rule evaluate_finetuned:
         runtime=60,
     params:
         **EVALUATE_PARAMS,
+        state=PLAN.state_path(f"evaluate/ft/{RUN}"),
     shell:
         EVALUATE_SHELL
 
@@ -69,5 +73,6 @@ rule evaluate_selected:
         runtime=60,
     params:
         **EVALUATE_PARAMS,
+        state=PLAN.state_path(f"evaluate/ft/{SELECTED_RUN}"),
     shell:
         EVALUATE_SHELL

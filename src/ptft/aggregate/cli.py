@@ -12,16 +12,26 @@ def cmd_performance(a) -> None:
     from ptft.aggregate.performance import performance_table, read_predictions
 
     b = a.config["bootstrap"]
+    manifest = io.read_json(a.manifest)
     perf = performance_table(
         read_predictions(a.predictions),
-        io.read_json(a.manifest),
+        manifest,
         a.study,
         b["resamples"],
         b["confidence"],
         b["seed"],
         [io.read_json(p) for p in a.selections],
     )
-    io.write_parquet(a.out, perf)
+    io.write_parquet(a.out, perf, performance_provenance(a.predictions, manifest, set(perf["checkpoint"])))
+
+
+def performance_provenance(predictions: list[str], manifest: dict, names: set[str]) -> dict:
+    """The predictions' provenance, and the suite's record of each checkpoint in the table's rows
+    (so the table names its checkpoints' commits even when a predictions file records none)."""
+    from ptft import provenance
+
+    listed = [provenance.checkpoint_record(p) for p in manifest.get("checkpoints", []) if p.get("name") in names]
+    return provenance.of_inputs(predictions, listed)
 
 
 def cmd_table_html(a) -> None:

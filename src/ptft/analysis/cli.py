@@ -25,7 +25,7 @@ def cmd_import_released(a) -> None:
     relations = yaml.safe_load(Path(a.study_config).read_text())["relations"] if a.study_config else None
     table, skipped = import_released_results(a.csv, a.study, relations, a.shots)
     print(f"imported {len(table)} rows; skipped by reason: {skipped}", file=sys.stderr)
-    io.write_parquet(a.out, table)
+    io.write_parquet(a.out, table, {"released_tables": [str(Path(p).resolve()) for p in a.csv]})
 
 
 def add_commands(sub) -> None:

@@ -112,10 +112,14 @@ def run_analysis(
     if unknown:
         raise ValueError(f"analysis {name!r} builds no table {sorted(unknown)}; it builds {list(analysis.built_here)}")
     if paths:
+        from ptft import provenance
+
         perf = pd.read_parquet(inputs["performance"][0])
+        # A table is a function of the performance table alone: it inherits that table's checkpoints.
+        origin = provenance.of_inputs(inputs["performance"][:1])
         for table in analysis.tables:
             if table.name in paths:
-                io.write_parquet(paths[table.name], table.build(perf, settings))
+                io.write_parquet(paths[table.name], table.build(perf, settings), origin)
     if figures:
         if sorted(Path(p).stem for p in figures) != sorted(spec["figures"]):
             raise ValueError(f"analysis {name!r}: figure paths {figures} are not its figures {spec['figures']}")

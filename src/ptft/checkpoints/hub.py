@@ -121,6 +121,10 @@ def revision_list(hub: dict, manifest: Path) -> list[str]:
     return revisions
 
 
+def _origin(entry: dict) -> str:
+    return f"revision {entry['revision']!r}" if entry.get("revision") else f"step {entry['step']}"
+
+
 def hub_suite(hub: dict, manifest: Path) -> list[dict]:
     """Checkpoint entries of a hub suite: name, step, tokens, model, and revision or step to match."""
     model, per_step = hub["model"], hub.get("tokens_per_step")
@@ -145,11 +149,24 @@ def hub_suite(hub: dict, manifest: Path) -> list[dict]:
     if final:
         step = final.get("step")
         entries.append(_entry(FINAL, step, _tokens(step, None, per_step), revision=final["revision"], **common))
-    names = [e["name"] for e in entries]
-    if len(set(names)) != len(names):
-        raise ValueError(f"checkpoints.hub: duplicate checkpoint names {names}")
+    first = {}
+    for e in entries:
+        if e["name"] in first:
+            a, b = _origin(first[e["name"]]), _origin(e)
+            raise ValueError(f"checkpoints.hub: duplicate checkpoint {e['name']!r}, from {a} and {b}; list each once")
+        first[e["name"]] = e
     return entries
 
 
 def local_suite(local: list[dict]) -> list[dict]:
+    """Checkpoint entries of local folders; a name given twice is an error naming both entries."""
+    seen = {}
+    for i, e in enumerate(local):
+        if e["name"] in seen:
+            j = seen[e["name"]]
+            raise ValueError(
+                f"checkpoints.local[{i}].name: {e['name']!r} is also the name of checkpoints.local[{j}] "
+                f"(paths {local[j]['path']} and {e['path']}); give each checkpoint its own name"
+            )
+        seen[e["name"]] = i
     return [_entry(e["name"], e.get("step"), e.get("tokens"), path=str(e["path"])) for e in local]

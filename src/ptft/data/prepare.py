@@ -16,11 +16,14 @@ Records are converted to the task's canonical fields and checked (``ptft.data.co
 
 from __future__ import annotations
 
+import json
 import logging
+import tempfile
 from pathlib import Path
 
 import datasets
 import pandas as pd
+from datasets.exceptions import DatasetGenerationError
 
 from ptft.data.convert import DataError, check_columns, to_canonical
 from ptft.data.registry import DatasetSpec
@@ -60,11 +63,92 @@ def local_split_files(spec: DatasetSpec, split: str, folder: str | Path) -> tupl
     )
 
 
-def load_raw_split(spec: DatasetSpec, split: str, local_dir: str | Path | None = None) -> datasets.Dataset:
-    """One split in the dataset's own schema, with a ``__row__`` column (the row's position)."""
+def bad_lines(path: str | Path, parse: bool = False) -> list[tuple[int, str]]:
+    """(line number, what is wrong) of each line of a JSON-lines file that is not UTF-8 text
+    (or, with ``parse``, not a JSON record); the file is read as bytes, so one bad line hides no other."""
+    bad = []
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                text = raw.decode("utf-8")
+                if parse and text.strip():
+                    json.loads(text)
+            except UnicodeDecodeError as e:
+                bad.append((n, f"not UTF-8 text (byte {raw[e.start]:#04x} at column {e.start + 1})"))
+            except json.JSONDecodeError as e:
+                bad.append((n, f"not a JSON record ({e.msg}, column {e.colno})"))
+    return bad
+
+
+def _is_json_lines(path: str) -> bool:
+    # A .json file may hold one JSON document (an array) instead of lines; its lines are no records.
+    with open(path, "rb") as f:
+        return f.read(64).lstrip()[:1] != b"["
+
+
+def _bad_lines_error(spec: DatasetSpec, split: str, path: str, bad: list, skippable: bool) -> DataError:
+    (line, problem), more = bad[0], f" (and {len(bad) - 1} more lines)" if len(bad) > 1 else ""
+    todo = (
+        "fix the file (e.g. re-export it as UTF-8 JSON lines) or set data.invalid_records: skip to leave such lines out"
+        if skippable
+        else "fix the file (e.g. re-export it as UTF-8); the lines of one JSON array cannot be skipped"
+    )
+    return DataError(f"dataset {spec.name!r} split {split!r}: {path} line {line}: {problem}{more}; {todo}")
+
+
+def _clean_json_files(
+    spec: DatasetSpec, split: str, files: list[str], skip_invalid: bool, tmp: Path, parse: bool
+) -> list[str]:
+    """``files``, each without its bad lines (``skip_invalid``; cleaned copies go to ``tmp``), or an
+    error naming the first bad line."""
+    out = []
+    for i, path in enumerate(files):
+        lines = _is_json_lines(path)
+        bad = bad_lines(path, parse and lines)
+        if not bad:
+            out.append(path)
+            continue
+        if not (skip_invalid and lines):
+            raise _bad_lines_error(spec, split, path, bad, lines)
+        log.warning("dataset %s split %s: skipping %d bad lines of %s (first: line %d, %s)",
+                    spec.name, split, len(bad), path, *bad[0])  # fmt: skip
+        skip = {n for n, _ in bad}
+        clean = tmp / f"{i}-{Path(path).name}"
+        with open(path, "rb") as src, open(clean, "wb") as dst:
+            dst.writelines(raw for n, raw in enumerate(src, 1) if n not in skip)
+        out.append(str(clean))
+    return out
+
+
+def _load_local(spec: DatasetSpec, split: str, folder: str | Path, skip_invalid: bool) -> datasets.Dataset:
+    """A split of local files; a JSON line that is not UTF-8 or not JSON is named (or skipped)."""
+    builder, files = local_split_files(spec, split, folder)
+    with tempfile.TemporaryDirectory() as tmp:
+        if builder == "json":
+            # Parsing every line costs a pass in Python: done up front only where lines are skipped.
+            files = _clean_json_files(spec, split, files, skip_invalid, Path(tmp), parse=skip_invalid)
+        try:
+            # The dataset is read into datasets' own cache, so the cleaned copies may go afterwards.
+            return datasets.load_dataset(builder, data_files={split: files}, split=split)
+        except DatasetGenerationError as e:
+            if builder == "json":  # name the line that is no JSON record
+                _clean_json_files(spec, split, files, False, Path(tmp), parse=True)
+            raise DataError(
+                f"dataset {spec.name!r} split {split!r}: cannot read {', '.join(files)} ({e.__cause__ or e}); "
+                f"check that the files are {builder} in the dataset's hub schema"
+            ) from e
+
+
+def load_raw_split(
+    spec: DatasetSpec, split: str, local_dir: str | Path | None = None, skip_invalid: bool = False
+) -> datasets.Dataset:
+    """One split in the dataset's own schema, with a ``__row__`` column (the row's position).
+
+    ``skip_invalid``: lines of local JSON-lines files that are not UTF-8 text or not JSON are
+    left out with a warning (else they are an error naming dataset, file and line).
+    """
     if local_dir:
-        builder, files = local_split_files(spec, split, local_dir)
-        ds = datasets.load_dataset(builder, data_files={split: files}, split=split)
+        ds = _load_local(spec, split, local_dir, skip_invalid)
     elif spec.source == "hub":
         try:
             ds = datasets.load_dataset(spec.hub_id, spec.hub_config, split=split, revision=spec.revision)
@@ -96,12 +180,17 @@ def train_size(n_available: int, size: int | None, fraction: float | None) -> in
 
 
 def shuffled_train(
-    spec: DatasetSpec, local_dir: str | Path | None, size: int | None, seed: int, fraction: float | None
+    spec: DatasetSpec,
+    local_dir: str | Path | None,
+    size: int | None,
+    seed: int,
+    fraction: float | None,
+    skip_invalid: bool = False,
 ) -> tuple[datasets.Dataset, int]:
     """(the raw training split shuffled with ``seed``, how many of its first rows are trained on)."""
     if spec.train_split is None:
         raise ValueError(f"dataset {spec.name!r} has no training split")
-    ds = load_raw_split(spec, spec.train_split, local_dir)
+    ds = load_raw_split(spec, spec.train_split, local_dir, skip_invalid)
     return ds.shuffle(seed=seed), train_size(len(ds), size, fraction)
 
 
@@ -114,7 +203,7 @@ def subsample_train(
     skip_invalid: bool = False,
 ) -> pd.DataFrame:
     """``train.shuffle(seed=seed).select(range(n))`` on the raw split, then converted and checked."""
-    ds, n = shuffled_train(spec, local_dir, size, seed, fraction)
+    ds, n = shuffled_train(spec, local_dir, size, seed, fraction, skip_invalid)
     if size is not None and fraction is None and size > len(ds):
         log.warning("dataset %s: %d training examples requested, only %d exist; using all", spec.name, size, len(ds))
     return canonical_frame(spec, spec.train_split, ds.select(range(n)), skip_invalid)
@@ -134,7 +223,7 @@ def validation_split(
     Disjoint from the training subsample and from every eval set (those come from other
     splits), so choosing an lr on it leaks nothing of the test items.
     """
-    ds, n = shuffled_train(spec, local_dir, size, seed, fraction)
+    ds, n = shuffled_train(spec, local_dir, size, seed, fraction, skip_invalid)
     end = min(len(ds), n + validation_size)
     if end <= n:
         raise ValueError(
@@ -155,13 +244,17 @@ def eval_and_fewshot(
     skip_invalid: bool = False,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(scored items, few-shot pool), disjoint by construction."""
-    scored = load_raw_split(spec, spec.eval_split, local_dir).shuffle(seed=seed)
+    scored = load_raw_split(spec, spec.eval_split, local_dir, skip_invalid).shuffle(seed=seed)
     if spec.fewshot_split == spec.eval_split:
         pool = scored.select(range(min(pool_size, len(scored))))
         scored = scored.select(range(len(pool), len(scored)))
     else:
-        pool_ds = load_raw_split(spec, spec.fewshot_split, local_dir).shuffle(seed=seed)
+        pool_ds = load_raw_split(spec, spec.fewshot_split, local_dir, skip_invalid).shuffle(seed=seed)
         pool = pool_ds.select(range(min(pool_size, len(pool_ds))))
+    if len(pool) < pool_size:
+        # Known only now (the split's size); evaluating with more shots than this fails naming the set.
+        log.warning("eval set %s: few-shot pool of %d examples, not data.fewshot_pool_size %d (split %r of %s)",
+                    spec.name, len(pool), pool_size, spec.fewshot_split, local_dir or spec.hub_id)  # fmt: skip
     if max_examples is not None:
         scored = scored.select(range(min(max_examples, len(scored))))
     # Scored items keep the dataset's order, so per-example files read naturally.
@@ -170,11 +263,11 @@ def eval_and_fewshot(
     return scored_df, canonical_frame(spec, spec.fewshot_split, pool, skip_invalid)
 
 
-def fetch(spec: DatasetSpec, local_dir: str | Path | None) -> dict:
+def fetch(spec: DatasetSpec, local_dir: str | Path | None, skip_invalid: bool = False) -> dict:
     """Load every split a study reads (from the hub this fills the cache); a record of what was found."""
     splits = {}
     for split in spec.splits:
-        ds = load_raw_split(spec, split, local_dir)
+        ds = load_raw_split(spec, split, local_dir, skip_invalid)
         splits[split] = {"rows": len(ds), "columns": [c for c in ds.column_names if c != ROW]}
     source = {"local_dir": str(local_dir)} if local_dir else {"hub_id": spec.hub_id, "config": spec.hub_config,
                                                               "revision": spec.revision}  # fmt: skip

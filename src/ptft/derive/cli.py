@@ -61,7 +61,7 @@ def cmd_dissect_loglik(a) -> None:
     import pandas as pd
     import torch
 
-    from ptft import io
+    from ptft import io, provenance
     from ptft.checkpoints.load import load_pretrained
     from ptft.derive.dissect import text_logliks, texts_frame
 
@@ -71,19 +71,21 @@ def cmd_dissect_loglik(a) -> None:
     model, tokenizer = load_pretrained(a.model_dir, device=device)
     model.eval()
     logp, n_tokens = text_logliks(model, tokenizer, texts["text"].tolist(), a.batch_size)
-    io.write_parquet(a.out, texts.drop(columns="text").assign(logp=logp, n_tokens=n_tokens))
+    scored = texts.drop(columns="text").assign(logp=logp, n_tokens=n_tokens)
+    io.write_parquet(a.out, scored, provenance.for_model(a.model_dir))
 
 
 def cmd_dissect(a) -> None:
     import pandas as pd
 
-    from ptft import io
+    from ptft import io, provenance
     from ptft.derive.dissect import dissect_tables
 
     pairs = [(p["meta"], pd.read_parquet(p["base"]), pd.read_parquet(p["ft"])) for p in a.pairs]
     change, components = dissect_tables(pairs, a.config["bootstrap"])
-    io.write_parquet(a.change_out, change)
-    io.write_parquet(a.components_out, components)
+    origin = provenance.of_inputs([p[side] for p in a.pairs for side in ("base", "ft")])
+    io.write_parquet(a.change_out, change, origin)
+    io.write_parquet(a.components_out, components, origin)
 
 
 def add_commands(sub) -> None:

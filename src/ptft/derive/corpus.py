@@ -31,6 +31,15 @@ def load_documents(cfg: dict, local_dir: str | Path | None = None) -> pd.DataFra
             raise ValueError(f"derive.corpus.path: {path} is not one of {sorted(BUILDERS)}")
         if not path.is_file():
             raise FileNotFoundError(f"derive.corpus.path: {path} does not exist")
+        if builder in ("json", "text"):
+            from ptft.data.prepare import bad_lines
+
+            # Checked here, as datasets' own error names neither the file nor the line.
+            bad = bad_lines(path, parse=path.suffix == ".jsonl")
+            if bad:
+                line, problem = bad[0]
+                raise ValueError(f"derive.corpus.path: {path} line {line}: {problem} ({len(bad)} bad lines in all); "
+                                 "fix the file, e.g. re-export it as UTF-8")  # fmt: skip
         kwargs = {"sample_by": "paragraph"} if builder == "text" else {}
         ds = datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
         text_field = "text" if builder == "text" else cfg.get("text_field", "text")

@@ -1,5 +1,9 @@
 """The ``hf`` backend: a local ``transformers`` model, generating in left-padded batches.
 
+``model`` is a checkpoint folder, a checkpoint pointer or a hub id (``org/name`` or
+``org/name@revision``, read from the Hugging Face cache under ``HF_HUB_OFFLINE=1``; remote code
+is never run), as :func:`ptft.checkpoints.load.load_pretrained` takes them.
+
 Prompts use the tokenizer's chat template; a tokenizer without one gets the Tulu v2 template
 (``<|user|>``/``<|assistant|>`` lines), as instruction tuning does in ptft. Decoding is greedy
 unless ``temperature`` > 0; with sampling, the request's ``seed`` seeds each batch, so a retry

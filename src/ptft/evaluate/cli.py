@@ -2,17 +2,39 @@
 
 from __future__ import annotations
 
+import logging
+
 from ptft.cli_args import json_arg, set_threads
+
+log = logging.getLogger(__name__)
 
 
 def cmd_evaluate(a) -> None:
-    from ptft import io
-    from ptft.evaluate.run import evaluate_model, model_metadata
+    from ptft.signals import Interrupted, StopRequested
+
+    # Installed before torch and the model load, so that a SIGTERM or SIGUSR1 at any point ends in
+    # 128 + the signal; what is lost is at most the part being scored.
+    kept = f"the finished parts are kept in {a.state_dir}" if a.state_dir else "nothing is kept (no --state-dir)"
+    stop = StopRequested(immediate=True, kept=kept)
+    try:
+        _evaluate(a, stop)
+    except Interrupted as err:
+        log.warning("ptft evaluate: %s", err)
+        raise SystemExit(128 + err.signum) from None
+    finally:
+        stop.restore()
+
+
+def _evaluate(a, stop) -> None:
+    from ptft import io, provenance
+    from ptft.evaluate.run import evaluate_model, model_metadata, remove_parts
 
     set_threads(a.threads)
     meta = model_metadata(a.model_dir, a.model)
-    df = evaluate_model(a.model_dir, meta, a.evaluations, a.data_dir, a.config, a.seed)
-    io.write_parquet(a.out, df)
+    df = evaluate_model(a.model_dir, meta, a.evaluations, a.data_dir, a.config, a.seed, a.state_dir, stop)
+    io.write_parquet(a.out, df, provenance.for_model(a.model_dir))
+    if a.state_dir:
+        remove_parts(a.state_dir)
 
 
 def add_commands(sub) -> None:
@@ -24,5 +46,6 @@ def add_commands(sub) -> None:
     s.add_argument("--config", type=json_arg, required=True)
     s.add_argument("--seed", type=int, required=True)
     s.add_argument("--out", required=True)
+    s.add_argument("--state-dir", default=None, help="where finished parts wait for a re-run after a stop")
     s.add_argument("--threads", type=int, default=1)
     s.set_defaults(func=cmd_evaluate)

@@ -11,11 +11,18 @@ generation by greedy decoding scored by ROUGE-L, multiple choice by the summed l
 each choice (``acc`` and ``acc_norm``, lm-evaluation-harness definitions); the metrics are defined in
 :mod:`ptft.evaluate.metrics`. One row per example, with enough (prompt hash, prediction, gold,
 label log-probabilities) to recompute any table.
+
+A preempted job loses only the part it was scoring: each finished (eval set, format) part is
+written to the state directory (``results/<study>/.state/evaluate/<model id>/``, outside the
+rule's outputs) under its fingerprint, reused by the re-run and removed once
+``predictions.parquet`` is written.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import logging
 from pathlib import Path
 
@@ -27,6 +34,8 @@ from ptft import io
 from ptft.checkpoints.load import load_pretrained
 from ptft.data.registry import get_dataset
 from ptft.evaluate.scoring import build_prompts, score_items
+from ptft.provenance import checkpoint_identity, file_digest
+from ptft.signals import StopRequested
 
 log = logging.getLogger(__name__)
 
@@ -47,43 +56,111 @@ def model_metadata(model_dir: str | Path, meta: dict) -> dict:
     return meta
 
 
+def part_fingerprint(model: str, meta: dict, ev: dict, fmt: str, data_dir: Path, cfg: dict, seed: int) -> str:
+    """What one (eval set, format) part's rows depend on: the model (``model``, its
+    :func:`ptft.provenance.checkpoint_identity`), the part's settings and its data files' bytes."""
+    eval_set, shots = ev["eval_set"], int(meta["shots"])
+    files = [data_dir / folder / f"{eval_set}.parquet" for folder in ("eval", "fewshot")[: 2 if shots else 1]]
+    settings = {"model": model, "meta": meta, "eval_set": eval_set, "relation": ev["relation"], "format": fmt,
+                "shots": shots, "seed": seed, "scoring": cfg, "data": [file_digest(f) for f in files]}  # fmt: skip
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def score_part(model, tokenizer, meta: dict, ev: dict, fmt: str, data_dir: Path, cfg: dict, seed: int) -> pd.DataFrame:
+    """The rows of one eval set in one format: one per example and metric."""
+    eval_set, shots = ev["eval_set"], int(meta["shots"])
+    task = get_dataset(eval_set).task
+    items = pd.read_parquet(data_dir / "eval" / f"{eval_set}.parquet").to_dict("records")
+    pool = pd.read_parquet(data_dir / "fewshot" / f"{eval_set}.parquet").to_dict("records") if shots else []
+    prompts = build_prompts(task, items, pool, fmt, shots, seed, eval_set)
+    frames = []
+    for result in score_items(model, tokenizer, task, items, prompts, cfg):
+        frames.append(
+            pd.DataFrame(
+                {
+                    **{k: [v] * len(items) for k, v in meta.items()},
+                    "eval_set": eval_set,
+                    "eval_task": task.name,
+                    "eval_kind": task.kind,
+                    "format": fmt,
+                    "relation": ev["relation"],
+                    "example_id": [int(r["idx"]) for r in items],
+                    "prompt_hash": [prompt_hash(p) for p in prompts],
+                    **result,
+                }
+            )
+        )
+        mean = sum(result["score"]) / len(items)
+        log.info("%s %s %s: %s = %.3f", meta["model"], eval_set, fmt, result["metric"], mean)
+    return pd.concat(frames, ignore_index=True)
+
+
 def evaluate_model(
-    model_dir: str | Path, meta: dict, evaluations: list[dict], data_dir: str | Path, cfg: dict, seed: int
+    model_dir: str | Path,
+    meta: dict,
+    evaluations: list[dict],
+    data_dir: str | Path,
+    cfg: dict,
+    seed: int,
+    state_dir: str | Path | None = None,
+    stop: StopRequested | None = None,
 ) -> pd.DataFrame:
-    """Score one model on ``evaluations`` ({eval_set, relation, formats}); one row per example and metric."""
+    """Score one model on ``evaluations`` ({eval_set, relation, formats}); one row per example and metric.
+
+    With ``state_dir``, each finished (eval set, format) part is written there, named by its
+    :func:`part_fingerprint`, and a re-run reuses the parts whose fingerprint matches (the model
+    is loaded only if a part is left to score). ``stop`` (the command's handler) is checked
+    between parts, in case a library swallowed its :class:`~ptft.signals.Interrupted`.
+    """
     data_dir = Path(data_dir)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    model, tokenizer = load_pretrained(model_dir, dtype=dtype, device=device)
-    model.eval()
-    shots = int(meta["shots"])
+    identity = checkpoint_identity(model_dir) if state_dir is not None else ""
+    model = tokenizer = None
     frames = []
     jobs = [(e, f) for e in evaluations for f in e["formats"]]
     for ev, fmt in tqdm(jobs, desc=f"evaluate {meta['model']}", mininterval=5):
-        eval_set = ev["eval_set"]
-        task = get_dataset(eval_set).task
-        items = pd.read_parquet(data_dir / "eval" / f"{eval_set}.parquet").to_dict("records")
-        pool = pd.read_parquet(data_dir / "fewshot" / f"{eval_set}.parquet").to_dict("records") if shots else []
-        prompts = build_prompts(task, items, pool, fmt, shots, seed, eval_set)
-        for result in score_items(model, tokenizer, task, items, prompts, cfg):
-            frames.append(
-                pd.DataFrame(
-                    {
-                        **{k: [v] * len(items) for k, v in meta.items()},
-                        "eval_set": eval_set,
-                        "eval_task": task.name,
-                        "eval_kind": task.kind,
-                        "format": fmt,
-                        "relation": ev["relation"],
-                        "example_id": [int(r["idx"]) for r in items],
-                        "prompt_hash": [prompt_hash(p) for p in prompts],
-                        **result,
-                    }
-                )
-            )
-            mean = sum(result["score"]) / len(items)
-            log.info("%s %s %s: %s = %.3f", meta["model"], eval_set, fmt, result["metric"], mean)
+        path = None
+        if state_dir is not None:
+            digest = part_fingerprint(identity, meta, ev, fmt, data_dir, cfg, seed)
+            path = Path(state_dir) / f"{ev['eval_set']}.{fmt}.{digest[:16]}.parquet"
+            part = read_part(path)
+            if part is not None:
+                log.info("reusing finished part %s %s of %s from %s", ev["eval_set"], fmt, meta["model"], path)
+                frames.append(part)
+                continue
+        if model is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+            dtype = torch.bfloat16 if device == "cuda" else torch.float32
+            model, tokenizer = load_pretrained(model_dir, dtype=dtype, device=device)
+            model.eval()
+        part = score_part(model, tokenizer, meta, ev, fmt, data_dir, cfg, seed)
+        if path is not None:
+            io.write_parquet(path, part)
+            # Read back, so that a part scored now and one reused later enter the table alike.
+            part = pd.read_parquet(path)
+        frames.append(part)
+        if stop is not None:
+            stop.check()
     df = pd.concat(frames, ignore_index=True)
     df["lr"] = df["lr"].astype("float64")
     df["seed"] = df["seed"].astype("Int64")
     return df
+
+
+def read_part(path: Path) -> pd.DataFrame | None:
+    """A finished part, or None if there is none (or it cannot be read: then it is scored again)."""
+    if not path.exists():
+        return None
+    try:
+        return pd.read_parquet(path)
+    except Exception as err:  # noqa: BLE001 - written atomically, so this is a damaged disk or a foreign file
+        log.warning("finished part %s cannot be read (%s); scoring it again", path, err)
+        return None
+
+
+def remove_parts(state_dir: str | Path) -> None:
+    """The finished parts, once predictions.parquet holds them (and any of an older fingerprint)."""
+    state_dir = Path(state_dir)
+    for path in state_dir.glob("*.parquet"):
+        path.unlink()
+    with contextlib.suppress(OSError):
+        state_dir.rmdir()

@@ -2,22 +2,39 @@
 
 from __future__ import annotations
 
+import logging
+
 from ptft.cli_args import json_arg, set_threads
 from ptft.finetune.methods import METHOD_NAMES
 from ptft.finetune.select import SELECTION_METRICS
 
+log = logging.getLogger(__name__)
+
 
 def cmd_finetune(a) -> None:
-    from ptft.finetune.state import Interrupted
+    from ptft.signals import Interrupted, StopRequested
+
+    # Installed before torch and the model load (seconds to minutes), so a SIGTERM or SIGUSR1 that
+    # arrives then also ends in 128 + the signal rather than the default handler's silent death.
+    stop = StopRequested(immediate=True)
+    try:
+        _finetune(a, stop)
+    except Interrupted as err:
+        # 128 + the signal number, as a shell reports a process killed by it: SLURM and the
+        # workflow treat the job as stopped, and its re-run resumes from the saved state.
+        log.warning("ptft finetune: %s", err)
+        raise SystemExit(128 + err.signum) from None
+    finally:
+        stop.restore()
+
+
+def _finetune(a, stop) -> None:
     from ptft.finetune.train import Diverged, finetune
 
     set_threads(a.threads)
     try:
-        finetune(a.checkpoint, a.train, a.task, a.config, a.lr, a.seed, a.out_dir, a.state_dir, a.method, a.validation)
-    except Interrupted as stop:
-        # 128 + the signal number, as a shell reports a process killed by it: SLURM and the
-        # workflow treat the job as stopped, and its re-run resumes from the saved state.
-        raise SystemExit(128 + stop.signum) from None
+        finetune(a.checkpoint, a.train, a.task, a.config, a.lr, a.seed, a.out_dir, a.state_dir, a.method, a.validation,
+                 stop=stop)  # fmt: skip
     except Diverged as err:
         # Exit status 1 with the message alone: the traceback says nothing about the run's lr or data.
         raise SystemExit(f"ptft finetune: {err}") from None

@@ -6,27 +6,37 @@ logs, probe rows, the method's statistics and timings so far) lives in
 re-running a job. The data position needs no field of its own: the micro-batch order is a pure
 function of (seed, epoch), so the step says exactly where the stream continues.
 
-SLURM sends SIGTERM before it kills a job (on preemption, ``scancel`` or the time limit) and
-can send SIGUSR1 ahead of time (``--signal=USR1@<seconds>``). Either one makes the run finish
-its current optimizer step, save, and raise :class:`Interrupted`; the ``ptft finetune`` command
-exits with 128 + the signal number.
+The state carries the :func:`fingerprint` of what it was trained from (the run's config, its
+data files, the checkpoint). A run resumes only a state with its own fingerprint; a state of
+another config, data or checkpoint is discarded, and one that cannot be read (truncated, or
+pickled by an older ptft) is moved aside as ``state.pt.corrupt``. Either way training restarts
+from step 0. The state is loaded with ``torch.load(weights_only=True)``, so it holds only tensors
+and plain Python values (:func:`rng_state` converts the RNG states).
+
+Stop signals are handled in :mod:`ptft.signals`: in the training loop a signal makes the run
+finish its current optimizer step, save, and raise :class:`ptft.signals.Interrupted`.
+
+torch is imported inside the functions that need it: the commands install the stop handler from
+this module before torch and the model load, which take seconds.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import random
-import signal
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from ptft import io
+from ptft import io, provenance
 
 log = logging.getLogger(__name__)
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+FINGERPRINT_PARTS = ("config", "data", "checkpoint")
+# Settings that cannot change what is trained: when the state is saved, and the MFU denominator.
+NOT_FINGERPRINTED = ("save_every", "peak_tflops")
 
 
 @dataclass
@@ -40,44 +50,71 @@ class Progress:
     probe_time_s: float = 0.0
 
 
-class Interrupted(Exception):
-    """A stop signal arrived; the training state was saved after the step it interrupted."""
-
-    def __init__(self, signum: int):
-        super().__init__(f"stopped by {signal.Signals(signum).name}; the training state is saved")
-        self.signum = signum
+# -- Fingerprint: what a saved state was trained from.
 
 
-class StopRequested:
-    """Remembers the first stop signal received; installs itself as the handler."""
+def fingerprint(run: dict, data: list[str | Path | None], checkpoint: str | Path) -> dict[str, str]:
+    """One digest per part (:data:`FINGERPRINT_PARTS`), so that a mismatch can name what changed.
 
-    def __init__(self):
-        self.signum: int | None = None
-        self._previous = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
+    ``run``: the run's settings (config, lr, seed, method, task); ``data``: its data files
+    (training, validation; None for an absent one).
+    """
+    settings = {k: v for k, v in run.items() if k not in NOT_FINGERPRINTED}
+    if isinstance(settings.get("config"), dict):
+        settings["config"] = {k: v for k, v in settings["config"].items() if k not in NOT_FINGERPRINTED}
+    return {
+        "config": provenance.sha256_text(json.dumps(settings, sort_keys=True, default=str)),
+        "data": provenance.sha256_text(" ".join(provenance.file_digest(p) if p is not None else "-" for p in data)),
+        "checkpoint": provenance.checkpoint_identity(checkpoint),
+    }
 
-    def _handle(self, signum, _frame):
-        if self.signum is None:
-            log.warning("received %s: saving the training state after this step", signal.Signals(signum).name)
-        self.signum = signum
 
-    def __bool__(self) -> bool:
-        return self.signum is not None
+# -- The payload: only tensors and plain values, so it loads with weights_only=True.
 
-    def restore(self) -> None:
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
+
+def _plain(value):
+    """``value`` with NumPy scalars and arrays made Python values and tensors (weights_only loads neither)."""
+    import torch
+
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_plain(v) for v in value)
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(value.copy())
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
 
 
 def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    import torch
+
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64), "gauss": gauss},
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    import torch
+
+    py, nps = state["python"], state["numpy"]
+    random.setstate((py["version"], tuple(py["internal"].tolist()), py["gauss"]))
+    np.random.set_state((nps["kind"], nps["keys"].numpy().astype(np.uint32), nps["pos"], nps["has_gauss"],
+                         nps["cached_gaussian"]))  # fmt: skip
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -89,22 +126,69 @@ def trainable_state(model) -> dict:
     return {k: v for k, v in model.state_dict().items() if k in names}
 
 
-def save(path: Path, model, optimizer, step: int, progress: Progress) -> None:
+def save(path: Path, model, optimizer, step: int, progress: Progress, fingerprint: dict | None = None) -> None:
+    import torch
+
     payload = {
         "model": trainable_state(model),
         "optimizer": optimizer.state_dict(),
         "rng": rng_state(),
         "step": step,
-        "progress": asdict(progress),
+        "progress": _plain(asdict(progress)),
+        "fingerprint": fingerprint,
     }
     with io.atomic_path(path) as tmp:
         torch.save(payload, tmp)
     log.info("saved training state at step %d to %s", step, path)
 
 
-def load(path: Path, model, optimizer) -> tuple[int, Progress]:
-    """Restore model, optimizer and RNG from ``path``; the step to continue at and the progress so far."""
-    state = torch.load(path, weights_only=False, map_location="cpu")
+def _read(path: Path, fingerprint: dict | None, mmap: bool = False) -> dict | None:
+    """The saved state at ``path`` if this run can resume it; else None, the file set aside.
+
+    ``fingerprint`` None resumes whatever was saved (a caller of the loop without one).
+    """
+    import torch
+
+    if not path.exists():
+        return None
+    try:
+        saved = torch.load(path, weights_only=True, map_location="cpu", mmap=mmap)
+        saved_print = saved.get("fingerprint")
+    except Exception as err:  # noqa: BLE001 - any unreadable file is set aside the same way
+        aside = path.with_name(path.name + ".corrupt")
+        os.replace(path, aside)
+        reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:200] if str(err).strip() else ''}"
+        log.warning("training state %s cannot be read (%s); it is truncated, corrupt or written by an older ptft. "
+                    "Moved it to %s; training starts from step 0", path, reason, aside)  # fmt: skip
+        return None
+    if fingerprint is None:
+        return saved
+    changed = [k for k in FINGERPRINT_PARTS if (saved_print or {}).get(k) != fingerprint.get(k)]
+    if changed:
+        path.unlink()
+        log.warning("training state %s was saved for a different %s; discarded it, training restarts from step 0",
+                    path, " and ".join(changed))  # fmt: skip
+        return None
+    return saved
+
+
+def usable(path: Path, fingerprint: dict | None) -> bool:
+    """Whether ``path`` holds a state this run will resume; an unusable one is set aside (see :func:`_read`).
+
+    Memory-mapped: the tensors are not read, so checking costs little even for a large model.
+    """
+    return _read(path, fingerprint, mmap=True) is not None
+
+
+def load(path: Path, model, optimizer, fingerprint: dict | None = None) -> tuple[int, Progress] | None:
+    """Restore model, optimizer and RNG from ``path``; the step to continue at and the progress so far.
+
+    None where there is no state this run can resume (absent, unreadable, or of another
+    fingerprint: see :func:`_read`).
+    """
+    state = _read(path, fingerprint)
+    if state is None:
+        return None
     missing = set(trainable_state(model)) - set(state["model"])
     if missing:
         raise ValueError(f"training state {path}: no saved values for {sorted(missing)[:3]}...; delete it to restart")

@@ -36,7 +36,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from ptft import io
+from ptft import io, provenance, signals
 from ptft.checkpoints.load import load_pretrained
 from ptft.data.registry import get_dataset
 from ptft.finetune import probes, state
@@ -146,6 +146,19 @@ def validation_score(model, tokenizer, task, records: list[dict], fmt: str, seed
     return float(np.mean(result["score"]))
 
 
+def context_window(model_config) -> int | None:
+    """The most positions the model takes, as its config states it (the attribute differs by architecture).
+
+    A model with absolute position embeddings (GPT-2's ``n_positions``) fails with an IndexError
+    beyond it; one with rotary positions runs, but on positions it was never trained at.
+    """
+    for attr in ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "seq_length"):
+        value = getattr(model_config, attr, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
 def peak_flops(device: str, cfg: dict) -> float | None:
     """The device's peak FLOP/s for the MFU estimate: ``peak_tflops`` if set, else a known GPU's bf16 peak."""
     if cfg.get("peak_tflops"):
@@ -213,6 +226,7 @@ class RunRecord:
     diverged: dict | None  # a run of an lr grid that diverged: the step, its loss and gradient norm
     method_stats: dict  # written as top-level keys (LP-FT's lp_accuracy_before, ...)
     config: dict
+    provenance: dict  # what made the run: ptft version and commit, study config hash, checkpoint (ptft.provenance)
 
     def summary(self) -> dict:
         out = asdict(self)
@@ -232,14 +246,19 @@ def train_loop(
     prober: probes.Prober | None = None,
     loss_fn=completion_loss,
     desc: str = "finetune",
+    stop: signals.StopRequested | None = None,
+    fingerprint: dict | None = None,
 ) -> LoopResult:
     """Train ``model`` in place on encoded examples.
 
     ``progress`` holds what the run recorded before the loop (the method's statistics); a run
-    that resumes from ``state_path`` takes the saved one instead. The state is saved there
-    every ``save_every`` steps, and when a stop signal arrives, after which
-    :class:`ptft.finetune.state.Interrupted` is raised. ``loss_fn(model, batch, fast, kept)`` is
-    the method's summed loss of a micro-batch.
+    that resumes from ``state_path`` takes the saved one instead, if the state was saved with
+    ``fingerprint`` (:func:`ptft.finetune.state.fingerprint`). The state is saved there every
+    ``save_every`` steps, and when a stop signal arrives, after which
+    :class:`ptft.signals.Interrupted` is raised. ``stop`` is the command's handler,
+    installed at process start; without one the loop installs its own and restores the previous
+    handlers when it ends. ``loss_fn(model, batch, fast, kept)`` is the method's summed loss of a
+    micro-batch.
 
     Examples without a target token (see :func:`ptft.finetune.batching.has_target`) are left
     out, with a warning, so no step divides by zero targets. A step whose loss or gradient norm
@@ -273,8 +292,9 @@ def train_loop(
 
         # -- Resume: weights, optimizer, RNG streams and progress as saved, the data stream at the saved step.
         step = 0
-        if state_path is not None and state_path.exists():
-            step, progress = state.load(state_path, model, opt)
+        resumed = state.load(state_path, model, opt, fingerprint) if state_path is not None else None
+        if resumed is not None:
+            step, progress = resumed
             log.info("resuming at step %d of %d from %s", step, total_steps, state_path)
 
         # The batch order is a pure function of (seed, epoch), so resuming at optimizer step
@@ -299,8 +319,11 @@ def train_loop(
         # -- Loop: one optimizer step per iteration, then log, probe and checkpoint.
         if step == 0:
             probe(0)
-        stop = state.StopRequested()
-        cleanup.callback(stop.restore)
+        if stop is None:
+            stop = signals.StopRequested()
+            cleanup.callback(stop.restore)
+        # Until here a stop had nothing to save; from here it lets the step in progress finish and saves it.
+        stop.defer()
         model.train()
         start = time.time() - progress.wall_time_s - progress.probe_time_s
         bar = cleanup.enter_context(tqdm(total=total_steps, initial=step, desc=desc, mininterval=5))
@@ -345,9 +368,9 @@ def train_loop(
             bar.set_postfix(loss=f"{loss_sum:.3f}", refresh=False)
             progress.wall_time_s = time.time() - start - progress.probe_time_s
             if state_path is not None and (stop or (step % cfg["save_every"] == 0 and step < total_steps)):
-                state.save(state_path, model, opt, step, progress)
+                state.save(state_path, model, opt, step, progress, fingerprint)
             if stop:
-                raise state.Interrupted(stop.signum)
+                raise signals.Interrupted(stop.signum)
     return LoopResult(progress, total_steps, batching, fast, untargeted)
 
 
@@ -362,11 +385,14 @@ def finetune(
     state_dir: str | Path,
     method: str = "full",
     validation_path: str | Path | None = None,
+    stop: signals.StopRequested | None = None,
 ) -> dict:
     """Fine-tune and write ``model/``, ``train_log.parquet``, ``probes.parquet`` and ``summary.json``; the summary.
 
     ``cfg`` is the run's finetune config (:meth:`ptft.plan.Plan.run_config`). A stop signal
-    saves the training state in ``state_dir`` and raises :class:`ptft.finetune.state.Interrupted`.
+    saves the training state in ``state_dir`` and raises :class:`ptft.signals.Interrupted`;
+    ``stop`` is the command's handler (see :func:`train_loop`). A ``max_length`` beyond the
+    model's context window is cut to it (a warning; ``summary.json`` records the value used).
     """
     out_dir, state_dir = Path(out_dir), Path(state_dir)
     impl = get_method(method)
@@ -376,10 +402,18 @@ def finetune(
     if scoring is not None and not isinstance(scoring, dict):
         raise ValueError(f"validation_score: expected the evaluation settings (batch_size, max_new_tokens, stop, "
                          f"rouge_stemmer), got {scoring!r}")  # fmt: skip
+    # Of the settings as given: the cap on max_length below is a function of them and the checkpoint.
+    fingerprint = state.fingerprint({"config": cfg, "lr": lr, "seed": seed, "method": method, "task": task_name},
+                                    [train_path, validation_path], checkpoint)  # fmt: skip
     set_seed(seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     # fp32 master weights; bf16 runs autocast the forward pass (mixed precision, as the paper's bf16).
     model, tokenizer = load_pretrained(checkpoint, dtype=torch.float32, device=device)
+    window = context_window(model.config)
+    if window is not None and cfg["max_length"] > window:
+        log.warning("finetune.max_length=%d exceeds the context window of %s (%d positions); using max_length=%d",
+                    cfg["max_length"], checkpoint, window, window)  # fmt: skip
+        cfg = {**cfg, "max_length": window}
     records = pd.read_parquet(train_path).to_dict("records")
     fmt = cfg["format"]
     examples = encode_examples(tokenizer, task, records, fmt, cfg["max_length"])
@@ -398,7 +432,9 @@ def finetune(
     if cfg["gradient_checkpointing"]:
         model.gradient_checkpointing_enable()
     state_path = state_dir / "state.pt"
-    model, method_stats = impl.prepare(model, RunInputs(tokenizer, task, records, cfg, device, state_path.exists()))
+    # Checked before the method prepares the model: LP-FT fits its head only when it will not be resumed.
+    resuming = state.usable(state_path, fingerprint)
+    model, method_stats = impl.prepare(model, RunInputs(tokenizer, task, records, cfg, device, resuming))
 
     prober = None
     if cfg.get("probes"):
@@ -414,7 +450,7 @@ def finetune(
     try:
         trained = train_loop(model, examples, cfg, lr, seed, tokenizer.pad_token_id, state_path,
                              state.Progress(method_stats=method_stats), prober, impl.loss,
-                             desc=f"finetune {task_name} ({method})")  # fmt: skip
+                             desc=f"finetune {task_name} ({method})", stop=stop, fingerprint=fingerprint)  # fmt: skip
     except Diverged as err:
         # A run of an lr grid (it has a validation split) is recorded as diverged, so that the
         # selection skips it and the grid's other lrs still count; a run on its own fails.
@@ -464,11 +500,14 @@ def finetune(
         diverged=diverged,
         method_stats=progress.method_stats,
         config=cfg,
+        provenance=provenance.current(provenance.for_model(checkpoint)),
     )
     # Saving comes after the record: merging LoRA adapters changes the model's parameter count.
     impl.save(out_dir / "model", model, tokenizer, cfg, checkpoint)
-    io.write_parquet(out_dir / "train_log.parquet", pd.DataFrame(progress.log))
-    io.write_parquet(out_dir / "probes.parquet", pd.DataFrame(progress.probes, columns=list(probes.PROBE_COLUMNS)))
+    origin = {"checkpoints": record.provenance["checkpoints"]}
+    io.write_parquet(out_dir / "train_log.parquet", pd.DataFrame(progress.log), origin)
+    probe_rows = pd.DataFrame(progress.probes, columns=list(probes.PROBE_COLUMNS))
+    io.write_parquet(out_dir / "probes.parquet", probe_rows, origin)
     summary = record.summary()
     io.write_json(out_dir / "summary.json", summary)
     state_path.unlink(missing_ok=True)

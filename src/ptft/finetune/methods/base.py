@@ -75,10 +75,18 @@ class Method:
         return completion_loss(model, batch, fast, kept)
 
     def save(self, path, model, tokenizer, cfg: dict, base_checkpoint) -> None:
-        """Write the fine-tuned model to ``path`` as a ``save_pretrained`` folder (atomically)."""
+        """Write the fine-tuned model to ``path`` as a ``save_pretrained`` folder (atomically),
+        recording the checkpoint it was fine-tuned from (``ptft_provenance.json``)."""
         from ptft import io
 
-        io.write_pretrained(path, model, tokenizer)
+        io.write_pretrained(path, model, tokenizer, origin(base_checkpoint))
+
+
+def origin(base_checkpoint) -> dict | None:
+    """The provenance of a model fine-tuned from ``base_checkpoint`` (a pointer or folder)."""
+    from ptft import provenance
+
+    return provenance.for_model(base_checkpoint) if base_checkpoint is not None else None
 
 
 def register(cls: type[Method]) -> type[Method]:

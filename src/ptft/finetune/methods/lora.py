@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ptft.finetune.methods.base import Method, RunInputs
+from ptft.finetune.methods.base import Method, RunInputs, origin
 from ptft.finetune.methods.full import LABELLED_KINDS
 
 
@@ -68,12 +68,27 @@ class LoRA(Method):
         from ptft import io
 
         if cfg["lora"]["save"] == "merged":
-            io.write_pretrained(path, model.merge_and_unload(), tokenizer)
+            io.write_pretrained(path, model.merge_and_unload(), tokenizer, origin(base_checkpoint))
             return
+        base, revision = base_source(base_checkpoint)
+        # peft and lm-eval load an adapter's base from these fields; without a revision they would
+        # take the hub's main branch, not the commit that was fine-tuned.
+        for adapter in model.peft_config.values():
+            adapter.base_model_name_or_path, adapter.revision = base, revision
 
         def fill(tmp):
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
-            io.write_json(tmp / "ptft_adapter.json", {"base_checkpoint": str(base_checkpoint)})
+            record = {"base_checkpoint": str(base_checkpoint), "base_model": base, "base_revision": revision}
+            io.write_json(tmp / "ptft_adapter.json", record)
+            io.write_provenance(tmp, origin(base_checkpoint))
 
         io.write_dir(path, fill)
+
+
+def base_source(base_checkpoint) -> tuple[str, str | None]:
+    """(hub id or folder, commit or None) that ``from_pretrained`` loads a checkpoint pointer or folder from."""
+    from ptft.checkpoints.load import pretrained_source
+
+    name, kwargs = pretrained_source(base_checkpoint)
+    return name, kwargs.get("revision")
