@@ -285,3 +285,14 @@ def test_names_the_code_declares_are_folder_names():
     from ptft.plan import PATH_NAME
 
     assert [n for n in [*DATASETS, *METHOD_NAMES] if not PATH_NAME.match(n)] == []
+
+
+def test_a_fewshot_pool_smaller_than_shots_at_scoring_names_the_file_and_what_to_do():
+    from ptft.evaluate.scoring import build_prompts
+
+    task = get_dataset("toy_nli").task
+    pool = [{"premise": "a", "hypothesis": "b", "label": 0}] * 2
+    with pytest.raises(ValueError, match=r"data/fewshot/toy_nli.parquet\) has 2 examples.*lower evaluate.shots"):
+        build_prompts(
+            task, [{"premise": "c", "hypothesis": "d", "label": 1, "idx": 0}], pool, "default", 3, 0, "toy_nli"
+        )

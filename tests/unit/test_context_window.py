@@ -77,3 +77,22 @@ def test_prompts_are_cut_to_a_gpt2_window(gpt2_dir, name):
     assert min(lengths) > WINDOW
     # Whole shots go first (test_truncation.py), so a prompt may keep fewer tokens than fit.
     assert all(0 < n - cut <= WINDOW - reserve for n, cut in zip(lengths, result["truncated_tokens"], strict=True))
+
+
+def test_probes_longer_than_the_window_are_cut_not_an_index_error(gpt2_dir, tmp_path, caplog):
+    pd.DataFrame(records("toy_summary", 24)).to_parquet(tmp_path / "train.parquet")
+    cfg = {**CFG, "probes": {"every": 2, "examples": 8, "path": None}}
+    with caplog.at_level(logging.WARNING):
+        finetune(gpt2_dir, tmp_path / "train.parquet", "toy_summary", cfg, 1e-3, 0, tmp_path / "ft", tmp_path / "st")
+    assert f"probe rows are longer than the context window ({WINDOW} tokens)" in caplog.text
+    probes = pd.read_parquet(tmp_path / "ft" / "probes.parquet")
+    assert len(probes) > 0 and probes["logp"].notna().all() and (probes["n_tokens"] > 0).all()
+
+
+def test_a_probe_set_line_that_is_not_utf8_is_named(tmp_path):
+    from ptft.finetune.probes import read_probe_set
+
+    path = tmp_path / "probes.jsonl"
+    path.write_bytes(b'{"example": 0, "prompt": "a", "response_type": "gold", "response": "caf\xe9"}\n')
+    with pytest.raises(ValueError, match=f"finetune.probes.path {path} line 1: not UTF-8 text"):
+        read_probe_set(path)

@@ -11,7 +11,9 @@ from ptft.evaluate.scorers import get_scorer
 def build_prompts(task, items: list[dict], pool: list[dict], fmt: str, shots: int, seed: int, eval_set: str):
     """One prompt per item; each item draws its own shots with an RNG seeded by (seed, set, item)."""
     if shots > len(pool):
-        raise ValueError(f"eval set {eval_set!r}: {shots} shots requested but the few-shot pool has {len(pool)}")
+        raise ValueError(f"eval set {eval_set!r}: {shots} shots requested but its few-shot pool (data/fewshot/"
+                         f"{eval_set}.parquet) has {len(pool)} examples, as its split is smaller than "
+                         f"data.fewshot_pool_size; lower evaluate.shots (or finetuned_shots)")  # fmt: skip
     prompts = []
     for item in items:
         rng = random.Random(f"{seed}:{eval_set}:{item['idx']}")

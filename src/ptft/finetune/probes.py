@@ -17,6 +17,7 @@ training records:
 
 from __future__ import annotations
 
+import logging
 import random
 from pathlib import Path
 
@@ -29,6 +30,8 @@ from ptft.finetune.methods import unwrap
 
 PROBE_SET_COLUMNS = ("example", "prompt", "response_type", "response")
 PROBE_COLUMNS = ("step", "example", "response_type", "logp", "n_tokens")
+
+log = logging.getLogger(__name__)
 
 
 def builtin_probe_set(task, records: list[dict], fmt: str, n: int, seed: int) -> pd.DataFrame:
@@ -53,6 +56,13 @@ def builtin_probe_set(task, records: list[dict], fmt: str, n: int, seed: int) ->
 
 def read_probe_set(path: str | Path) -> pd.DataFrame:
     path = Path(path)
+    if path.suffix in (".jsonl", ".json"):
+        from ptft.data.prepare import bad_lines
+
+        bad = bad_lines(path, parse=path.suffix == ".jsonl")
+        if bad:  # pandas' own error names neither the file nor the line
+            raise ValueError(f"finetune.probes.path {path} line {bad[0][0]}: {bad[0][1]} ({len(bad)} bad lines in "
+                             "all); fix the file, e.g. re-export it as UTF-8 JSON lines")  # fmt: skip
     df = pd.read_json(path, lines=True) if path.suffix in (".jsonl", ".json") else pd.read_parquet(path)
     missing = [c for c in PROBE_SET_COLUMNS if c not in df.columns]
     if missing:
@@ -60,14 +70,26 @@ def read_probe_set(path: str | Path) -> pd.DataFrame:
     return df[list(PROBE_SET_COLUMNS)]
 
 
-def encode_probes(tokenizer, probes: pd.DataFrame) -> list[tuple[list[int], list[int]]]:
-    """(input_ids, labels) per probe row: only the response's tokens are scored (no EOS)."""
-    out = []
+def encode_probes(tokenizer, probes: pd.DataFrame, max_length: int | None = None) -> list[tuple[list[int], list[int]]]:
+    """(input_ids, labels) per probe row: only the response's tokens are scored (no EOS).
+
+    A row longer than ``max_length`` (the model's context window) loses prompt tokens from its
+    start, as evaluation prompts do; a response longer than the window on its own is cut at its
+    end, which the row's ``n_tokens`` shows.
+    """
+    out, cut = [], 0
     for prompt, response in zip(probes["prompt"], probes["response"], strict=True):
         prompt, response = join_prompt_completion(prompt, response)
         p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         r = tokenizer(response, add_special_tokens=False)["input_ids"]
+        if max_length is not None and len(p) + len(r) > max_length:
+            cut += 1
+            r = r[: max_length - 1]  # at least one prompt token predicts the response's first
+            p = p[len(p) - (max_length - len(r)) :]
         out.append((p + r, [IGNORE] * len(p) + r))
+    if cut:
+        log.warning("%d of %d probe rows are longer than the context window (%d tokens); their prompts are cut "
+                    "from the start", cut, len(out), max_length)  # fmt: skip
     return out
 
 
@@ -106,9 +128,9 @@ def probe_rows(step: int, probes: pd.DataFrame, logps: list[tuple[float, int]]) 
 class Prober:
     """A probe set, encoded once, and the steps it is probed at."""
 
-    def __init__(self, tokenizer, probe_set: pd.DataFrame, every: int):
+    def __init__(self, tokenizer, probe_set: pd.DataFrame, every: int, max_length: int | None = None):
         self.probe_set, self.every = probe_set, every
-        self.encoded = encode_probes(tokenizer, probe_set)
+        self.encoded = encode_probes(tokenizer, probe_set, max_length)
 
     def due(self, step: int, total_steps: int) -> bool:
         return step % self.every == 0 or step == total_steps

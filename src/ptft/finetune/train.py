@@ -444,7 +444,7 @@ def finetune(
             if p.get("path")
             else probes.builtin_probe_set(task, records, fmt, p["examples"], seed)
         )
-        prober = probes.Prober(tokenizer, probe_set, p["every"])
+        prober = probes.Prober(tokenizer, probe_set, p["every"], window)
 
     diverged = None
     try:
