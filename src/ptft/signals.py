@@ -1,7 +1,8 @@
 """Stop signals: what SIGTERM and SIGUSR1 do to a ``ptft finetune`` or ``ptft evaluate`` process.
 
-SLURM sends SIGTERM before it kills a job (on preemption, ``scancel`` or the time limit) and
-can send SIGUSR1 ahead of time (``--signal=USR1@<seconds>``). ``ptft finetune`` and ``ptft
+SLURM sends SIGTERM before it kills a job (on preemption, ``scancel`` or the time limit) and, with
+the cluster profile's ``--signal=TERM@600``, ten minutes before the time limit; SIGUSR1 is handled
+the same way for a job that asks for it outside the workflow. ``ptft finetune`` and ``ptft
 evaluate`` install :class:`StopRequested` first thing. Until training starts a signal stops the
 process at once (there is nothing to save); in the training loop it makes the run finish its
 current optimizer step, save, and raise :class:`Interrupted`. The command exits with 128 + the

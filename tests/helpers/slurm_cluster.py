@@ -18,7 +18,12 @@ sets CUDA_VISIBLE_DEVICES, but there is no GPU behind them.
 Commands run with ``env=cluster.env`` reach the cluster: ``cluster.sbatch("--wrap", "true")``, or
 ``snakemake --executor slurm --slurm-status-command squeue ...`` (tests/workflow/test_slurm.py has the
 flags this cluster needs). ``python tests/helpers/slurm_cluster.py`` starts a cluster, checks GPUs,
-requeue and scancel, and stops it.
+requeue, preemption and scancel, and stops it.
+
+Besides the default partition, partition ``urgent`` (:data:`URGENT`) preempts its jobs: a job there
+that needs their GPUs has them requeued (with ``sbatch --requeue``) or ended as PREEMPTED (without:
+the cluster's ``JobRequeue=0``). A job step's processes are tracked by process group, as a real
+cluster's cgroup would; see slurm/slurm.conf.in.
 """
 
 from __future__ import annotations
@@ -47,6 +52,8 @@ SHIMMED = CLIENTS + ("salloc", "sacct", "sacctmgr", "sshare", "sstat", "sattach"
 # a pytest tmp_path is often too long, so the cluster lives in a short folder of /tmp.
 MAX_ROOT_LEN = 60
 NODE = "node1"
+# The partition whose jobs preempt those of the default one (PreemptMode=REQUEUE).
+URGENT = "urgent"
 
 
 class ClusterError(RuntimeError):
@@ -135,7 +142,10 @@ class Cluster:
             res = self.run("sinfo", "--noheader", "--Node", "--format=%T", check=False, timeout=2)
         except subprocess.TimeoutExpired:
             return "sinfo timed out"
-        return res.stdout.strip() if res.returncode == 0 else f"sinfo failed: {res.stderr.strip()}"
+        if res.returncode != 0:
+            return f"sinfo failed: {res.stderr.strip()}"
+        # One line per partition the node is in.
+        return " ".join(sorted(set(res.stdout.split())))
 
     def wait_idle(self, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
@@ -323,14 +333,25 @@ def _self_test() -> None:
         seen = [Path(tmp, f"slurm-{j}.out").read_text().strip() for j in gpu_jobs]
         assert sorted(seen[:2]) == ["0", "1"], seen
         print(f"3 GPU jobs, CUDA_VISIBLE_DEVICES {seen}, done {time.monotonic() - t0:.1f} s")
-        # A requeued batch job runs again (JobRequeue=1), once eligible (cred_expire, 10 s).
-        job = c.sbatch("--wrap", "echo run $SLURM_RESTART_COUNT; sleep 60", cwd=tmp)
+        # A batch job may be requeued if it asks (JobRequeue=0), and runs again once eligible
+        # (cred_expire, 10 s).
+        job = c.sbatch("--requeue", "--gres=gpu:1", "--wrap", "echo run $SLURM_RESTART_COUNT; sleep 60", cwd=tmp)
+        other = c.sbatch("--gres=gpu:1", "--wrap", "sleep 60", cwd=tmp)
         c.wait_job(job, ("RUNNING",))
+        c.wait_job(other, ("RUNNING",))
+        assert c.run("scontrol", "requeue", other, check=False).returncode != 0  # not requeueable
         t1 = time.monotonic()
         c.run("scontrol", "requeue", job)
         c.wait_job(job, ("PENDING",))
         c.wait_job(job, ("RUNNING",), timeout=40)
         print(f"requeued job ran again after {time.monotonic() - t1:.1f} s")
+        # An urgent job that needs every GPU preempts both: the requeueable one waits and runs again,
+        # the other ends PREEMPTED.
+        urgent = c.sbatch("-p", URGENT, f"--gres=gpu:{c.gpus}", "--wrap", "sleep 1", cwd=tmp)
+        assert c.wait_job(other, ("PREEMPTED",), timeout=20) == "PREEMPTED"
+        c.wait_job(urgent, ("COMPLETED",), timeout=40)
+        c.wait_job(job, ("RUNNING",), timeout=40)
+        print(f"preempted: the requeueable job ran again, the other ended PREEMPTED ({time.monotonic() - t1:.1f} s)")
         c.run("scancel", job)
         assert c.wait_job(job, ("CANCELLED",)) == "CANCELLED"
         print(f"scancel ok; sbatch calls logged: {len(c.sbatch_calls())}")

@@ -9,7 +9,7 @@ EVALUATE_PARAMS = dict(
     data_dir=get_data_dir,
 )
 EVALUATE_SHELL = (
-    "ptft evaluate --model-dir {input.model} --model {params.meta:q} --evaluations {params.evaluations:q} "
+    "exec ptft evaluate --model-dir {input.model} --model {params.meta:q} --evaluations {params.evaluations:q} "
     "--data-dir {params.data_dir} --config {params.config:q} --seed {params.seed} --out {output} "
     "--state-dir {params.state} --threads {threads} > {log} 2>&1"
 )

@@ -1,3 +1,5 @@
+# exec: the trainer replaces the rule's shell, which SIGTERM would otherwise end at once; Snakemake
+# inside a SLURM job step then waits for the trainer to save instead of the step being killed.
 rule finetune:
     input:
         unpack(get_finetune_inputs),
@@ -20,7 +22,7 @@ rule finetune:
         state=get_state_dir,
         validation=get_validation_arg,
     shell:
-        "ptft finetune --checkpoint {input.checkpoint} --train {input.train} --task {wildcards.task} "
+        "exec ptft finetune --checkpoint {input.checkpoint} --train {input.train} --task {wildcards.task} "
         "--method {wildcards.method} --config {params.config:q} --lr {wildcards.lr} --seed {wildcards.seed} "
         "--out-dir {params.out_dir} --state-dir {params.state} {params.validation} --threads {threads} > {log} 2>&1"
 

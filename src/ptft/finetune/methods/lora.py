@@ -77,7 +77,9 @@ class LoRA(Method):
             adapter.base_model_name_or_path, adapter.revision = base, revision
 
         def fill(tmp):
-            model.save_pretrained(tmp)
+            # ptft never resizes the vocabulary; "auto" would ask the hub whether the base's did,
+            # a network call from a compute node (and a wait where there is no network).
+            model.save_pretrained(tmp, save_embedding_layers=False)
             tokenizer.save_pretrained(tmp)
             record = {"base_checkpoint": str(base_checkpoint), "base_model": base, "base_revision": revision}
             io.write_json(tmp / "ptft_adapter.json", record)
