@@ -68,3 +68,20 @@ class StopRequested:
     def restore(self) -> None:
         for s, handler in self._previous.items():
             signal.signal(s, handler)
+
+
+def run_stoppable(command: str, body, **handler) -> None:
+    """Run ``body(stop)`` with a :class:`StopRequested` (``handler``: its arguments) installed now.
+
+    Installed before torch and the model load (seconds to minutes), so a signal at any point ends
+    the process with 128 + the signal number, as a shell reports a process killed by it: SLURM
+    and the workflow treat the job as stopped, and its re-run resumes from what was kept.
+    """
+    stop = StopRequested(**handler)
+    try:
+        body(stop)
+    except Interrupted as err:
+        log.warning("%s: %s", command, err)
+        raise SystemExit(128 + err.signum) from None
+    finally:
+        stop.restore()

@@ -8,6 +8,7 @@ import signal
 import pandas as pd
 import pytest
 
+from helpers.eval_data import write_eval_data
 from ptft.cli import build_parser
 from ptft.evaluate import run
 
@@ -21,18 +22,7 @@ CFG = {"batch_size": 4, "max_new_tokens": {"classification": 5, "generation": 4}
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    from ptft.data.prepare import eval_and_fewshot, write_toy_dataset
-    from ptft.data.registry import get_dataset
-
-    root = tmp_path_factory.mktemp("eval_data")
-    for name in ("toy_nli", "toy_summary"):
-        spec = get_dataset(name)
-        write_toy_dataset(spec, {"train": 4, "validation": 12, "test": 12}, 0, root / "raw" / name)
-        scored, pool = eval_and_fewshot(spec, root / "raw" / name, 6, 4, 0)
-        for folder, df in (("eval", scored), ("fewshot", pool)):
-            (root / "data" / folder).mkdir(parents=True, exist_ok=True)
-            df.to_parquet(root / "data" / folder / f"{name}.parquet")
-    return root / "data"
+    return write_eval_data(tmp_path_factory.mktemp("eval_data"))
 
 
 @pytest.fixture(scope="module")

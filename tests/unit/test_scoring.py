@@ -3,6 +3,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from helpers.eval_data import write_eval_data
 from ptft.evaluate.batching import left_pad
 from ptft.evaluate.classify import classify, label_sequences, match_label, trie_allowed
 from ptft.evaluate.generate import cut_at_stop, generate_greedy
@@ -129,17 +130,9 @@ def test_trie_allows_only_label_continuations():
 
 
 def test_one_model_load_for_all_eval_sets_and_formats(tiny_model_dir, tmp_path, monkeypatch):
-    from ptft.data.prepare import eval_and_fewshot, write_toy_dataset
-    from ptft.data.registry import get_dataset
     from ptft.evaluate import run
 
-    for name in ("toy_nli", "toy_summary"):
-        spec = get_dataset(name)
-        write_toy_dataset(spec, {"train": 4, "validation": 12, "test": 12}, 0, tmp_path / "raw" / name)
-        scored, pool = eval_and_fewshot(spec, tmp_path / "raw" / name, 6, 4, 0)
-        for folder, df in (("eval", scored), ("fewshot", pool)):
-            (tmp_path / "data" / folder).mkdir(parents=True, exist_ok=True)
-            df.to_parquet(tmp_path / "data" / folder / f"{name}.parquet")
+    write_eval_data(tmp_path)
     loads = []
     real = run.load_pretrained
     monkeypatch.setattr(run, "load_pretrained", lambda *a, **k: loads.append(a) or real(*a, **k))

@@ -2,27 +2,15 @@
 
 from __future__ import annotations
 
-import logging
-
 from ptft.cli_args import json_arg, set_threads
-
-log = logging.getLogger(__name__)
 
 
 def cmd_evaluate(a) -> None:
-    from ptft.signals import Interrupted, StopRequested
+    from ptft.signals import run_stoppable
 
-    # Installed before torch and the model load, so that a SIGTERM or SIGUSR1 at any point ends in
-    # 128 + the signal; what is lost is at most the part being scored.
+    # What is lost to a stop is at most the part being scored.
     kept = f"the finished parts are kept in {a.state_dir}" if a.state_dir else "nothing is kept (no --state-dir)"
-    stop = StopRequested(immediate=True, kept=kept)
-    try:
-        _evaluate(a, stop)
-    except Interrupted as err:
-        log.warning("ptft evaluate: %s", err)
-        raise SystemExit(128 + err.signum) from None
-    finally:
-        stop.restore()
+    run_stoppable("ptft evaluate", lambda stop: _evaluate(a, stop), immediate=True, kept=kept)
 
 
 def _evaluate(a, stop) -> None:

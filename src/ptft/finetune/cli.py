@@ -2,30 +2,15 @@
 
 from __future__ import annotations
 
-import logging
-
 from ptft.cli_args import json_arg, set_threads
 from ptft.finetune.methods import METHOD_NAMES
 from ptft.finetune.select import SELECTION_METRICS
 
-log = logging.getLogger(__name__)
-
 
 def cmd_finetune(a) -> None:
-    from ptft.signals import Interrupted, StopRequested
+    from ptft.signals import run_stoppable
 
-    # Installed before torch and the model load (seconds to minutes), so a SIGTERM or SIGUSR1 that
-    # arrives then also ends in 128 + the signal rather than the default handler's silent death.
-    stop = StopRequested(immediate=True)
-    try:
-        _finetune(a, stop)
-    except Interrupted as err:
-        # 128 + the signal number, as a shell reports a process killed by it: SLURM and the
-        # workflow treat the job as stopped, and its re-run resumes from the saved state.
-        log.warning("ptft finetune: %s", err)
-        raise SystemExit(128 + err.signum) from None
-    finally:
-        stop.restore()
+    run_stoppable("ptft finetune", lambda stop: _finetune(a, stop), immediate=True)
 
 
 def _finetune(a, stop) -> None:
