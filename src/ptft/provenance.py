@@ -27,7 +27,7 @@ BUILD_KEYS = ("ptft_version", "git_commit", "git_dirty", "config_sha256")
 
 def config_sha256(config: dict) -> str:
     """sha256 of a (validated) study config as sorted JSON, so that key order does not change it."""
-    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+    return sha256_text(json.dumps(config, sort_keys=True, default=str))
 
 
 def _git(cwd: Path, *args: str) -> str:

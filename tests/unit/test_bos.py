@@ -6,6 +6,7 @@ import torch
 from tokenizers import processors
 from transformers import PreTrainedTokenizerFast
 
+from helpers.encoding import eos_encode_pair
 from helpers.tiny_models import tiny_llama, train_bpe
 from ptft.evaluate.encoding import add_bos_setting, encode_prompts, uses_bos
 from ptft.evaluate.generate import generate_greedy
@@ -84,17 +85,6 @@ def lm_eval_encode_pair(tok, context: str, continuation: str, add_bos_token=None
     return ctx, whole[len(ctx) :]
 
 
-def old_encode_pair(tok, context: str, continuation: str):
-    """ptft before evaluate.add_bos: no special tokens, EOS for an empty context."""
-    if not context:
-        return [tok.eos_token_id], tok.encode(continuation, add_special_tokens=False)
-    stripped = context.rstrip()
-    continuation = context[len(stripped) :] + continuation
-    whole = tok.encode(stripped + continuation, add_special_tokens=False)
-    ctx = tok.encode(stripped, add_special_tokens=False)
-    return ctx, whole[len(ctx) :]
-
-
 def reference_ll(model, ctx_ids, cont_ids) -> float:
     ids = torch.tensor([ctx_ids + cont_ids])
     with torch.no_grad():
@@ -132,14 +122,14 @@ def test_explicit_setting_encodes_requests_as_lm_eval_add_bos_token(add_bos):
     if add_bos is False:
         # lm-eval conditions an empty context on BOS whatever add_bos_token says; false keeps ptft's EOS.
         expected = [
-            old_encode_pair(tok, ctx, cont) if not ctx else e for (ctx, cont), e in zip(REQUESTS, expected, strict=True)
+            eos_encode_pair(tok, ctx, cont) if not ctx else e for (ctx, cont), e in zip(REQUESTS, expected, strict=True)
         ]
     assert got == expected
 
 
 def test_false_reproduces_the_previous_encoding(setup):
     _, tok, _ = setup
-    assert encode_requests(tok, REQUESTS, False) == [old_encode_pair(tok, ctx, cont) for ctx, cont in REQUESTS]
+    assert encode_requests(tok, REQUESTS, False) == [eos_encode_pair(tok, ctx, cont) for ctx, cont in REQUESTS]
 
 
 def test_empty_context_whose_continuation_starts_with_bos_conditions_on_that_token():
@@ -164,7 +154,7 @@ def test_bos_changes_llama_scores_and_false_keeps_the_old_ones():
     tok = _tokenizer("llama")
     model = tiny_llama(tok)
     old = score_multiple_choice(model, tok, CONTEXTS, CHOICES, batch_size=4, add_bos=False)
-    pairs = iter(old_encode_pair(tok, ctx, cont) for ctx, cont in REQUESTS)
+    pairs = iter(eos_encode_pair(tok, ctx, cont) for ctx, cont in REQUESTS)
     for got, choices in zip(old, CHOICES, strict=True):
         np.testing.assert_allclose(got, [reference_ll(model, *next(pairs)) for _ in choices], atol=1e-4)
     new = score_multiple_choice(model, tok, CONTEXTS, CHOICES, batch_size=4, add_bos="auto")

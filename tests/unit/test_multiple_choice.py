@@ -3,6 +3,7 @@ import pytest
 import torch
 from transformers import PreTrainedTokenizerFast
 
+from helpers.encoding import eos_encode_pair
 from helpers.tiny_models import tiny_llama, train_bpe
 from ptft.evaluate.multiple_choice import (
     continuation_loglikelihoods,
@@ -50,17 +51,6 @@ def model(tokenizer):
     return tiny_llama(tokenizer)
 
 
-def reference_split(tok, context, continuation):
-    """lm-eval's request encoding, written out for one request."""
-    if not context:
-        return [tok.eos_token_id], tok.encode(continuation, add_special_tokens=False)
-    stripped = context.rstrip()
-    continuation = context[len(stripped) :] + continuation
-    whole = tok.encode(stripped + continuation, add_special_tokens=False)
-    ctx_ids = tok.encode(stripped, add_special_tokens=False)
-    return ctx_ids, whole[len(ctx_ids) :]
-
-
 def reference_loglikelihood(model, ctx_ids, cont_ids, max_length=None):
     """One unpadded forward pass; sum log p(token | everything before) over the continuation."""
     tokens = ctx_ids + cont_ids
@@ -75,7 +65,7 @@ def reference_loglikelihood(model, ctx_ids, cont_ids, max_length=None):
 
 def test_matches_unbatched_reference(model, tokenizer):
     got = continuation_loglikelihoods(model, tokenizer, REQUESTS, batch_size=4)
-    expected = np.array([reference_loglikelihood(model, *reference_split(tokenizer, c, x)) for c, x in REQUESTS])
+    expected = np.array([reference_loglikelihood(model, *eos_encode_pair(tokenizer, c, x)) for c, x in REQUESTS])
     assert got.dtype == np.float64 and got.shape == (len(REQUESTS),)
     assert np.ptp(expected) > 1.0  # the comparison below can tell requests apart
     np.testing.assert_allclose(got, expected, atol=1e-4)
@@ -125,7 +115,7 @@ def test_empty_context_conditions_on_eos(model, tokenizer):
 
 def test_long_context_is_truncated_from_the_left(model, tokenizer):
     request = (CONTEXTS[4], " drank it slowly .")
-    ctx_ids, cont_ids = reference_split(tokenizer, *request)
+    ctx_ids, cont_ids = eos_encode_pair(tokenizer, *request)
     max_length = 8
     assert len(ctx_ids) + len(cont_ids) > max_length + 1
     model.config.max_position_embeddings = max_length
@@ -164,9 +154,9 @@ def test_shared_context_runs_once_per_item_and_matches_the_reference(model, toke
     # One call for all contexts, one for all continuations; no row is a context + choice pair.
     assert len(seen) == 2
     split = [
-        reference_split(tokenizer, ctx, " " + c) for ctx, item in zip(CONTEXTS, CHOICES, strict=True) for c in item
+        eos_encode_pair(tokenizer, ctx, " " + c) for ctx, item in zip(CONTEXTS, CHOICES, strict=True) for c in item
     ]
-    ctx_tokens = sum(len(reference_split(tokenizer, ctx, " x")[0]) for ctx in CONTEXTS)
+    ctx_tokens = sum(len(eos_encode_pair(tokenizer, ctx, " x")[0]) for ctx in CONTEXTS)
     assert int(seen[0].sum()) == ctx_tokens
     assert int(seen[1][:, -seen[1].shape[1] + seen[0].shape[1] :].sum()) == sum(len(c) - 1 for _, c in split)
     flat = np.concatenate(per_item)
@@ -189,7 +179,7 @@ def test_an_item_too_long_for_the_window_is_scored_request_by_request(model, tok
     finally:
         model.config.max_position_embeddings = 128
     for ll, choice in zip(lls, CHOICES[4], strict=True):
-        ctx_ids, cont_ids = reference_split(tokenizer, CONTEXTS[4], " " + choice)
+        ctx_ids, cont_ids = eos_encode_pair(tokenizer, CONTEXTS[4], " " + choice)
         assert ll == pytest.approx(reference_loglikelihood(model, ctx_ids, cont_ids, 8), abs=1e-4)
 
 

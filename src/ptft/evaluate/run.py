@@ -34,7 +34,7 @@ from ptft import io
 from ptft.checkpoints.load import load_pretrained
 from ptft.data.registry import get_dataset
 from ptft.evaluate.scoring import build_prompts, score_items
-from ptft.provenance import checkpoint_identity, file_digest
+from ptft.provenance import checkpoint_identity, file_digest, sha256_text
 from ptft.signals import StopRequested
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ def part_fingerprint(model: str, meta: dict, ev: dict, fmt: str, data_dir: Path,
     files = [data_dir / folder / f"{eval_set}.parquet" for folder in ("eval", "fewshot")[: 2 if shots else 1]]
     settings = {"model": model, "meta": meta, "eval_set": eval_set, "relation": ev["relation"], "format": fmt,
                 "shots": shots, "seed": seed, "scoring": cfg, "data": [file_digest(f) for f in files]}  # fmt: skip
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+    return sha256_text(json.dumps(settings, sort_keys=True, default=str))
 
 
 def score_part(model, tokenizer, meta: dict, ev: dict, fmt: str, data_dir: Path, cfg: dict, seed: int) -> pd.DataFrame:

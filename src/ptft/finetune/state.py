@@ -15,9 +15,6 @@ and plain Python values (:func:`rng_state` converts the RNG states).
 
 Stop signals are handled in :mod:`ptft.signals`: in the training loop a signal makes the run
 finish its current optimizer step, save, and raise :class:`ptft.signals.Interrupted`.
-
-torch is imported inside the functions that need it: the commands install the stop handler from
-this module before torch and the model load, which take seconds.
 """
 
 from __future__ import annotations
@@ -30,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ptft import io, provenance
 
@@ -74,8 +72,6 @@ def fingerprint(run: dict, data: list[str | Path | None], checkpoint: str | Path
 
 def _plain(value):
     """``value`` with NumPy scalars and arrays made Python values and tensors (weights_only loads neither)."""
-    import torch
-
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -88,8 +84,6 @@ def _plain(value):
 
 
 def rng_state() -> dict:
-    import torch
-
     version, internal, gauss = random.getstate()
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
@@ -109,8 +103,6 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
-    import torch
-
     py, nps = state["python"], state["numpy"]
     random.setstate((py["version"], tuple(py["internal"].tolist()), py["gauss"]))
     np.random.set_state((nps["kind"], nps["keys"].numpy().astype(np.uint32), nps["pos"], nps["has_gauss"],
@@ -127,8 +119,6 @@ def trainable_state(model) -> dict:
 
 
 def save(path: Path, model, optimizer, step: int, progress: Progress, fingerprint: dict | None = None) -> None:
-    import torch
-
     payload = {
         "model": trainable_state(model),
         "optimizer": optimizer.state_dict(),
@@ -147,8 +137,6 @@ def _read(path: Path, fingerprint: dict | None, mmap: bool = False) -> dict | No
 
     ``fingerprint`` None resumes whatever was saved (a caller of the loop without one).
     """
-    import torch
-
     if not path.exists():
         return None
     try:
