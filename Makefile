@@ -2,6 +2,7 @@
 #   make study   -- create the Python environment if missing, then run the default (toy) study
 #   make test    -- the same environment, then lint and the test suite
 #   make test-slurm -- the tests on a real one-node SLURM cluster (root; installs SLURM with apt)
+#   make test-studies -- the toy study files of workflow/studies end to end, their findings asserted
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
@@ -9,7 +10,7 @@ SNAKEMAKE_ARGS ?=
 # The study to run: config.yaml (the toy study) or a file of workflow/studies/.
 STUDY ?= config.yaml
 
-.PHONY: study test test-slurm env lint
+.PHONY: study test test-slurm test-studies env lint
 study: $(VENV)/.installed
 	snakemake --configfile $(STUDY) $(SNAKEMAKE_ARGS)
 
@@ -19,13 +20,16 @@ test: $(VENV)/.installed
 	snakefmt --check Snakefile workflow/rules
 	snakemake --lint --configfile config.yaml
 	snakemake --lint --configfile workflow/studies/amuro-char-olmo1b.yaml
-	pytest -q --durations=10 -m "not slurm"
+	pytest -q --durations=10 -m "not slurm and not study"
 
 # SLURM and munge from Debian's packages when missing and we are root (CI is); the tests skip,
 # saying why, where they cannot be installed or started.
 test-slurm: $(VENV)/.installed
 	command -v slurmctld >/dev/null || [ "$$(id -u)" != 0 ] || sh tests/helpers/slurm/install.sh
 	pytest -q -s --durations=5 -m slurm
+
+test-studies: $(VENV)/.installed
+	pytest -q -s --durations=5 -m study
 
 env: $(VENV)/.installed
 

@@ -66,3 +66,29 @@ def run_snakemake(workdir, configfile, *args, timeout=1200, env=None):
     cmd = snakemake_command(workdir, configfile, *args)
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+def dry_run(study, directory, *targets):
+    """Job counts per rule of a dry run of ``study`` in ``directory``, offline, and its time in seconds."""
+    import time
+
+    start = time.time()
+    out = run_snakemake(
+        directory, study, *targets, "-n", timeout=300, env={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return job_counts(out.stdout + out.stderr), time.time() - start
+
+
+def job_counts(text: str) -> dict[str, int]:
+    """Snakemake's "Job stats" table as {rule: jobs} ({} when there is nothing to do)."""
+    if "Job stats:" not in text:
+        return {}
+    lines = text.split("Job stats:")[1].splitlines()[3:]
+    counts = {}
+    for line in lines:
+        parts = line.split()
+        if len(parts) != 2 or parts[0] == "total":
+            break
+        counts[parts[0]] = int(parts[1])
+    return counts

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from ptft.data.registry import get_dataset
@@ -24,14 +25,16 @@ from ptft.finetune.methods import METHOD_NAMES, get_method
 BASE = "base"
 NO_TASK = "none"
 RELATIONS = ("in-domain", "ood", "cross-task", "pretraining")
-GRID_KEYS = ("methods", "lrs", "seeds", "select_lr", "checkpoints")
-# A training run's folder under finetune/ (and .state/finetune/), as a pattern of wildcards; a
-# selection of the lr grid is the pointer file SELECTED_RUN + ".json".
-RUN = "{checkpoint}/{task}/{method}/lr{lr}/seed{seed}"
-SELECTED_RUN = "{checkpoint}/{task}/{method}/selected/seed{seed}"
-# What a training run writes into its folder.
-RUN_FILES = {"model": "model", "log": "train_log.parquet", "probes": "probes.parquet", "summary": "summary.json"}
+# Settings that place a run in the matrix (its path says them) rather than change how it trains.
+GRID_KEYS = ("methods", "lrs", "seeds", "select_lr", "checkpoints", "from")
+# What a training run writes into its folder (under finetune/<run id>/, see Model.run).
+RUN_FILES = {"model": "model", "log": "train_log.parquet", "probes": "probes.parquet", "summary": "summary.json",
+             "snapshots": "snapshots"}  # fmt: skip
 PROBE_DEFAULTS = {"every": 25, "examples": 32, "path": None}
+SNAPSHOT_DEFAULTS = {"every": None, "steps": None, "per_epoch": False, "start": True, "keep": False,
+                     "select": "last", "metric": "loss"}  # fmt: skip
+# A run starts from the pre-training checkpoint unless its task's ``from`` names another run.
+FROM_CHECKPOINT = "checkpoint"
 # A name that becomes one folder of an output path: no separator, no "." or "..", no hidden folder.
 PATH_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
@@ -75,7 +78,11 @@ class Evaluation:
 
 @dataclass(frozen=True)
 class Model:
-    """A model to evaluate: a base checkpoint or one fine-tuning run of it."""
+    """A model to evaluate: a base checkpoint or one fine-tuning run of it.
+
+    A run starts from the pre-training ``checkpoint`` or, where its task says ``from``, from
+    another run's model (``parent``); ``checkpoint`` is the pre-training checkpoint either way.
+    """
 
     checkpoint: str
     train_task: str = NO_TASK
@@ -86,6 +93,9 @@ class Model:
     shots: int = field(default=0, compare=False)
     # The run of the lr grid chosen on validation (finetune.select_lr); its lr is known only then.
     selected: bool = False
+    train_size: int | None = None  # the size of its training subsample, where the task sweeps sizes
+    parent: Model | None = None
+    snapshots: bool = field(default=False, compare=False)  # it saves its trajectory (finetune.snapshots)
 
     @property
     def is_base(self) -> bool:
@@ -93,15 +103,30 @@ class Model:
 
     @property
     def run(self) -> str:
-        """The fine-tuning run's folder under ``finetune/`` (a selection's pointer, plus ``.json``)."""
+        """The fine-tuning run's folder under ``finetune/`` (a selection's pointer, plus ``.json``).
+
+        ``<checkpoint>/<task>[/n<size>]/<method>/lr<lr>/seed<seed>``, and for a run from a run the
+        parent's folder, ``then``, and the rest: the chain reads from left to right.
+        """
         if self.is_base:
             raise ValueError(f"base checkpoint {self.checkpoint!r} has no fine-tuning run")
-        keys = {"checkpoint": self.checkpoint, "task": self.train_task, "method": self.method, "seed": self.seed}
-        return SELECTED_RUN.format(**keys) if self.selected else RUN.format(**keys, lr=format_lr(self.lr))
+        head = f"{self.parent.run}/then" if self.parent is not None else self.checkpoint
+        task = self.train_task if self.train_size is None else f"{self.train_task}/n{self.train_size}"
+        tail = "selected" if self.selected else f"lr{format_lr(self.lr)}"
+        return f"{head}/{task}/{self.method}/{tail}/seed{self.seed}"
 
     @property
     def id(self) -> str:
         return f"base/{self.checkpoint}" if self.is_base else f"ft/{self.run}"
+
+    @property
+    def grid_key(self) -> tuple:
+        """What the runs of one lr grid share (and a selection over it)."""
+        return (self.checkpoint, self.train_task, self.method, self.seed, self.train_size, self.parent)
+
+    def snapshot_id(self, step: int) -> str:
+        """The id of the run's model after ``step`` optimizer steps (a snapshot of its trajectory)."""
+        return f"{self.id}/snapshots/step{step}"
 
     @property
     def eval_sets(self) -> tuple[str, ...]:
@@ -115,6 +140,8 @@ class Model:
             "method": self.method,
             "lr": self.lr,
             "seed": self.seed,
+            "train_size": self.train_size,
+            "parent": self.parent.id if self.parent is not None else None,
             "shots": self.shots,
         }
 
@@ -167,8 +194,12 @@ class Plan:
         """A prepared split: ``train``, ``validation``, ``eval`` (scored items) or ``fewshot`` (pool)."""
         return f"{self.root}/data/{split}/{dataset}.parquet"
 
+    def train_data_path(self, task: str, size: int | None = None) -> str:
+        """A training subsample: the task's one size, or size ``size`` of its sweep (nested samples)."""
+        return self.data_path("train", task) if size is None else f"{self.root}/data/train/{task}/n{size}.parquet"
+
     def run_file(self, run: str, name: str) -> str:
-        """A training run's ``model`` folder, ``log``, ``probes`` or ``summary`` (:data:`RUN_FILES`)."""
+        """A training run's ``model`` folder, ``log``, ``probes``, ``summary`` or ``snapshots`` (:data:`RUN_FILES`)."""
         return f"{self.root}/finetune/{run}/{RUN_FILES[name]}"
 
     def run_dir(self, run: str) -> str:
@@ -184,8 +215,18 @@ class Plan:
     def selection_path(self, run: str) -> str:
         return f"{self.root}/finetune/{run}.json"
 
+    def start_path(self, model: Model) -> str:
+        """What a training run starts from: the parent run's model, or the pre-training checkpoint."""
+        if model.parent is not None:
+            return self.run_file(model.parent.run, "model")
+        return self.checkpoint_path(model.checkpoint)
+
     def predictions_path(self, model_id: str) -> str:
         return f"{self.root}/eval/{model_id}/predictions.parquet"
+
+    def trajectory_path(self, model_id: str) -> str:
+        """A run's snapshots scored like its final model (one predictions table, an ``ft_step`` each)."""
+        return f"{self.root}/eval/{model_id}/trajectory.parquet"
 
     def derive_path(self, name: str) -> str:
         """The derivation stage's ``corpus`` (sampled documents) and ``variants`` (their rewrites)."""
@@ -194,6 +235,10 @@ class Plan:
     def dissect_path(self, model_id: str) -> str:
         """A model's log-likelihood of every original and variant (the Dissecting analysis)."""
         return f"{self.root}/dissect/{model_id}/loglik.parquet"
+
+    def dissect_trajectory_path(self, model_id: str) -> str:
+        """The same for every snapshot of a run's trajectory."""
+        return f"{self.root}/dissect/{model_id}/trajectory.parquet"
 
     def log_path(self, name: str) -> str:
         return f"{self.root}/logs/{name}.log"
@@ -210,6 +255,14 @@ class Plan:
 
     def probes_path(self, model: Model) -> str:
         return self.run_file(model.run, "probes")
+
+    @cached_property
+    def _by_id(self) -> dict[str, Model]:
+        return {m.id: m for m in (*self.models, *self.training_runs)}
+
+    def training_run(self, run: str) -> Model:
+        """The run (of the lr grid, or a selection) whose folder under finetune/ is ``run``."""
+        return self.model(f"ft/{run}")
 
     # -- what the study makes
     @property
@@ -257,10 +310,26 @@ class Plan:
     @property
     def dissect_models(self) -> tuple[Model, ...]:
         """Models whose log-likelihood of each variant is measured: every run on the Dissecting
-        corpus and the base checkpoint of each."""
+        corpus, the model each started from (base checkpoint or parent run) and its snapshots."""
         runs = tuple(m for m in self.training_runs if m.train_task == self.dissect_task)
-        tuned = {m.checkpoint for m in runs}
-        return tuple(m for m in self.base_models if m.checkpoint in tuned) + runs
+        starts = {self.dissect_start(m) for m in runs}
+        base = tuple(m for m in self.base_models if m in starts)
+        parents = tuple(dict.fromkeys(m for m in starts if not m.is_base and m not in runs))
+        return base + parents + runs
+
+    def dissect_start(self, model: Model) -> Model:
+        """The model a Dissecting change is measured from: the run's parent, or its base checkpoint."""
+        return model.parent if model.parent is not None else Model(model.checkpoint)
+
+    @property
+    def snapshot_runs(self) -> tuple[Model, ...]:
+        """Evaluated fine-tuned models whose trajectory (``finetune.snapshots``) is scored too."""
+        return tuple(m for m in self.finetune_runs if m.snapshots)
+
+    def needs_validation(self, task: str) -> bool:
+        """A task's runs score a validation split: to select an lr or a best snapshot."""
+        snapshots = self.finetune_configs[task].get("snapshots") or {}
+        return bool(self.select_lr) or snapshots.get("select") == "best_validation"
 
     def run_config(self, task: str, method: str) -> dict:
         """What one training job is given: the task's finetune settings without the grid keys
@@ -270,21 +339,24 @@ class Plan:
         for other in method_blocks():
             if other != method:
                 cfg.pop(other, None)
-        if self.select_lr and self.select_lr["metric"] == "score":
+        if cfg.get("snapshots"):  # whether the workflow keeps the folder changes nothing the run trains
+            cfg["snapshots"] = {k: v for k, v in cfg["snapshots"].items() if k != "keep"}
+        by_score = self.select_lr and self.select_lr["metric"] == "score"
+        if by_score or (cfg.get("snapshots") or {}).get("metric") == "score":
             cfg["validation_score"] = self.score_settings
         return cfg
 
-    def selection_groups(self) -> list[tuple[str, str, str, int]]:
-        """(checkpoint, task, method, seed) of every lr grid that is selected over."""
+    def selections(self) -> list[Model]:
+        """The selection of every lr grid that is selected over (a model whose lr the grid decides)."""
         if not self.select_lr:
             return []
         # Only what is evaluated is selected: a corpus's runs (no eval sets) are all measured.
-        return list(dict.fromkeys((m.checkpoint, m.train_task, m.method, m.seed) for m in self.training_runs
-                                  if m.evaluations))  # fmt: skip
+        grids = dict.fromkeys(m.grid_key for m in self.training_runs if m.evaluations)
+        return [m for m in self.finetune_runs if m.selected and m.grid_key in grids] if grids else []
 
-    def grid_runs(self, checkpoint: str, task: str, method: str, seed: int) -> list[Model]:
-        return [m for m in self.training_runs if (m.checkpoint, m.train_task, m.method, m.seed)
-                == (checkpoint, task, method, seed)]  # fmt: skip
+    def grid_runs(self, model: Model) -> list[Model]:
+        """The runs of the lr grid that ``model`` (a run or a selection) belongs to."""
+        return [m for m in self.training_runs if m.grid_key == model.grid_key]
 
     @property
     def checkpoints(self) -> tuple[str, ...]:
@@ -299,10 +371,10 @@ class Plan:
         return tuple(dict.fromkeys(self.train_tasks + self.eval_sets))
 
     def model(self, model_id: str) -> Model:
-        for m in self.models:
-            if m.id == model_id:
-                return m
-        raise KeyError(f"no model {model_id!r} in the plan of study {self.study!r}")
+        try:
+            return self._by_id[model_id]
+        except KeyError:
+            raise KeyError(f"no model {model_id!r} in the plan of study {self.study!r}") from None
 
     def relation_rows(self) -> list[dict]:
         """The relation table as rows (train_task, eval_set, relation), one per fine-tuned pair."""
@@ -455,7 +527,78 @@ def _merged(section: dict, task: str) -> dict:
         out[key] = value
     if out.get("probes") is not None:
         out["probes"] = {**PROBE_DEFAULTS, **out["probes"]}
+    if out.get("snapshots") is not None:
+        out["snapshots"] = {**SNAPSHOT_DEFAULTS, **out["snapshots"]}
     return out
+
+
+def _starts(config: dict, ft_configs: dict, data_configs: dict) -> dict[str, list]:
+    """Each training task's starting points: ``"checkpoint"`` or a parent {task, method, lr}, checked.
+
+    Returned in an order where every parent task comes before its children.
+    """
+    starts = {}
+    for task, ft in ft_configs.items():
+        given = ft.get("from")
+        given = [FROM_CHECKPOINT] if given is None else given if isinstance(given, list) else [given]
+        where = f"finetune.per_task.{task}.from"
+        for start in given:
+            if start == FROM_CHECKPOINT:
+                continue
+            parent = start["task"]
+            if parent not in ft_configs:
+                raise ValueError(f"{where}: task {parent!r} is not in train_tasks {list(ft_configs)}")
+            if parent == task:
+                raise ValueError(f"{where}: a task cannot start from its own runs")
+            if start["method"] not in ft_configs[parent]["methods"]:
+                raise ValueError(f"{where}: method {start['method']!r} is not a method of {parent!r} "
+                                 f"({ft_configs[parent]['methods']})")  # fmt: skip
+            if start.get("lr") is not None and float(start["lr"]) not in map(float, ft_configs[parent]["lrs"]):
+                raise ValueError(f"{where}: lr {start['lr']} is not an lr of {parent!r} ({ft_configs[parent]['lrs']})")
+            missing = [s for s in ft["seeds"] if s not in ft_configs[parent]["seeds"]]
+            if missing:
+                raise ValueError(f"{where}: seeds {missing} of {task!r} have no run of {parent!r} to start from "
+                                 f"(its seeds: {ft_configs[parent]['seeds']}); a run starts from the parent run of "
+                                 "its own seed")  # fmt: skip
+        starts[task] = given
+    order, visiting = [], set()
+
+    def visit(task, chain):
+        if task in order:
+            return
+        if task in visiting:
+            cycle = " -> ".join(chain)
+            raise ValueError(f"finetune.per_task.*.from: the runs start from each other in a cycle: {cycle}")
+        visiting.add(task)
+        for start in starts[task]:
+            if start != FROM_CHECKPOINT:
+                visit(start["task"], [*chain, start["task"]])
+        order.append(task)
+
+    for task in starts:
+        visit(task, [task])
+    return {t: starts[t] for t in order}
+
+
+def _sizes(data: dict, task: str) -> list[int | None]:
+    """The training-set sizes a task sweeps (``data.per_task.<task>.train_sizes``), or [None] for its one size."""
+    sizes = data.get("train_sizes")
+    if not sizes:
+        return [None]
+    if data.get("train_fraction") is not None:
+        raise ValueError(f"data.per_task.{task}: give train_sizes or train_fraction, not both")
+    if len(set(sizes)) != len(sizes):
+        raise ValueError(f"data.per_task.{task}.train_sizes: {sizes} lists a size twice")
+    return sorted(int(n) for n in sizes)
+
+
+def _parents(runs: list[Model], start, checkpoint: str, seed: int) -> list[Model | None]:
+    """The runs of ``checkpoint`` and ``seed`` that a run starts from (``[None]``: the checkpoint itself)."""
+    if start == FROM_CHECKPOINT:
+        return [None]
+    lr = start.get("lr")
+    return [r for r in runs if (r.checkpoint, r.train_task, r.method, r.seed) == (checkpoint, start["task"],
+            start["method"], seed) and (lr is None or r.lr == float(lr))]  # fmt: skip
 
 
 def build_plan(config: dict, results: str | Path = "results") -> Plan:
@@ -512,20 +655,39 @@ def build_plan(config: dict, results: str | Path = "results") -> Plan:
     if select is not None:
         select = {"metric": "loss", "evaluate": "selected", **select}
     runs, evaluated = [], []
-    for c in names if tuned is None else [n for n in names if n in tuned]:
-        for t in train_tasks:
-            ft = ft_configs[t]
-            evaluations = tuple(Evaluation(e, rel, formats[e]) for e, rel in pairs[t])
-            for m in ft["methods"]:
-                for s in ft["seeds"]:
-                    grid = [Model(c, t, m, float(lr), int(s), evaluations, ev["finetuned_shots"]) for lr in ft["lrs"]]
-                    runs += grid
-                    if not evaluations:
-                        continue
-                    if select and select["evaluate"] == "selected":
-                        evaluated.append(Model(c, t, m, None, int(s), evaluations, ev["finetuned_shots"], True))
-                    else:
-                        evaluated += grid
+    checkpoints = names if tuned is None else [n for n in names if n in tuned]
+    for t, starts in _starts(config, ft_configs, data_configs).items():
+        ft = ft_configs[t]
+        evaluations = tuple(Evaluation(e, rel, formats[e]) for e, rel in pairs[t])
+        trajectory = bool(ft.get("snapshots"))
+        for start in starts:
+            for c in checkpoints:
+                for m in ft["methods"]:
+                    for s in ft["seeds"]:
+                        for parent in _parents(runs, start, c, int(s)):
+                            for n in _sizes(data_configs[t], t):
+                                keys = dict(train_size=n, parent=parent, snapshots=trajectory)
+                                grid = [Model(c, t, m, float(lr), int(s), evaluations, ev["finetuned_shots"], **keys)
+                                        for lr in ft["lrs"]]  # fmt: skip
+                                runs += grid
+                                if not evaluations:
+                                    continue
+                                if select and select["evaluate"] == "selected":
+                                    evaluated.append(Model(c, t, m, None, int(s), evaluations, ev["finetuned_shots"],
+                                                           True, **keys))  # fmt: skip
+                                else:
+                                    evaluated += grid
+    # Checkpoint by checkpoint, as the suite lists them (the loop above goes parent tasks first).
+    order = {c: i for i, c in enumerate(names)}
+    runs.sort(key=lambda m: order[m.checkpoint])
+    evaluated.sort(key=lambda m: order[m.checkpoint])
+    for t in train_tasks:
+        snapshots = ft_configs[t].get("snapshots") or {}
+        if snapshots.get("steps") is not None and len(set(snapshots["steps"])) != len(snapshots["steps"]):
+            raise ValueError(f"finetune.snapshots.steps (task {t!r}): {snapshots['steps']} lists a step twice")
+        if snapshots.get("metric") == "score" and get_dataset(t).task.kind in ("text", "chat"):
+            raise ValueError(f"finetune.snapshots.metric (task {t!r}): a {get_dataset(t).task.kind} dataset has no "
+                             "score to select by; use loss")  # fmt: skip
     dissect = config.get("dissect")
     if dissect is not None:
         task = dissect["train_task"]

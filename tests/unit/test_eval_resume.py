@@ -27,7 +27,9 @@ def data_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def uninterrupted(tiny_model_dir, data_dir):
-    return run.evaluate_model(tiny_model_dir, META, EVALUATIONS, data_dir, CFG, seed=0)
+    return run.evaluate_model(
+        tiny_model_dir, run.model_metadata(tiny_model_dir, META), EVALUATIONS, data_dir, CFG, seed=0
+    )
 
 
 def evaluate(model_dir, data_dir, out, state_dir, cfg=CFG):

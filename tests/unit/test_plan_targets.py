@@ -6,7 +6,7 @@ from snakemake.utils import validate
 from conftest import ROOT
 from ptft.analysis import ANALYSES
 from ptft.analysis.registry import Analysis, Table, register
-from ptft.plan import RUN, RUN_FILES, SELECTED_RUN, build_plan
+from ptft.plan import RUN_FILES, build_plan
 
 SCHEMA = str(ROOT / "workflow/schemas/config.schema.yaml")
 
@@ -58,24 +58,20 @@ def test_targets_follow_the_study():
 def test_paths_of_a_run_and_of_its_selection():
     plan = plan_of("tests/configs/micro.yaml")
     run = next(m for m in plan.training_runs if m.train_task == "toy_summary" and m.lr == 0.01)
-    assert run.run == RUN.format(checkpoint="step12", task="toy_summary", method="full", lr="0.01", seed=0)
+    assert run.run == "step12/toy_summary/full/lr0.01/seed0"
     assert plan.run_file(run.run, "model") == "results/micro/finetune/step12/toy_summary/full/lr0.01/seed0/model"
     assert plan.state_dir(run.run) == "results/micro/.state/finetune/step12/toy_summary/full/lr0.01/seed0"
     selected = next(m for m in plan.finetune_runs if m.train_task == "toy_summary")
-    assert selected.selected and selected.run == SELECTED_RUN.format(
-        checkpoint="step12", task="toy_summary", method="full", seed=0
-    )
+    assert selected.selected and selected.run == "step12/toy_summary/full/selected/seed0"
     assert plan.selection_path(selected.run) == "results/micro/finetune/step12/toy_summary/full/selected/seed0.json"
     assert plan.predictions_path(selected.id) == (
         "results/micro/eval/ft/step12/toy_summary/full/selected/seed0/predictions.parquet"
     )
     assert plan.checkpoint_path("step12") == "results/micro/checkpoints/step12"  # a toy checkpoint is a folder
-    # Rules use the same methods with wildcards: the pattern and the concrete path agree.
-    pattern = plan.run_file(RUN, "summary")
-    assert pattern.format(checkpoint="step12", task="toy_summary", method="full", lr="0.01", seed=0) == (
-        plan.run_file(run.run, "summary")
-    )
-    assert set(RUN_FILES) == {"model", "log", "probes", "summary"}
+    # Rules use the same methods with the run's folder as their wildcard, and look the run up by it.
+    assert plan.run_file("{run}", "summary").format(run=run.run) == plan.run_file(run.run, "summary")
+    assert plan.training_run(run.run) == run and plan.training_run(selected.run) == selected
+    assert set(RUN_FILES) == {"model", "log", "probes", "summary", "snapshots"}
 
 
 def test_every_table_has_one_caption_and_one_analysis():

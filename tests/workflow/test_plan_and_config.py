@@ -118,10 +118,10 @@ def test_lr_selection_plan():
     # 7 evaluated (task, method) pairs and the toy documents, measured by the Dissecting analysis only.
     assert len(plan.training_runs) == 2 * 32 and len(plan.finetune_runs) == 28
     assert len(plan.dissect_models) == 4 + 2 * 4 and not [m for m in plan.finetune_runs if m.train_task == "toy_docs"]
-    assert all(g[1] != "toy_docs" for g in plan.selection_groups())  # every lr of a corpus run is measured
+    assert all(m.train_task != "toy_docs" for m in plan.selections())  # every lr of a corpus run is measured
     assert plan.finetune_runs[0].id == "ft/step10/toy_nli/full/selected/seed0" and plan.finetune_runs[0].lr is None
-    assert plan.selection_groups()[0] == ("step10", "toy_nli", "full", 0)
-    assert [m.lr for m in plan.grid_runs("step10", "toy_nli", "full", 0)] == [0.001, 0.01]
+    assert plan.selections()[0].grid_key == ("step10", "toy_nli", "full", 0, None, None)
+    assert [m.lr for m in plan.grid_runs(plan.selections()[0])] == [0.001, 0.01]
     # The score is the study's own evaluation settings (the run is given them, nothing is assumed).
     ev = cfg["evaluate"]
     assert plan.run_config("toy_nli", "full")["validation_score"] == {

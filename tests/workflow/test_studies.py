@@ -1,11 +1,10 @@
 """The ready-made real studies: their plans match the papers' matrices; their DAGs build offline."""
 
 import copy
-import time
 
 import pytest
 
-from conftest import ROOT, run_snakemake
+from conftest import ROOT, dry_run
 from ptft.config import load_study
 from ptft.plan import build_plan
 
@@ -70,26 +69,6 @@ def test_amuro_char_plan_is_the_papers_matrix(tmp_path):
     assert all(m.shots == 4 for m in plan.models)
 
 
-def dry_run(study, directory, *targets):
-    start = time.time()
-    out = run_snakemake(
-        directory, study, *targets, "-n", timeout=300, env={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    return job_counts(out.stdout + out.stderr), time.time() - start
-
-
-def job_counts(text: str) -> dict[str, int]:
-    lines = text.split("Job stats:")[1].splitlines()[3:]
-    counts = {}
-    for line in lines:
-        parts = line.split()
-        if len(parts) != 2 or parts[0] == "total":
-            break
-        counts[parts[0]] = int(parts[1])
-    return counts
-
-
 def test_amuro_char_dry_run_offline(tmp_path):
     counts, seconds = dry_run(AMURO, tmp_path)
     assert counts == AMURO_JOBS
@@ -149,3 +128,27 @@ def test_a_real_study_with_the_dissecting_stage_dry_runs_offline(tmp_path):
     assert plan.relation_rows() and not [m for m in plan.finetune_runs if m.train_task == "pubmed"]
     with pytest.raises(ValueError, match=r"dissect.train_task: 'mnli' is not a plain-document corpus"):
         build_plan({**cfg, "dissect": {"train_task": "mnli"}}, tmp_path)
+
+
+def test_the_dissecting_size_sweep_to_a_million_documents_dry_runs_offline(tmp_path):
+    """docs/derivation.md's size sweep: PubMed subsamples of 1k to 1M documents, each run's trajectory measured."""
+    import yaml
+
+    cfg = load_study(PYTHIA)
+    cfg["train_tasks"] = ["pubmed"]
+    cfg.pop("relations", None)
+    cfg["eval_sets"] = ["xsum"]
+    cfg["data"]["per_task"] = {"pubmed": {"train_sizes": [1000, 10000, 100000, 1000000]}}
+    cfg["finetune"]["per_task"] = {"pubmed": {"lrs": [3e-6], "snapshots": {"steps": [100, 1000]}}}
+    cfg["derive"] = {"corpus": {"dataset": "pubmed", "split": "test"},
+                     "backend": {"name": "openai", "base_url": "http://gpu-node:8000/v1", "model": "llama",
+                                 "api_key_env": "VLLM_API_KEY"}}  # fmt: skip
+    cfg["dissect"] = {"train_task": "pubmed"}
+    study = tmp_path / "study.yaml"
+    study.write_text(yaml.safe_dump(cfg))
+    counts, _ = dry_run(study, tmp_path)
+    # 5 checkpoints x 4 sizes: one subsample per size, nested; every run and each of its snapshots measured.
+    assert counts["prepare_train_size"] == 4 and counts["finetune_snapshots"] == 20
+    assert counts["dissect_loglik"] == 5 + 20 and counts["dissect_trajectory"] == 20
+    sizes = {m.train_size for m in build_plan(cfg, tmp_path).training_runs}
+    assert sizes == {1000, 10000, 100000, 1000000}

@@ -28,6 +28,28 @@ rule performance_table:
         "--selections {input.selections} --study {params.study} --config {params.config:q} --out {output} > {log} 2>&1"
 
 
+# The same rows for every snapshot of the runs' trajectories (finetune.snapshots); the base
+# models' predictions are the reference of the paired intervals.
+rule trajectory_table:
+    input:
+        predictions=get_all_trajectories,
+        base=get_base_predictions,
+        manifest=PLAN.manifest_path,
+        selections=get_all_selections,
+    output:
+        PLAN.table_path("trajectory"),
+    log:
+        PLAN.log_path("aggregate/trajectory"),
+    conda:
+        "../../envs/ptft.yaml"
+    params:
+        config=as_json(config["aggregate"]),
+        study=config["study"],
+    shell:
+        "ptft performance --predictions {input.predictions} --base {input.base} --manifest {input.manifest} "
+        "--selections {input.selections} --study {params.study} --config {params.config:q} --out {output} > {log} 2>&1"
+
+
 # One job per analysis of ptft.analysis: the tables it computes from the performance table and
 # its figures, filed in the report under the analysis's category.
 for _analysis in PLAN.analyses():

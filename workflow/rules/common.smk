@@ -2,9 +2,10 @@
 # below only turn a job's wildcards into what the plan knows.
 import json
 import os
+import re
 
 from ptft.data.registry import get_dataset
-from ptft.plan import RUN, SELECTED_RUN, build_plan
+from ptft.plan import build_plan
 
 PLAN = build_plan(config)
 TOY_SUITE = PLAN.suite == "toy"
@@ -17,13 +18,12 @@ if PLAN.suite == "local":
         check_folder(entry["path"], f"checkpoint {entry['name']!r} (checkpoints.local)")
 
 
+# A run's folder under finetune/ (ptft.plan.Model.run): folders ending in its seed's.
 wildcard_constraints:
     checkpoint="[^/]+",
-    task="[^/]+",
-    method="[^/]+",
-    lr="[^/]+",
-    seed="[0-9]+",
+    run="(?:[^/]+/)+seed[0-9]+",
     dataset="[^/]+",
+    size="[0-9]+",
 
 
 def as_json(obj):
@@ -82,23 +82,30 @@ def get_local_dir(wildcards, input):
 
 
 def get_train_size(wildcards):
+    """--size/--fraction of a task's training subsample; a size of its sweep, or the largest (validation)."""
     data = PLAN.data_configs[wildcards.dataset]
+    if "size" in wildcards.keys():
+        return f"--size {wildcards.size}"
     if data.get("train_fraction") is not None:
         return f"--fraction {data['train_fraction']}"
-    return f"--size {data['train_size']}"
+    return f"--size {max(data.get('train_sizes') or [data['train_size']])}"
 
 
 def get_finetune_config(wildcards):
-    return as_json(PLAN.run_config(wildcards.task, wildcards.method))
+    run = PLAN.training_run(wildcards.run)
+    return as_json(PLAN.run_config(run.train_task, run.method))
+
+
+def get_run_args(wildcards):
+    run = PLAN.training_run(wildcards.run)
+    return f"--task {run.train_task} --method {run.method} --lr {run.lr!r} --seed {run.seed}"
 
 
 def get_finetune_inputs(wildcards):
-    inputs = {
-        "checkpoint": PLAN.checkpoint_path(wildcards.checkpoint),
-        "train": PLAN.data_path("train", wildcards.task),
-    }
-    if PLAN.select_lr:
-        inputs["validation"] = PLAN.data_path("validation", wildcards.task)
+    run = PLAN.training_run(wildcards.run)
+    inputs = {"checkpoint": PLAN.start_path(run), "train": PLAN.train_data_path(run.train_task, run.train_size)}
+    if PLAN.needs_validation(run.train_task):
+        inputs["validation"] = PLAN.data_path("validation", run.train_task)
     return inputs
 
 
@@ -107,21 +114,28 @@ def get_validation_arg(_wildcards, input):
 
 
 def get_run_dir(wildcards):
-    return PLAN.run_dir(RUN.format(**wildcards))
+    return PLAN.run_dir(wildcards.run)
 
 
 def get_state_dir(wildcards):
-    return PLAN.state_dir(RUN.format(**wildcards))
+    return PLAN.state_dir(wildcards.run)
+
+
+def snapshot_runs_pattern(keep):
+    """The runs that save snapshots (kept or not): a regular expression of their folders."""
+    runs = [m for m in PLAN.training_runs if m.snapshots]
+    runs = [m for m in runs if PLAN.finetune_configs[m.train_task]["snapshots"]["keep"] == keep]
+    return "|".join(re.escape(m.run) for m in runs)
 
 
 def get_grid_summaries(wildcards):
-    runs = PLAN.grid_runs(wildcards.checkpoint, wildcards.task, wildcards.method, int(wildcards.seed))
-    return [PLAN.run_file(m.run, "summary") for m in runs]
+    return [PLAN.run_file(m.run, "summary") for m in PLAN.grid_runs(PLAN.training_run(wildcards.run))]
 
 
 def get_grid_group(wildcards):
-    keys = ("checkpoint", "task", "method")
-    return as_json({**{k: wildcards[k] for k in keys}, "seed": int(wildcards.seed)})
+    m = PLAN.training_run(wildcards.run)
+    keys = {"checkpoint": m.checkpoint, "task": m.train_task, "method": m.method, "seed": m.seed}
+    return as_json({**keys, "train_size": m.train_size, "parent": m.parent and m.parent.id})
 
 
 def get_select_metric(_wildcards):
@@ -129,17 +143,29 @@ def get_select_metric(_wildcards):
 
 
 def get_all_selections(_wildcards):
-    keys = ("checkpoint", "task", "method", "seed")
-    return [PLAN.selection_path(SELECTED_RUN.format(**dict(zip(keys, g)))) for g in PLAN.selection_groups()]
+    return [PLAN.selection_path(m.run) for m in PLAN.selections()]
 
 
 def get_model(wildcards):
     """The plan's model of an evaluation job: a base checkpoint, a run, or a selection."""
-    if "lr" in wildcards.keys():
-        return PLAN.model(f"ft/{RUN.format(**wildcards)}")
-    if "task" in wildcards.keys():
-        return PLAN.model(f"ft/{SELECTED_RUN.format(**wildcards)}")
+    if "run" in wildcards.keys():
+        return PLAN.training_run(wildcards.run)
     return PLAN.model(f"base/{wildcards.checkpoint}")
+
+
+def get_eval_model(wildcards):
+    """What a fine-tuned model's evaluation reads: the run's model, or the lr selection's pointer."""
+    model = get_model(wildcards)
+    return PLAN.selection_path(model.run) if model.selected else PLAN.run_file(model.run, "model")
+
+
+def get_trajectory_inputs(wildcards):
+    """A run's snapshots; for an lr selection, every run's of its grid (the pointer says which is read)."""
+    model = get_model(wildcards)
+    if not model.selected:
+        return {"model": PLAN.run_file(model.run, "snapshots")}
+    grid = [PLAN.run_file(m.run, "snapshots") for m in PLAN.grid_runs(model)]
+    return {"model": PLAN.selection_path(model.run), "grid": grid}
 
 
 def get_eval_inputs(wildcards):
@@ -170,6 +196,14 @@ def get_data_dir(_wildcards, input):
 
 def get_all_predictions(_wildcards):
     return [PLAN.predictions_path(m.id) for m in PLAN.models]
+
+
+def get_all_trajectories(_wildcards):
+    return [PLAN.trajectory_path(m.id) for m in PLAN.snapshot_runs]
+
+
+def get_base_predictions(_wildcards):
+    return [PLAN.predictions_path(m.id) for m in PLAN.base_models]
 
 
 def get_input_args(_wildcards, input):
@@ -211,18 +245,34 @@ def get_dissect_model_dir(wildcards):
     return PLAN.run_file(wildcards.model, "model")
 
 
+def get_dissect_snapshots(wildcards):
+    return PLAN.run_file(wildcards.run, "snapshots")
+
+
 def get_dissect_batch_size(_wildcards):
     return config["dissect"]["batch_size"]
 
 
+def dissect_tuned():
+    return [m for m in PLAN.dissect_models if m.train_task == PLAN.dissect_task]
+
+
 def get_dissect_loglik(_wildcards):
-    return [PLAN.dissect_path(m.id) for m in PLAN.dissect_models]
+    out = [PLAN.dissect_path(m.id) for m in PLAN.dissect_models]
+    return out + [PLAN.dissect_trajectory_path(m.id) for m in dissect_tuned() if m.snapshots]
 
 
 def get_dissect_pairs(_wildcards):
+    """Each fine-tuned model (and its trajectory) with the model its change is measured from."""
     steps = {e["name"]: e.get("step") for e in PLAN.checkpoint_entries}
-    return as_json([{"meta": {**m.metadata(), "step": steps[m.checkpoint]}, "base": PLAN.dissect_path(f"base/{m.checkpoint}"),
-                     "ft": PLAN.dissect_path(m.id)} for m in PLAN.dissect_models if not m.is_base])  # fmt: skip
+    pairs = []
+    for m in dissect_tuned():
+        meta = {**m.metadata(), "step": steps[m.checkpoint]}
+        pair = {"meta": meta, "base": PLAN.dissect_path(PLAN.dissect_start(m).id), "ft": PLAN.dissect_path(m.id)}
+        pairs.append(pair)
+        if m.snapshots:
+            pairs.append({**pair, "ft": PLAN.dissect_trajectory_path(m.id)})
+    return as_json(pairs)
 
 
 # Every output records the study config it was made under (ptft.provenance): the jobs' shell

@@ -55,6 +55,15 @@ rule prepare_train:
         "--seed {params.seed} --invalid {params.invalid} --out {output} > {log} 2>&1"
 
 
+# One size of a task's sweep (data.per_task.<task>.train_sizes): the first n examples of the same
+# shuffled split as every other size, so a larger sample extends a smaller one.
+use rule prepare_train as prepare_train_size with:
+    output:
+        PLAN.train_data_path("{dataset}", "{size}"),
+    log:
+        PLAN.log_path("prepare_train/{dataset}/n{size}"),
+
+
 rule prepare_validation:
     input:
         get_raw_input,

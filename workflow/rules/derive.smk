@@ -69,6 +69,29 @@ rule dissect_loglik:
         "--batch-size {params.batch_size} --threads {threads} --out {output} > {log} 2>&1"
 
 
+# Every snapshot of a run on the corpus (finetune.snapshots): the Dissecting change along training.
+rule dissect_trajectory:
+    input:
+        corpus=PLAN.derive_path("corpus"),
+        variants=PLAN.derive_path("variants"),
+        model=get_dissect_snapshots,
+    output:
+        PLAN.dissect_trajectory_path("ft/{run}"),
+    log:
+        PLAN.log_path("dissect/trajectory/{run}"),
+    conda:
+        "../../envs/ptft.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    params:
+        batch_size=get_dissect_batch_size,
+    shell:
+        "ptft dissect-loglik --trajectory --model-dir {input.model} --corpus {input.corpus} "
+        "--variants {input.variants} --batch-size {params.batch_size} --threads {threads} --out {output} > {log} 2>&1"
+
+
 rule dissect_tables:
     input:
         get_dissect_loglik,

@@ -39,11 +39,11 @@ rule evaluate_base:
 rule evaluate_finetuned:
     input:
         unpack(get_eval_inputs),
-        model=rules.finetune.output.model,
+        model=get_eval_model,
     output:
-        PLAN.predictions_path(f"ft/{RUN}"),
+        PLAN.predictions_path("ft/{run}"),
     log:
-        PLAN.log_path(f"evaluate/ft/{RUN}"),
+        PLAN.log_path("evaluate/ft/{run}"),
     conda:
         "../../envs/ptft.yaml"
     threads: 1
@@ -52,27 +52,28 @@ rule evaluate_finetuned:
         runtime=60,
     params:
         **EVALUATE_PARAMS,
-        state=PLAN.state_path(f"evaluate/ft/{RUN}"),
+        state=PLAN.state_path("evaluate/ft/{run}"),
     shell:
         EVALUATE_SHELL
 
 
-rule evaluate_selected:
+# Every snapshot of a run's trajectory, scored as its final model is (finetune.snapshots).
+rule evaluate_trajectory:
     input:
         unpack(get_eval_inputs),
-        model=rules.select_lr.output[0],
+        unpack(get_trajectory_inputs),
     output:
-        PLAN.predictions_path(f"ft/{SELECTED_RUN}"),
+        PLAN.trajectory_path("ft/{run}"),
     log:
-        PLAN.log_path(f"evaluate/ft/{SELECTED_RUN}"),
+        PLAN.log_path("evaluate/trajectory/{run}"),
     conda:
         "../../envs/ptft.yaml"
     threads: 1
     resources:
         mem_mb=4000,
-        runtime=60,
+        runtime=120,
     params:
         **EVALUATE_PARAMS,
-        state=PLAN.state_path(f"evaluate/ft/{SELECTED_RUN}"),
+        state=PLAN.state_path("evaluate/trajectory/{run}"),
     shell:
-        EVALUATE_SHELL
+        EVALUATE_SHELL.replace("ptft evaluate", "ptft evaluate --trajectory")

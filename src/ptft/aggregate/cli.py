@@ -14,7 +14,7 @@ def cmd_performance(a) -> None:
     b = a.config["bootstrap"]
     manifest = io.read_json(a.manifest)
     perf = performance_table(
-        read_predictions(a.predictions),
+        read_predictions([*a.predictions, *a.base]),
         manifest,
         a.study,
         b["resamples"],
@@ -22,6 +22,8 @@ def cmd_performance(a) -> None:
         b["seed"],
         [io.read_json(p) for p in a.selections],
     )
+    if a.base:  # the trajectory table: base rows only gave the paired intervals their reference
+        perf = perf[perf["method"] != "base"].reset_index(drop=True)
     io.write_parquet(a.out, perf, performance_provenance(a.predictions, manifest, set(perf["checkpoint"])))
 
 
@@ -48,6 +50,8 @@ def add_commands(sub) -> None:
     s.add_argument("--predictions", nargs="+", required=True)
     s.add_argument("--manifest", required=True)
     s.add_argument("--selections", nargs="*", default=[], help="lr selections (finetune.select_lr)")
+    s.add_argument("--base", nargs="*", default=[], help="base models' predictions: the reference of the paired "
+                   "intervals of a trajectory table (finetune.snapshots), whose rows they do not enter")  # fmt: skip
     s.add_argument("--study", required=True)
     s.add_argument("--config", type=json_arg, required=True)
     s.add_argument("--out", required=True)

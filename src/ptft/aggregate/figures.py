@@ -1,6 +1,12 @@
-"""Figures of the performance, change and probe tables, in one style for the whole paper.
+"""Figures of the performance, trajectory, change, probe and Dissecting tables, in one style for the whole paper.
 
 Every figure is written twice: PNG at 150 dpi (the report, slides) and SVG (the paper).
+
+A line that averages several runs (lrs, seeds) of one run's configuration draws the spread of
+its seeds as a band (:func:`_line`): at a point with more than one seed, the mean over seeds ± one
+sample standard deviation over seeds; with one seed, the mean of the runs' bootstrap intervals.
+Runs of different training-set sizes (``train_size``) or started from different runs
+(``parent``) are different lines (:mod:`ptft.analysis.runs`).
 """
 
 from __future__ import annotations
@@ -15,9 +21,19 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.colors import to_rgb  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
+from ptft.analysis.runs import (  # noqa: E402
+    final_rows,
+    largest_size_rows,
+    parent_config,
+    parent_runs,
+    run_label,
+    with_run_axes,
+)
 from ptft.io import atomic_path  # noqa: E402
 
 DPI = 150
@@ -40,6 +56,8 @@ STYLE = {
 PANEL_SIZE = (2.4, 2.0)
 SINGLE_SIZE = (4.0, 3.2)  # one-panel figure, legend below the axes
 MAX_COLUMNS = 3
+# A figure whose rows of panels are one thing each (a run's eval sets, its components) keeps up to this many in a row.
+MAX_ROW_COLUMNS = 4
 BAND_ALPHA = 0.18
 RELATION_COLORS = {
     "in-domain": "tab:blue",
@@ -58,6 +76,15 @@ FACTOR_COLORS = {"original": "black", "topic": "tab:purple", "style": "tab:green
 DISSECT_MARKERS = ("o", "^", "s", "D")
 # Color says the train task, line style the fine-tuning method (base: black dashed).
 METHOD_LINESTYLES = {"full": "-", "lora": ":", "lpft": "-.", "instruct": (0, (5, 1))}
+# Runs of one task from different parents differ by marker (from the pre-training checkpoint: "o"),
+# of different train sizes by shade: the smallest size lightest, the largest the task's own color.
+PARENT_MARKERS = ("^", "s", "D", "v", "P", "X")
+SIZE_LIGHTEN = 0.6
+# Pre-training checkpoints, where they are the lines: a sequential map in step order (its yellow end left out).
+CHECKPOINT_CMAP = "viridis"
+CHECKPOINT_CMAP_SPAN = 0.85
+# The order of eval-set panels of a run: its own task first.
+RELATION_ORDER = {"in-domain": 0, "ood": 1, "cross-task": 2}
 
 
 def primary_metric_rows(perf: pd.DataFrame) -> pd.DataFrame:
@@ -71,9 +98,9 @@ def primary_metric_rows(perf: pd.DataFrame) -> pd.DataFrame:
 def plot_base_vs_finetuned(perf: pd.DataFrame, eval_set: str, format: str, path: str | os.PathLike) -> None:
     """Metric value per pre-training step on ``eval_set``: base checkpoint vs each fine-tuning task.
 
-    The base model is a black dashed line; each train task (and method, if several) is a colored
-    line, averaged over lrs and seeds, with its 95 % interval as a band (mean of the runs' bounds).
-    Rows without a step are not drawn.
+    The base model is a black dashed line; each train task (and method, if several; train size and
+    parent run, where the study has them) is a colored line, averaged over lrs and seeds, with the
+    seed spread or the bootstrap interval as a band (:func:`_line`). Rows without a step are not drawn.
     """
     colors = _task_colors(perf)
     with _figure(figsize=SINGLE_SIZE) as (fig, ax):
@@ -141,7 +168,11 @@ def plot_dissecting(change: pd.DataFrame, components: pd.DataFrame, path: str | 
 
     Color is the factor, in both panels (a variant's and the component it measures); variants
     sharing a factor differ by marker; line style is the method. Each panel has its own legend.
+    Only final models are drawn (rows at the last ``ft_step`` of their run), of the largest train
+    size of each checkpoint's runs (:func:`ptft.analysis.runs.largest_size_rows`); the other sizes
+    and steps are :func:`plot_dissect_components`'s.
     """
+    change, components = (largest_size_rows(final_rows(df)) for df in (change, components))
     if change.empty or change["step"].isna().all():
         raise ValueError("plot_dissecting: no change rows with a pre-training step")
     size = (2 * PANEL_SIZE[0] * 1.25, PANEL_SIZE[1] * 1.25 + 0.9)
@@ -159,21 +190,148 @@ def plot_dissecting(change: pd.DataFrame, components: pd.DataFrame, path: str | 
 
 
 def _dissect_lines(ax, df: pd.DataFrame) -> None:
-    """One line per (variant, method) of ``df`` (columns variant, factor, method, step, value, ci_*)."""
+    """One line per (variant, method, parent run) of ``df`` (columns variant, factor, method, step, value, ci_*)."""
     ax.axhline(0.0, color="0.4", linewidth=0.8)
+    df = with_run_axes(df)
+    df = df.assign(_parent=parent_runs(df["parent"], parent_config).fillna(""))  # "": from the checkpoint
     several = df["method"].nunique() > 1
     factor_of = dict(zip(df["variant"], df["factor"], strict=True))
     rank: dict[str, int] = {}
     for name in dict.fromkeys(df["variant"]):  # the n-th variant of a factor gets the n-th marker
         rank[name] = sum(factor_of[other] == factor_of[name] for other in rank)
-    for (name, method), group in df.groupby(["variant", "method"], sort=False):
+    for (name, method, parent), group in df.groupby(["variant", "method", "_parent"], sort=False):
         factor = factor_of[name]
         marker = DISSECT_MARKERS[rank[name] % len(DISSECT_MARKERS)]
-        label = f"{name} ({method})" if several else str(name)
+        label = run_label(f"{name} ({method})" if several else str(name), parent=parent or None)
         _line(ax, group, FACTOR_COLORS.get(factor, "tab:brown"), METHOD_LINESTYLES.get(method, "-"), marker, label)
     ax.set_xlabel("pre-training step")
     _format_step_axis(ax)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.28), ncols=2, frameon=False)
+
+
+def plot_trajectory(traj: pd.DataFrame, train_task: str, format: str, path: str | os.PathLike) -> None:
+    """The forgetting curve of ``train_task``: the score on each eval set along fine-tuning.
+
+    ``traj``: trajectory-table rows of one metric per eval set (:func:`primary_metric_rows`). One
+    panel per eval set of the task's runs (in-domain first, then OOD, cross-task), in ``format``,
+    or where an eval set is not scored in it, its first format scored; x is the fine-tuning step,
+    one line per pre-training checkpoint (:func:`_checkpoint_curves`), averaged over lrs and
+    seeds. Runs of the task that differ in method, train size or parent are rows of panels of
+    their own, labelled as :func:`ptft.analysis.runs.run_label` names them.
+    """
+    from ptft.data.tasks import FORMATS
+
+    rows = _with_run_columns(traj[(traj["train_task"] == train_task) & traj["ft_step"].notna()])
+    if rows.empty:
+        raise ValueError(f"plot_trajectory: no trajectory rows of train task {train_task!r}")
+    eval_sets = sorted(rows["eval_set"].unique(), key=lambda e: (
+        RELATION_ORDER.get(rows.loc[rows["eval_set"] == e, "relation"].iloc[0], len(RELATION_ORDER)), e))  # fmt: skip
+    formats = {}
+    for eval_set in eval_sets:
+        scored = set(rows.loc[rows["eval_set"] == eval_set, "format"])
+        formats[eval_set] = format if format in scored else next(f for f in (*FORMATS, *sorted(scored)) if f in scored)
+    rows = rows[rows["format"] == rows["eval_set"].map(formats)]
+    variants = list(rows.groupby(["method", "_size", "_parent"], sort=True).groups)
+    panels, name = [], train_task
+    for method, size, parent in variants:
+        name = run_label(f"{train_task} ({method})", None if size < 0 else int(size), parent or None)
+        run = rows[(rows["method"] == method) & (rows["_size"] == size) & (rows["_parent"] == parent)]
+        for eval_set in eval_sets:
+            part = run[run["eval_set"] == eval_set]
+            if part.empty:
+                continue
+            title = f"{eval_set} · {part['relation'].iloc[0]}"
+            title += "" if formats[eval_set] == "default" else f" ({formats[eval_set]})"
+            if len(variants) > 1:
+                title += f"\n{name}"
+            panels.append((title, str(part["metric"].iloc[0]), part))
+    # One run configuration: the title names it (its parent, size); several: each row of panels does.
+    title = f"Forgetting curve: {name if len(variants) == 1 else train_task}"
+    _checkpoint_curves(panels, "ft_step", "fine-tuning step", title, path, ncols=len(eval_sets))
+
+
+def plot_dissect_components(components: pd.DataFrame, x: str, path: str | os.PathLike) -> None:
+    """The Dissecting components (facts, topic, style, other) against the train size or the fine-tuning step.
+
+    ``x = "train_size"``: the final models (last ``ft_step`` of their run) against their train
+    size, log scale; runs without a size are left out. ``x = "ft_step"``: the rows of runs with
+    more than one step (their snapshots) against the step. One panel per component, one line per
+    pre-training checkpoint averaged over lrs and seeds (:func:`_checkpoint_curves`); runs that
+    differ in method or parent (and, against the step, in train size) are rows of panels of their own.
+    """
+    if x not in ("train_size", "ft_step"):
+        raise ValueError(f"plot_dissect_components: x is train_size or ft_step, not {x!r}")
+    rows = _with_run_columns(components)
+    if x == "train_size":
+        rows, variant_keys = final_rows(rows), ["method", "_parent"]
+    else:
+        run = ["checkpoint", "train_task", "method", "lr", "seed", "_size", "_parent"]
+        steps = rows.groupby(run, dropna=False, sort=False)["ft_step"].transform("nunique")
+        rows, variant_keys = rows[steps > 1], ["method", "_size", "_parent"]
+    rows = rows[rows[x].notna() & rows["step"].notna()]
+    if rows.empty:
+        raise ValueError(f"plot_dissect_components: no component rows with more than one {x}")
+    names = sorted(rows["component"].unique(), key=lambda c: (FACTOR_ORDER.get(c, len(FACTOR_ORDER)), c))
+    variants = list(rows.groupby(variant_keys, sort=True).groups)
+    panels = []
+    for variant in variants:
+        key = dict(zip(variant_keys, variant, strict=True))
+        size = key.get("_size", -1)
+        name = run_label(str(key["method"]), None if size < 0 else int(size), key["_parent"] or None)
+        run = rows[(rows[variant_keys] == pd.Series(key)).all(axis=1)]
+        for component in names:
+            part = run[run["component"] == component]
+            if not part.empty:
+                title = component if len(variants) == 1 else f"{component}\n{name}"
+                panels.append((title, "Δ per-token log-likelihood", part))
+    what = "train size" if x == "train_size" else "fine-tuning step"
+    _checkpoint_curves(panels, x, what, f"Split of the original's change by {what}", path, ncols=len(names),
+                       log_x=x == "train_size")  # fmt: skip
+
+
+def _checkpoint_curves(panels: list[tuple[str, str, pd.DataFrame]], x: str, xlabel: str, title: str,
+                       path: str | os.PathLike, ncols: int | None = None, log_x: bool = False) -> None:  # fmt: skip
+    """Panels ``(title, ylabel, rows)`` of one line per pre-training checkpoint against ``x``.
+
+    Each line is :func:`_line` of a checkpoint's rows (lrs and seeds averaged, the seed spread or
+    the bootstrap interval as its band); its color is the checkpoint's place in step order, the
+    same in every panel, and the legend below names the checkpoints.
+    """
+    if not panels:
+        raise ValueError(f"{title}: nothing to draw")
+    ncols = ncols if ncols is not None and ncols <= MAX_ROW_COLUMNS else MAX_COLUMNS
+    colors = _checkpoint_colors(pd.concat([rows for _, _, rows in panels]))
+    with _grid(len(panels), ncols) as (fig, axes, ncols):
+        for i, ax in _panels(axes, len(panels)):
+            panel_title, ylabel, rows = panels[i]
+            for checkpoint, color in colors.items():
+                part = rows[rows["checkpoint"] == checkpoint]
+                if not part.empty:
+                    _line(ax, part, color, "-", "o", checkpoint, x=x)
+            ax.set_title(panel_title)
+            ax.set_ylabel(ylabel)
+            if log_x:  # few, spread values (train sizes): each labelled, as it is
+                ticks = sorted(rows[x].dropna().unique().astype(float))
+                ax.set_xscale("log")
+                ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+                ax.minorticks_off()
+            else:
+                _format_step_axis(ax)
+            if i + ncols >= len(panels):
+                ax.set_xlabel(xlabel)
+        fig.suptitle(title)
+        handles = _legend_entries(axes)
+        _legend_below(fig, [handles[c] for c in colors if c in handles], [c for c in colors if c in handles],
+                      max_columns=4)  # fmt: skip
+        _save(fig, path)
+
+
+def _checkpoint_colors(rows: pd.DataFrame) -> dict:
+    """checkpoint -> color along :data:`CHECKPOINT_CMAP` in pre-training step order (no step: last)."""
+    steps = rows.groupby("checkpoint", sort=False)["step"].min()
+    order = sorted(steps.index, key=lambda c: (pd.isna(steps[c]), 0 if pd.isna(steps[c]) else int(steps[c]), c))
+    cmap = plt.get_cmap(CHECKPOINT_CMAP)
+    return {c: cmap(CHECKPOINT_CMAP_SPAN * i / max(1, len(order) - 1)) for i, c in enumerate(order)}
 
 
 def plot_format_sensitivity(perf: pd.DataFrame, eval_sets: list[str], path: str | os.PathLike) -> None:
@@ -252,17 +410,20 @@ def _draw_base_vs_finetuned(
     base = rows[rows["method"] == "base"]
     if not base.empty:
         _line(ax, base, color="black", linestyle="--", marker="s", label="base")
-    finetuned = rows[rows["method"] != "base"]
+    finetuned = _with_run_columns(rows[rows["method"] != "base"])
     if relation is not None:
         finetuned = finetuned[finetuned["relation"] == relation]
     # Decided over the whole study, not the panel: a task is named the same in every panel,
-    # so a shared legend has one entry per (task, method).
+    # so a shared legend has one entry per (task, method, size, parent).
     several_methods = perf.loc[perf["method"] != "base", "method"].nunique() > 1
-    for (task, method), group in finetuned.groupby(["train_task", "method"], sort=True):
+    styles = _variant_styles(perf, colors)
+    for (task, method, size, parent), group in finetuned.groupby(RUN_COLUMNS, sort=True):
         relation = group["relation"].iloc[0]
-        name = f"{task} ({method})" if several_methods else task
+        size, parent = (None if size < 0 else int(size)), (parent or None)
+        name = run_label(f"{task} ({method})" if several_methods else task, size, parent)
+        color, marker = styles[(task, size, parent)]
         style = METHOD_LINESTYLES.get(method, "-")
-        _line(ax, group, color=colors[task], linestyle=style, marker="o", label=f"{name} [{relation}]")
+        _line(ax, group, color=color, linestyle=style, marker=marker, label=f"{name} [{relation}]")
 
     title = eval_set if format == "default" else f"{eval_set} ({format})"
     ax.set_title(f"{title} · {metric}")
@@ -270,26 +431,64 @@ def _draw_base_vs_finetuned(
     return metric
 
 
-def _line(ax, rows: pd.DataFrame, color, linestyle: str, marker: str, label: str) -> None:
-    # Several lrs/seeds of one task collapse to their mean; their bands to the mean bounds.
-    by_step = rows.groupby("step", sort=True)[["value", "ci_low", "ci_high"]].mean()
-    steps = by_step.index.to_numpy(dtype=float)
-    ax.fill_between(
-        steps,
-        by_step["ci_low"].to_numpy(dtype=float),
-        by_step["ci_high"].to_numpy(dtype=float),
-        color=color,
-        alpha=BAND_ALPHA,
-        linewidth=0,
-    )
-    ax.plot(
-        steps,
-        by_step["value"].to_numpy(dtype=float),
-        color=color,
-        linestyle=linestyle,
-        marker=marker,
-        label=label,
-    )
+def _line(ax, rows: pd.DataFrame, color, linestyle, marker: str, label: str, x: str = "step") -> None:
+    """One line of ``rows`` against ``x`` (rows without one are left out), with a band.
+
+    At each ``x`` each seed's value is the mean of its rows (e.g. the lrs of a grid), and the line
+    the mean over seeds. The band: with more than one seed there, mean ± one sample standard
+    deviation over seeds (the seed spread); with one seed (a base model, a single run), the mean
+    of its rows' ``ci_low``/``ci_high`` (their bootstrap intervals).
+    """
+    rows = rows[rows[x].notna()]
+    seed = rows["seed"] if "seed" in rows else pd.Series(pd.NA, index=rows.index, dtype="Int64")
+    per_seed = rows.assign(_seed=seed).groupby([x, "_seed"], sort=True, dropna=False)
+    per_seed = per_seed[["value", "ci_low", "ci_high"]].mean()
+    by_x = per_seed.groupby(level=x, sort=True)
+    mean, std, n_seeds = by_x["value"].mean(), by_x["value"].std(), by_x["value"].size()
+    spread = (n_seeds > 1).to_numpy()
+    low = np.where(spread, (mean - std).to_numpy(dtype=float), by_x["ci_low"].mean().to_numpy(dtype=float))
+    high = np.where(spread, (mean + std).to_numpy(dtype=float), by_x["ci_high"].mean().to_numpy(dtype=float))
+    xs = mean.index.to_numpy(dtype=float)
+    ax.fill_between(xs, low, high, color=color, alpha=BAND_ALPHA, linewidth=0)
+    ax.plot(xs, mean.to_numpy(dtype=float), color=color, linestyle=linestyle, marker=marker, label=label)
+
+
+# A line's run beyond its task and method, as plain keys a groupby keeps: size -1 and parent "" for none.
+RUN_COLUMNS = ["train_task", "method", "_size", "_parent"]
+
+
+def _with_run_columns(rows: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` with ``_size`` (train size, -1 for none) and ``_parent`` (the parent's configuration, the same at
+    every checkpoint and seed: :func:`ptft.analysis.runs.parent_config`; "" for none)."""
+    rows = with_run_axes(rows)
+    return rows.assign(_size=rows["train_size"].fillna(-1).astype("int64"),
+                       _parent=parent_runs(rows["parent"], parent_config).fillna("").astype(str))  # fmt: skip
+
+
+def _variant_styles(perf: pd.DataFrame, colors: dict) -> dict:
+    """(task, size, parent run) -> (color, marker) of each fine-tuned run configuration of the study.
+
+    A task's color, lighter for its smaller train sizes (where it has several); marker ``o`` for
+    runs from the pre-training checkpoint, one of :data:`PARENT_MARKERS` per parent run.
+    """
+    runs = _with_run_columns(perf[perf["method"] != "base"])
+    styles = {}
+    for task, group in runs.groupby("train_task", sort=True):
+        sizes = sorted(s for s in group["_size"].unique() if s >= 0)
+        parents = sorted(p for p in group["_parent"].unique() if p)
+        for size, parent in group[["_size", "_parent"]].drop_duplicates().itertuples(index=False):
+            size, parent = (None if size < 0 else int(size)), (parent or None)
+            color = colors.get(task, "tab:gray")
+            if size is not None and len(sizes) > 1:
+                color = _lighten(color, SIZE_LIGHTEN * (len(sizes) - 1 - sizes.index(size)) / (len(sizes) - 1))
+            marker = "o" if parent is None else PARENT_MARKERS[parents.index(parent) % len(PARENT_MARKERS)]
+            styles[(task, size, parent)] = (color, marker)
+    return styles
+
+
+def _lighten(color, amount: float) -> tuple:
+    """``color`` blended toward white by ``amount`` (0: itself, 1: white)."""
+    return tuple(c + (1.0 - c) * amount for c in to_rgb(color))
 
 
 def _legend_below(fig, handles, labels, max_columns: int = 3) -> None:
@@ -322,9 +521,9 @@ def _step_label(x: float, _pos) -> str:
 
 
 @contextmanager
-def _grid(n_panels: int):
-    """Yield ``(fig, axes, ncols)``: ``n_panels`` small panels, at most ``MAX_COLUMNS`` a row."""
-    ncols = min(MAX_COLUMNS, n_panels)
+def _grid(n_panels: int, ncols: int | None = None):
+    """Yield ``(fig, axes, ncols)``: ``n_panels`` small panels, ``ncols`` (default ``MAX_COLUMNS``) a row."""
+    ncols = min(ncols or MAX_COLUMNS, n_panels)
     nrows = math.ceil(n_panels / ncols)
     size = (PANEL_SIZE[0] * ncols, PANEL_SIZE[1] * nrows + 0.4)
     with _figure(nrows=nrows, ncols=ncols, figsize=size, squeeze=False) as (fig, axes):

@@ -26,6 +26,9 @@ PERFORMANCE_COLUMNS = (
     "method",
     "lr",
     "seed",
+    "train_size",
+    "parent",
+    "ft_step",
     "lr_selected",
     "eval_set",
     "eval_task",
@@ -45,10 +48,14 @@ METHODS = (BASE, "full", "lora", "lpft", "instruct")
 
 # What one row of the table is about; every other predictions column must be constant within it.
 GROUP_KEYS = ["model", "eval_set", "format", "metric"]
-META_COLUMNS = ["checkpoint", "train_task", "method", "lr", "seed", "shots", "eval_task", "relation"]
+META_COLUMNS = ["checkpoint", "train_task", "method", "lr", "seed", "train_size", "parent", "ft_step", "shots",
+                "eval_task", "relation"]  # fmt: skip
 REQUIRED_PREDICTION_COLUMNS = (*GROUP_KEYS, *META_COLUMNS, "example_id", "score")
-# lr and seed are null for base models; nothing else may be.
-NULLABLE_PREDICTION_COLUMNS = ("lr", "seed")
+# lr and seed are null for base models, train_size without a size sweep, parent for a run from a
+# checkpoint; nothing else may be.
+NULLABLE_PREDICTION_COLUMNS = ("lr", "seed", "train_size", "parent", "ft_step")
+# Predictions written before these axes existed: a model of one size, from its checkpoint, step unknown.
+AXIS_DEFAULTS = {"train_size": pd.NA, "parent": pd.NA, "ft_step": pd.NA}
 
 _DTYPES = {
     "study": "str",
@@ -59,6 +66,9 @@ _DTYPES = {
     "method": "str",
     "lr": "float64",
     "seed": "Int64",
+    "train_size": "Int64",
+    "parent": "string",
+    "ft_step": "Int64",
     "lr_selected": "boolean",
     "eval_set": "str",
     "eval_task": "str",
@@ -73,7 +83,8 @@ _DTYPES = {
     "diff_ci_low": "float64",
     "diff_ci_high": "float64",
 }
-_SORT_COLUMNS = ["method", "train_task", "step", "checkpoint", "lr", "seed", "eval_set", "format", "metric"]
+_SORT_COLUMNS = ["method", "train_task", "parent", "train_size", "step", "checkpoint", "lr", "seed", "ft_step",
+                 "eval_set", "format", "metric"]  # fmt: skip
 
 
 def read_predictions(paths: Iterable) -> pd.DataFrame:
@@ -123,6 +134,9 @@ def performance_table(
     score is missing, an example appears twice in a group, or the metadata (checkpoint, method,
     relation, …) of one group is not constant.
     """
+    predictions = predictions.assign(**{c: v for c, v in AXIS_DEFAULTS.items() if c not in predictions.columns})
+    if predictions["ft_step"].isna().any():  # a pre-training checkpoint has had no fine-tuning step
+        predictions["ft_step"] = predictions["ft_step"].astype("Int64").mask(predictions["method"] == BASE, 0)
     missing = [c for c in REQUIRED_PREDICTION_COLUMNS if c not in predictions.columns]
     if missing:
         raise ValueError(f"predictions: missing required column(s): {', '.join(missing)}")
@@ -172,11 +186,17 @@ def paired_diff_ci(
 
 
 def _lr_selected(table: pd.DataFrame, selections: list[dict]) -> list:
-    chosen = {(s["checkpoint"], s["task"], s["method"], int(s["seed"])): float(s["lr"]) for s in selections}
+    def key(checkpoint, task, method, seed, size, parent):
+        return (checkpoint, task, method, None if pd.isna(seed) else int(seed), None if pd.isna(size) else int(size),
+                None if parent is None or pd.isna(parent) else parent)  # fmt: skip
+
+    chosen = {key(s["checkpoint"], s["task"], s["method"], s["seed"], s.get("train_size"), s.get("parent")):
+              float(s["lr"]) for s in selections}  # fmt: skip
     out = []
-    for row in table[["checkpoint", "train_task", "method", "seed", "lr"]].itertuples(index=False):
-        key = (row.checkpoint, row.train_task, row.method, None if pd.isna(row.seed) else int(row.seed))
-        out.append(pd.NA if key not in chosen else bool(np.isclose(row.lr, chosen[key], rtol=1e-9, atol=0)))
+    columns = ["checkpoint", "train_task", "method", "seed", "train_size", "parent", "lr"]
+    for row in table[columns].itertuples(index=False):
+        k = key(*row[:-1])
+        out.append(pd.NA if k not in chosen else bool(np.isclose(row.lr, chosen[k], rtol=1e-9, atol=0)))
     return out
 
 

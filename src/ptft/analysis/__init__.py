@@ -1,12 +1,13 @@
-"""Analyses of a study: pure functions of ``performance.parquet`` (and of the probe and Dissecting
-tables), each registered with its tables, figures and captions (:mod:`ptft.analysis.registry`)."""
+"""Analyses of a study: pure functions of ``performance.parquet`` (and of the trajectory, probe and
+Dissecting tables), each registered with its tables, figures and captions (:mod:`ptft.analysis.registry`).
+What tells one fine-tuning run from another in those tables is :mod:`ptft.analysis.runs`."""
 
 import importlib
 
 from ptft.analysis.registry import ANALYSES, Analysis, Table, get_analysis, register
 
 # The analysis modules, in the order of the report; each registers itself on import.
-MODULES = ("performance", "seeds", "change", "transfer", "formats", "dynamics", "dissect")
+MODULES = ("performance", "seeds", "change", "transfer", "formats", "dynamics", "trajectory", "dissect")
 for _name in MODULES:
     importlib.import_module(f"ptft.analysis.{_name}")
 

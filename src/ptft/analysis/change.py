@@ -45,7 +45,9 @@ register(
                 "Average change after fine-tuning per checkpoint and relation (in-domain, OOD, cross-task): "
                 "``avg_diff`` is the mean of (fine-tuned − base), ``avg_ratio_pct`` the mean of "
                 "(fine-tuned − base) / base × 100 over all (training task, eval set) pairs, in the figure format, "
-                "split by whether the eval set was learned during pre-training (``learned``; see that table).",
+                "split by whether the eval set was learned during pre-training (``learned``; see that table). "
+                "Every fine-tuned model is paired with the base model of its pre-training checkpoint, those of "
+                "every train size and those started from another run (``parent``) included.",
                 change_table,
             ),
             Table(

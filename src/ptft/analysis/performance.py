@@ -34,8 +34,11 @@ register(
                 "result-table contract of docs/architecture.md.",
             ),
         ),
-        figure_caption="Base (dashed, few-shot) and fine-tuned (solid, zero-shot, one line per training task) "
-        "performance across the pre-training checkpoints, with 95 % bootstrap intervals. On the tasks whose "
+        figure_caption="Base (dashed, few-shot) and fine-tuned (zero-shot, one line per training task; line style "
+        "the method, where several) performance across the pre-training checkpoints. Runs of a task at several "
+        "train sizes (n=…, lighter for smaller) or started from another run (← task (method), another marker) are "
+        "lines of their own. Lines average the lrs and seeds of a run; bands are ± one standard deviation over "
+        "seeds where a line has several, else the (mean) 95 % bootstrap interval. On the tasks whose "
         "pattern occurs in the pre-training corpus the base curve rises over checkpoints; on the others it "
         "stays near chance until the model is fine-tuned.",
         figures=_figures,

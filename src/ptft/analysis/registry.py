@@ -6,10 +6,12 @@ An analysis is one module of ``ptft.analysis`` that calls :func:`register` with 
 analysis which of its tables and figures a study has, and the workflow makes one job per
 analysis (``workflow/rules/aggregate.smk``) that runs :func:`run_analysis`.
 
-- A **table** is a pure function ``build(performance, settings) -> DataFrame`` of the
-  performance table and the ``aggregate`` section, written to ``tables/<name>.parquet`` and
-  shown in the report as a page with its caption. A table that another stage writes
-  (``performance``, the Dissecting tables) is registered with ``build=None``, for its caption.
+- A **table** is a pure function ``build(source, settings) -> DataFrame`` of one input table
+  (its ``source``: the name of one of the analysis's ``inputs``, the performance table unless it
+  says otherwise, e.g. ``source="trajectory"``) and the ``aggregate`` section, written to
+  ``tables/<name>.parquet`` and shown in the report as a page with its caption. A table that
+  another stage writes (``performance``, ``trajectory``, the Dissecting tables) is registered
+  with ``build=None``, for its caption.
 - A **figure** is written as ``figures/<name>.png`` and ``.svg`` by the analysis's ``plot``,
   which gets its inputs, the settings, the ``spec`` the plan made for it and the figure folder.
 """
@@ -41,6 +43,7 @@ class Table:
     caption: str
     build: Callable[[pd.DataFrame, dict], pd.DataFrame] | None = None  # None: written by another rule
     applies: Callable[[Plan], bool] = _always
+    source: str = "performance"  # the input (a key of the analysis's inputs) that build is given
 
 
 def _performance_input(plan: Plan) -> dict[str, list[str]]:
@@ -72,7 +75,7 @@ class Analysis:
 
     @property
     def built_here(self) -> tuple[str, ...]:
-        """Its tables that it computes from the performance table (the others are another rule's)."""
+        """Its tables that it computes from an input table (the others are another rule's)."""
         return tuple(t.name for t in self.tables if t.build is not None)
 
     def table(self, name: str) -> Table:
@@ -114,12 +117,17 @@ def run_analysis(
     if paths:
         from ptft import provenance
 
-        perf = pd.read_parquet(inputs["performance"][0])
-        # A table is a function of the performance table alone: it inherits that table's checkpoints.
-        origin = provenance.of_inputs(inputs["performance"][:1])
+        sources: dict[str, pd.DataFrame] = {}  # each input table read once, however many tables it feeds
         for table in analysis.tables:
             if table.name in paths:
-                io.write_parquet(paths[table.name], table.build(perf, settings), origin)
+                if table.source not in inputs:
+                    raise ValueError(f"analysis {name!r}: table {table.name!r} needs input {table.source!r}; "
+                                     f"given {sorted(inputs)}")  # fmt: skip
+                if table.source not in sources:
+                    sources[table.source] = pd.read_parquet(inputs[table.source][0])
+                # A table is a function of its source table alone: it inherits that table's checkpoints.
+                origin = provenance.of_inputs(inputs[table.source][:1])
+                io.write_parquet(paths[table.name], table.build(sources[table.source], settings), origin)
     if figures:
         if sorted(Path(p).stem for p in figures) != sorted(spec["figures"]):
             raise ValueError(f"analysis {name!r}: figure paths {figures} are not its figures {spec['figures']}")

@@ -26,7 +26,9 @@ of a fine-tuned row comes from the study's ``relations`` table (without one, fro
 :func:`ptft.plan.relation`); base rows are ``pretraining``.
 The metric is the eval set's (``accuracy``, ``rougeL``, ``acc``). ``ci_low``/``ci_high`` are
 ``value ∓ 1.96 · std`` (the release gives a standard deviation, not an interval); ``n``,
-``seed``, ``tokens`` and the paired columns are unknown (null).
+``seed``, ``tokens``, a fine-tuned model's ``ft_step`` and the paired columns are unknown (null);
+``train_size`` and ``parent`` are null (the release sweeps no sizes and fine-tunes only
+pre-training checkpoints), and a base model's ``ft_step`` is 0.
 
 Rows are dropped, and counted in the returned ``skipped``, when their model id does not parse,
 their eval set is not in the registry (the LLMBar sets), their (training task, eval set) pair is
@@ -129,6 +131,10 @@ def import_released_results(
                     "study": study,
                     "tokens": None,
                     "seed": None,
+                    # The release has no size sweeps nor runs from runs; its fine-tuning steps are unknown.
+                    "train_size": None,
+                    "parent": None,
+                    "ft_step": 0 if model["method"] == "base" else None,
                     "lr_selected": None,
                     "eval_set": eval_set,
                     "eval_task": task.name,

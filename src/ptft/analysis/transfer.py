@@ -115,16 +115,18 @@ register(
                 "over (training task, eval set) pairs of (fine-tuned − base) / base × 100, for cross-task "
                 "transfer (``classification→generation``, ``generation→classification``) and for OOD sets; "
                 "``checkpoint = all`` pools every checkpoint. ``ci_low``/``ci_high``: seeded 95 % percentile "
-                "bootstrap over the pairs. Defined in ``ptft.analysis.transfer``.",
+                "bootstrap over the pairs; every fine-tuned model is a pair of its own (train sizes and runs from "
+                "other runs included). Defined in ``ptft.analysis.transfer``.",
                 mrc_table,
             ),
         ),
         figure_caption="Transfer of fine-tuning to other eval sets, per pre-training checkpoint: one panel per "
         "eval set, the base checkpoint (black, dashed) and every model fine-tuned on a task that relates to that "
         "eval set as out-of-domain (same task, other domain: the OOD figure) or as another task (classification "
-        "→ generation or back: the cross-task figure). Lines average the lrs and seeds of a training task; bands "
-        "are the mean 95 % bootstrap interval. The mean ratio of change of these pairs, with its interval, is in "
-        "the ``mrc`` table.",
+        "→ generation or back: the cross-task figure). Lines average the lrs and seeds of a training task's run (runs "
+        "of other train sizes, n=…, or from another run, ← task (method), are lines of their own); bands are ± one "
+        "standard deviation over seeds where a line has several, else the mean 95 % bootstrap interval. The mean "
+        "ratio of change of these pairs, with its interval, is in the ``mrc`` table.",
         figures=lambda plan: [r.replace("-", "_") for r in _relations(plan)],
         plot=_plot,
         spec=lambda plan: {"relations": _relations(plan)},

@@ -64,15 +64,21 @@ def cmd_dissect_loglik(a) -> None:
     from ptft import io, provenance
     from ptft.checkpoints.load import load_pretrained
     from ptft.derive.dissect import text_logliks, texts_frame
+    from ptft.evaluate.run import ft_step, snapshot_dirs
 
     torch.set_num_threads(max(1, a.threads))
     texts = texts_frame(pd.read_parquet(a.corpus), pd.read_parquet(a.variants))
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, tokenizer = load_pretrained(a.model_dir, device=device)
-    model.eval()
-    logp, n_tokens = text_logliks(model, tokenizer, texts["text"].tolist(), a.batch_size)
-    scored = texts.drop(columns="text").assign(logp=logp, n_tokens=n_tokens)
-    io.write_parquet(a.out, scored, provenance.for_model(a.model_dir))
+    # A trajectory: every snapshot of the run, each a model of its own ft_step.
+    models = snapshot_dirs(a.model_dir) if a.trajectory else [(ft_step(a.model_dir), a.model_dir)]
+    frames = []
+    for step, folder in models:
+        model, tokenizer = load_pretrained(folder, device=device)
+        model.eval()
+        logp, n_tokens = text_logliks(model, tokenizer, texts["text"].tolist(), a.batch_size)
+        frames.append(texts.drop(columns="text").assign(logp=logp, n_tokens=n_tokens, ft_step=step))
+    origin = {"checkpoints": provenance.union(provenance.checkpoints_of(folder) for _, folder in models)}
+    io.write_parquet(a.out, pd.concat(frames, ignore_index=True), origin)
 
 
 def cmd_dissect(a) -> None:
@@ -107,6 +113,7 @@ def add_commands(sub) -> None:
 
     s = sub.add_parser("dissect-loglik", help="per-token log-likelihood of every original and variant")
     s.add_argument("--model-dir", required=True)
+    s.add_argument("--trajectory", action="store_true", help="--model-dir is a run's snapshots folder: each snapshot")
     s.add_argument("--corpus", required=True)
     s.add_argument("--variants", required=True)
     s.add_argument("--batch-size", type=int, default=16)

@@ -31,7 +31,7 @@ from ptft.evaluate.multiple_choice import continuation_loglikelihoods, encode_re
 
 ORIGINAL = "original"
 COMPONENTS = ("facts", "topic", "style", "other")
-MODEL_KEYS = ["checkpoint", "step", "train_task", "method", "lr", "seed"]
+MODEL_KEYS = ["checkpoint", "step", "train_task", "method", "lr", "seed", "train_size", "parent"]
 
 
 def texts_frame(corpus: pd.DataFrame, variants: pd.DataFrame) -> pd.DataFrame:
@@ -88,28 +88,42 @@ def _interval(values: np.ndarray, boot: dict) -> tuple[float, float]:
 def dissect_tables(pairs: list[tuple[dict, pd.DataFrame, pd.DataFrame]], boot: dict):
     """(change per variant, decomposition): DataFrames with a row per fine-tuned model and variant / component.
 
-    ``pairs``: (model metadata with MODEL_KEYS, base loglik table, fine-tuned loglik table).
+    ``pairs``: (model metadata with MODEL_KEYS, base loglik table, fine-tuned loglik table). A
+    fine-tuned table of a trajectory holds one model per ``ft_step``: each gives its own rows.
     """
     change_rows, comp_rows = [], []
-    for meta, base, ft in pairs:
-        key = {k: meta.get(k) for k in MODEL_KEYS}
-        change = per_document_change(base, ft)
-        for (variant, factor), g in change.groupby(["variant", "factor"], sort=True):
-            lo, hi = _interval(g["change"].to_numpy(), boot)
-            change_rows.append({**key, "variant": variant, "factor": factor, "ll_base": g["ll_base"].mean(),
-                                "ll_ft": g["ll_ft"].mean(), "change": g["change"].mean(), "ci_low": lo,
-                                "ci_high": hi, "n": len(g)})  # fmt: skip
-        comp = components(change)
-        for name in [c for c in COMPONENTS if c in comp]:
-            values = comp[name].to_numpy()
-            lo, hi = _interval(values, boot)
-            comp_rows.append({**key, "component": name, "value": values.mean(), "ci_low": lo, "ci_high": hi,
-                              "n": len(values)})  # fmt: skip
+    for meta, base, ft_all in pairs:
+        base = base.drop(columns="ft_step", errors="ignore")
+        steps = ft_all["ft_step"] if "ft_step" in ft_all else pd.Series(pd.NA, index=ft_all.index)
+        for step, ft in ft_all.groupby(steps, dropna=False, sort=True):
+            key = {**{k: meta.get(k) for k in MODEL_KEYS}, "ft_step": None if pd.isna(step) else int(step)}
+            _model_rows(key, base, ft.drop(columns="ft_step", errors="ignore"), boot, change_rows, comp_rows)
     change_df = pd.DataFrame(change_rows)
     comp_df = pd.DataFrame(comp_rows)
     for df in (change_df, comp_df):
         if len(df):
-            df["step"] = df["step"].astype("Int64")
-            df["seed"] = df["seed"].astype("Int64")
+            for column in ("step", "seed", "train_size", "ft_step"):
+                df[column] = df[column].astype("Int64")
+            df["parent"] = df["parent"].astype("string")
             df["lr"] = df["lr"].astype("float64")
+    # A trajectory's last snapshot and the final model are the same weights: their rows are one.
+    keys = [*MODEL_KEYS, "ft_step"]
+    change_df = change_df.drop_duplicates([*keys, "variant"]) if len(change_df) else change_df
+    comp_df = comp_df.drop_duplicates([*keys, "component"]) if len(comp_df) else comp_df
     return change_df, comp_df
+
+
+def _model_rows(key: dict, base: pd.DataFrame, ft: pd.DataFrame, boot: dict, change_rows: list, comp_rows: list):
+    """Append the change and component rows of one fine-tuned model against the model it started from."""
+    change = per_document_change(base, ft)
+    for (variant, factor), g in change.groupby(["variant", "factor"], sort=True):
+        lo, hi = _interval(g["change"].to_numpy(), boot)
+        change_rows.append({**key, "variant": variant, "factor": factor, "ll_base": g["ll_base"].mean(),
+                            "ll_ft": g["ll_ft"].mean(), "change": g["change"].mean(), "ci_low": lo,
+                            "ci_high": hi, "n": len(g)})  # fmt: skip
+    comp = components(change)
+    for name in [c for c in COMPONENTS if c in comp]:
+        values = comp[name].to_numpy()
+        lo, hi = _interval(values, boot)
+        comp_rows.append({**key, "component": name, "value": values.mean(), "ci_low": lo, "ci_high": hi,
+                          "n": len(values)})  # fmt: skip

@@ -44,16 +44,61 @@ def prompt_hash(prompt: str) -> str:
     return hashlib.sha1(prompt.encode()).hexdigest()[:16]
 
 
+# Beside the weights of every model a fine-tuning run saves (ptft.finetune.train): its ft_step.
+RUN_FILE = "ptft_run.json"
+
+
 def model_metadata(model_dir: str | Path, meta: dict) -> dict:
-    """The plan's metadata of the model at ``model_dir``, with the lr of an lr selection's pointer.
+    """The plan's metadata of the model at ``model_dir``, with what only the model knows.
 
     A selected model is planned before its grid has run, so its lr is known only from the
-    selection (``ptft select-lr``'s JSON pointer, given as the model directory).
+    selection (``ptft select-lr``'s JSON pointer, given as the model directory). ``ft_step`` is
+    the optimizer step of the fine-tuned weights (``ptft_run.json``; 0 for a pre-training checkpoint).
     """
     pointer = io.read_json(model_dir) if str(model_dir).endswith(".json") else {}
     if pointer.get("selected"):
-        return {**meta, "lr": pointer["lr"]}
-    return meta
+        meta = {**meta, "lr": pointer["lr"]}
+    return {**meta, "ft_step": ft_step(pointer.get("path") if pointer.get("selected") else model_dir)}
+
+
+def ft_step(model_dir: str | Path | None) -> int:
+    """The fine-tuning step of a saved model: ``ptft_run.json``'s, or 0 where there is none (a checkpoint)."""
+    path = Path(model_dir) / RUN_FILE if model_dir is not None else None
+    if path is None or not path.is_file():
+        return 0
+    return int(io.read_json(path)["ft_step"])
+
+
+def snapshot_dirs(source: str | Path) -> list[tuple[int, Path]]:
+    """(ft_step, folder) of each snapshot of a run, by step: ``source`` is the run's ``snapshots``
+    folder, or an lr selection's pointer (then the chosen run's)."""
+    source = Path(source)
+    if source.suffix == ".json":
+        source = Path(io.read_json(source)["path"]).parent / "snapshots"
+    if not source.is_dir():
+        raise FileNotFoundError(f"{source}: no snapshots folder; was the run trained with finetune.snapshots, and "
+                                "has it been deleted (snapshots.keep: false) before being evaluated?")  # fmt: skip
+    found = sorted((ft_step(d), d) for d in source.iterdir() if d.is_dir() and d.name.startswith("step"))
+    if not found:
+        raise FileNotFoundError(f"{source}: the run saved no snapshot")
+    return found
+
+
+def evaluate_trajectory(source: str | Path, meta: dict, evaluations: list[dict], data_dir: str | Path, cfg: dict,
+                        seed: int, state_dir: str | Path | None = None, stop: StopRequested | None = None):  # fmt: skip
+    """Score every snapshot of a run (:func:`snapshot_dirs`) as :func:`evaluate_model` scores a model.
+
+    Each snapshot is a model of its own, ``<model id>/snapshots/step<N>`` with ``ft_step`` N, so
+    that a row says which weights made it; its finished parts wait in ``<state_dir>/step<N>``.
+    """
+    frames = []
+    for step, folder in snapshot_dirs(source):
+        snap = {**meta, "model": f"{meta['model']}/snapshots/step{step}", "ft_step": step}
+        if str(source).endswith(".json"):
+            snap["lr"] = io.read_json(source)["lr"]
+        parts = Path(state_dir) / f"step{step}" if state_dir is not None else None
+        frames.append(evaluate_model(folder, snap, evaluations, data_dir, cfg, seed, parts, stop))
+    return pd.concat(frames, ignore_index=True)
 
 
 def part_fingerprint(model: str, meta: dict, ev: dict, fmt: str, data_dir: Path, cfg: dict, seed: int) -> str:
@@ -142,7 +187,11 @@ def evaluate_model(
             stop.check()
     df = pd.concat(frames, ignore_index=True)
     df["lr"] = df["lr"].astype("float64")
-    df["seed"] = df["seed"].astype("Int64")
+    for column in ("seed", "train_size", "ft_step"):
+        if column in df:
+            df[column] = df[column].astype("Int64")
+    if "parent" in df:
+        df["parent"] = df["parent"].astype("string")
     return df
 
 
@@ -160,7 +209,8 @@ def read_part(path: Path) -> pd.DataFrame | None:
 def remove_parts(state_dir: str | Path) -> None:
     """The finished parts, once predictions.parquet holds them (and any of an older fingerprint)."""
     state_dir = Path(state_dir)
-    for path in state_dir.glob("*.parquet"):
+    for path in [*state_dir.glob("*.parquet"), *state_dir.glob("step*/*.parquet")]:
         path.unlink()
-    with contextlib.suppress(OSError):
-        state_dir.rmdir()
+    for folder in [*state_dir.glob("step*"), state_dir]:
+        with contextlib.suppress(OSError):
+            folder.rmdir()

@@ -1,7 +1,7 @@
 """Resumable training state, and the signals that ask a run to save it and stop.
 
 The state (trainable weights, optimizer, step, RNG streams, and the run's :class:`Progress`:
-logs, probe rows, the method's statistics and timings so far) lives in
+logs, probe rows, snapshot records, the method's statistics and timings so far) lives in
 ``<state_dir>/state.pt``, outside the rule's declared outputs, which Snakemake deletes before
 re-running a job. The data position needs no field of its own: the micro-batch order is a pure
 function of (seed, epoch), so the step says exactly where the stream continues.
@@ -44,8 +44,10 @@ class Progress:
     log: list[dict] = field(default_factory=list)  # one row per optimizer step (train_log.parquet)
     probes: list[dict] = field(default_factory=list)  # probes.parquet rows
     method_stats: dict = field(default_factory=dict)  # the method's summary.json entries (LP-FT's linear probe)
-    wall_time_s: float = 0.0  # training time, probes excluded
+    snapshots: list[dict] = field(default_factory=list)  # {"step", "validation"} of each snapshot saved
+    wall_time_s: float = 0.0  # training time, probes and snapshots excluded
     probe_time_s: float = 0.0
+    snapshot_time_s: float = 0.0  # saving the snapshots and their validation
 
 
 # -- Fingerprint: what a saved state was trained from.
@@ -59,7 +61,13 @@ def fingerprint(run: dict, data: list[str | Path | None], checkpoint: str | Path
     """
     settings = {k: v for k, v in run.items() if k not in NOT_FINGERPRINTED}
     if isinstance(settings.get("config"), dict):
-        settings["config"] = {k: v for k, v in settings["config"].items() if k not in NOT_FINGERPRINTED}
+        config = {k: v for k, v in settings["config"].items() if k not in NOT_FINGERPRINTED}
+        # A run without snapshots keeps the fingerprint it had before they existed, so its state
+        # still resumes; whether the workflow keeps them afterwards changes nothing trained.
+        snapshots = config.pop("snapshots", None)
+        if snapshots:
+            config["snapshots"] = {k: v for k, v in snapshots.items() if k != "keep"}
+        settings["config"] = config
     return {
         "config": provenance.sha256_text(json.dumps(settings, sort_keys=True, default=str)),
         "data": provenance.sha256_text(" ".join(provenance.file_digest(p) if p is not None else "-" for p in data)),

@@ -15,9 +15,10 @@ before training; a model on which they differ falls back to the plain path, with
 
 :func:`finetune` loads the checkpoint and the data, lets the method (:mod:`ptft.finetune.methods`)
 prepare the model, runs :func:`train_loop` (setup, resume, then per optimizer step: log, probe,
-checkpoint), scores the validation split, and writes the :class:`RunRecord` and the model as the
-method saves it. Resumption and stop signals are in :mod:`ptft.finetune.state`, probes in
-:mod:`ptft.finetune.probes`.
+snapshot, checkpoint), scores the validation split, and writes the :class:`RunRecord` and the
+model as the method saves it (or, with ``snapshots.select: best_validation``, the best snapshot).
+Resumption and stop signals are in :mod:`ptft.finetune.state`, probes in
+:mod:`ptft.finetune.probes`, snapshots in :mod:`ptft.finetune.snapshots`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import logging
 import math
 import random
 import resource
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,7 +41,7 @@ from tqdm import tqdm
 from ptft import io, provenance, signals
 from ptft.checkpoints.load import load_pretrained
 from ptft.data.registry import get_dataset
-from ptft.finetune import probes, state
+from ptft.finetune import probes, snapshots, state
 from ptft.finetune.batching import IGNORE, collate, collate_padded, encode_examples, make_batches, with_targets
 from ptft.finetune.grad_buffers import KeptGrads
 from ptft.finetune.loss import completion_loss
@@ -213,17 +215,21 @@ class RunRecord:
     batching: str
     head_on_targets_only: bool
     total_tokens: int  # non-padding tokens processed
-    wall_time_s: float  # training time, probes excluded
+    wall_time_s: float  # training time, probes and snapshots excluded
     tokens_per_s: float
     probe_time_s: float
+    snapshot_time_s: float  # saving snapshots and their validation
     n_parameters: int
     n_trainable_parameters: int
     peak_flops: float | None
     mfu: float | None
     peak_memory_bytes: int
     final_loss: float | None
-    validation: dict  # loss, and score with validation_score
+    validation: dict  # of the weights in model_dir: loss, and score with validation_score
     diverged: dict | None  # a run of an lr grid that diverged: the step, its loss and gradient norm
+    ft_step: int  # the optimizer step of the weights in model_dir (as its ptft_run.json says)
+    snapshots: list[dict]  # {"step", "validation"} of each snapshot, in <out_dir>/snapshots/step{N}
+    selected_step: int | None  # the step snapshots.select: best_validation chose; None otherwise
     method_stats: dict  # written as top-level keys (LP-FT's lp_accuracy_before, ...)
     config: dict
     provenance: dict  # what made the run: ptft version and commit, study config hash, checkpoint (ptft.provenance)
@@ -244,6 +250,7 @@ def train_loop(
     state_path: Path | None = None,
     progress: state.Progress | None = None,
     prober: probes.Prober | None = None,
+    snapshotter: snapshots.Snapshotter | None = None,
     loss_fn=completion_loss,
     desc: str = "finetune",
     stop: signals.StopRequested | None = None,
@@ -258,7 +265,9 @@ def train_loop(
     :class:`ptft.signals.Interrupted` is raised. ``stop`` is the command's handler,
     installed at process start; without one the loop installs its own and restores the previous
     handlers when it ends. ``loss_fn(model, batch, fast, kept)`` is the method's summed loss of a
-    micro-batch.
+    micro-batch. ``snapshotter`` saves the model at its steps (0 is before the first update);
+    ``progress.snapshots`` records them, so a resumed run keeps those taken before the state was
+    saved and takes the others.
 
     Examples without a target token (see :func:`ptft.finetune.batching.has_target`) are left
     out, with a warning, so no step divides by zero targets. A step whose loss or gradient norm
@@ -285,6 +294,8 @@ def train_loop(
     total_steps = count_steps(len(examples), cfg)
     warmup = warmup_steps(total_steps, cfg["warmup_ratio"])
     lengths = [len(ids) for ids, _ in examples]
+    if snapshotter is not None:  # a snapshot step beyond the run fails here, before anything trains
+        snapshotter.schedule(total_steps, math.ceil(len(examples) / micro), accum)
     with contextlib.ExitStack() as cleanup:
         if cfg["batching"] == "packed":  # a model on SDPA attends example by example within a packed row
             cleanup.enter_context(use_packed_attention(unwrap(model)))
@@ -296,6 +307,8 @@ def train_loop(
         if resumed is not None:
             step, progress = resumed
             log.info("resuming at step %d of %d from %s", step, total_steps, state_path)
+        if snapshotter is not None:
+            snapshotter.resume(progress.snapshots)
 
         # The batch order is a pure function of (seed, epoch), so resuming at optimizer step
         # ``step`` replays exactly the micro-batches an uninterrupted run would see next.
@@ -316,16 +329,24 @@ def train_loop(
                 progress.probes += prober.rows(model, at_step)
                 progress.probe_time_s += time.time() - t
 
-        # -- Loop: one optimizer step per iteration, then log, probe and checkpoint.
+        def snapshot(at_step: int) -> None:
+            # Before the state of at_step is saved: a run resumed from it has the snapshot already.
+            if snapshotter is not None and snapshotter.due(at_step):
+                t = time.time()
+                progress.snapshots.append(snapshotter.take(model, at_step, batching, fast))
+                progress.snapshot_time_s += time.time() - t
+
+        # -- Loop: one optimizer step per iteration, then log, probe, snapshot and checkpoint.
         if step == 0:
             probe(0)
+            snapshot(0)
         if stop is None:
             stop = signals.StopRequested()
             cleanup.callback(stop.restore)
         # Until here a stop had nothing to save; from here it lets the step in progress finish and saves it.
         stop.defer()
         model.train()
-        start = time.time() - progress.wall_time_s - progress.probe_time_s
+        start = time.time() - progress.wall_time_s - progress.probe_time_s - progress.snapshot_time_s
         bar = cleanup.enter_context(tqdm(total=total_steps, initial=step, desc=desc, mininterval=5))
         while step < total_steps:
             for group in opt.param_groups:
@@ -364,9 +385,10 @@ def train_loop(
                                  "grad_norm": grad_norm, "tokens": n_tokens,
                                  "tokens_per_s": n_tokens / max(time.time() - t0, 1e-9)})  # fmt: skip
             probe(step)
+            snapshot(step)
             bar.update(1)
             bar.set_postfix(loss=f"{loss_sum:.3f}", refresh=False)
-            progress.wall_time_s = time.time() - start - progress.probe_time_s
+            progress.wall_time_s = time.time() - start - progress.probe_time_s - progress.snapshot_time_s
             if state_path is not None and (stop or (step % cfg["save_every"] == 0 and step < total_steps)):
                 state.save(state_path, model, opt, step, progress, fingerprint)
             if stop:
@@ -393,6 +415,12 @@ def finetune(
     saves the training state in ``state_dir`` and raises :class:`ptft.signals.Interrupted`;
     ``stop`` is the command's handler (see :func:`train_loop`). A ``max_length`` beyond the
     model's context window is cut to it (a warning; ``summary.json`` records the value used).
+
+    With ``cfg["snapshots"]`` (:mod:`ptft.finetune.snapshots`) the snapshots are taken in
+    ``state_dir/snapshots`` and moved to ``out_dir/snapshots`` at the end; with ``select:
+    best_validation``, ``model/`` is the best of them (a diverged run selects none: its ``model/`` is
+    its last finite step, as without snapshots). Every model folder holds ``ptft_run.json``
+    (:func:`ptft.finetune.snapshots.run_info`), the optimizer step of its weights among them.
     """
     out_dir, state_dir = Path(out_dir), Path(state_dir)
     impl = get_method(method)
@@ -402,6 +430,9 @@ def finetune(
     if scoring is not None and not isinstance(scoring, dict):
         raise ValueError(f"validation_score: expected the evaluation settings (batch_size, max_new_tokens, stop, "
                          f"rouge_stemmer), got {scoring!r}")  # fmt: skip
+    snapshot_spec = cfg.get("snapshots")
+    if snapshot_spec:
+        snapshots.check_spec(snapshot_spec, validation_path is not None, bool(scoring))
     # Of the settings as given: the cap on max_length below is a function of them and the checkpoint.
     fingerprint = state.fingerprint({"config": cfg, "lr": lr, "seed": seed, "method": method, "task": task_name},
                                     [train_path, validation_path], checkpoint)  # fmt: skip
@@ -446,10 +477,30 @@ def finetune(
         )
         prober = probes.Prober(tokenizer, probe_set, p["every"], window)
 
+    def validate(model, batching: str, fast: bool, score: bool = True) -> dict:
+        """The validation loss, and score with ``score`` and ``validation_score``, of ``model`` as it is now."""
+        values = {"loss": validation_loss(model, val_examples, batching, tokenizer.pad_token_id, cfg["batch_size"],
+                                          fast, device)}  # fmt: skip
+        if score and scoring:
+            values["score"] = validation_score(model, tokenizer, task, val_records, fmt, seed, scoring)
+        return values
+
+    snapshot_dir = state_dir / "snapshots"
+    snapshotter = None
+    if snapshot_spec:
+        # Scoring generates, which is slow: a snapshot is scored only where it may become model/, whose
+        # validation the summary reports; otherwise its loss alone (validation_score may be for the lr selection).
+        selecting = snapshot_spec["select"] == "best_validation"
+        snapshotter = snapshots.Snapshotter(
+            snapshot_dir, snapshot_spec, lambda path, model: impl.save(path, model, tokenizer, cfg, checkpoint),
+            None if validation_path is None else lambda *args: validate(*args, score=selecting))  # fmt: skip
+    else:  # left by an earlier configuration of this run, whose state was discarded with it
+        shutil.rmtree(snapshot_dir, ignore_errors=True)
+
     diverged = None
     try:
         trained = train_loop(model, examples, cfg, lr, seed, tokenizer.pad_token_id, state_path,
-                             state.Progress(method_stats=method_stats), prober, impl.loss,
+                             state.Progress(method_stats=method_stats), prober, snapshotter, impl.loss,
                              desc=f"finetune {task_name} ({method})", stop=stop, fingerprint=fingerprint)  # fmt: skip
     except Diverged as err:
         # A run of an lr grid (it has a validation split) is recorded as diverged, so that the
@@ -461,14 +512,22 @@ def finetune(
         diverged = {"step": err.step, "loss": err.loss, "grad_norm": err.grad_norm}
     progress, batching, fast = trained.progress, trained.batching, trained.head_on_targets_only
 
+    # The weights model/ gets: the last step's (a diverged run's last finite one), or the best snapshot's.
+    select = snapshot_spec["select"] if snapshot_spec else "last"
+    ft_step, selected_step = diverged["step"] - 1 if diverged else trained.steps, None
+    if select == "best_validation" and diverged is None:
+        selected_step = ft_step = snapshots.best(progress.snapshots, snapshot_spec["metric"])["step"]
+        log.info("snapshot of step %d has the best validation %s", ft_step, snapshot_spec["metric"])
+    taken = {r["step"]: r for r in progress.snapshots}
+
     valid = {}
     if diverged is not None:
         valid = {"loss": float("nan"), **({"score": float("nan")} if scoring else {})}
+    elif selected_step is not None:
+        valid = taken[selected_step]["validation"]
     elif validation_path is not None:
-        valid["loss"] = validation_loss(model, val_examples, batching, tokenizer.pad_token_id, cfg["batch_size"], fast,
-                                        device)  # fmt: skip
-        if scoring:
-            valid["score"] = validation_score(model, tokenizer, task, val_records, fmt, seed, scoring)
+        valid = validate(model, batching, fast)
+    if valid:
         log.info("validation: %s", valid)
 
     wall, tokens = progress.wall_time_s, sum(r["tokens"] for r in progress.log)
@@ -489,6 +548,7 @@ def finetune(
         wall_time_s=wall,
         tokens_per_s=tokens / max(wall, 1e-9),
         probe_time_s=progress.probe_time_s,
+        snapshot_time_s=progress.snapshot_time_s,
         n_parameters=n_params,
         n_trainable_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad),
         peak_flops=flops,
@@ -498,12 +558,20 @@ def finetune(
         final_loss=diverged["loss"] if diverged else progress.log[-1]["loss"] if progress.log else None,
         validation=valid,
         diverged=diverged,
+        ft_step=ft_step,
+        snapshots=progress.snapshots,
+        selected_step=selected_step,
         method_stats=progress.method_stats,
         config=cfg,
         provenance=provenance.current(provenance.for_model(checkpoint)),
     )
-    # Saving comes after the record: merging LoRA adapters changes the model's parameter count.
-    impl.save(out_dir / "model", model, tokenizer, cfg, checkpoint)
+    info = snapshots.run_info(ft_step, trained.steps, select)
+    if ft_step in taken:  # a snapshot holds these weights already
+        held = snapshot_dir / f"step{ft_step}"
+        snapshots.write_model(out_dir / "model", lambda folder: snapshots.copy_folder(held, folder), info)
+    else:
+        snapshots.write_model(out_dir / "model", lambda folder: impl.save(folder, model, tokenizer, cfg, checkpoint),
+                              info)  # fmt: skip
     origin = {"checkpoints": record.provenance["checkpoints"]}
     io.write_parquet(out_dir / "train_log.parquet", pd.DataFrame(progress.log), origin)
     probe_rows = pd.DataFrame(progress.probes, columns=list(probes.PROBE_COLUMNS))
@@ -511,6 +579,9 @@ def finetune(
     summary = record.summary()
     io.write_json(out_dir / "summary.json", summary)
     state_path.unlink(missing_ok=True)
+    if snapshot_spec:
+        # After the state is gone: a re-run that resumes from the state needs the snapshots it records.
+        snapshots.publish(snapshot_dir, out_dir / "snapshots")
     log.info("fine-tuned %s on %s (%s): %d steps, final loss %s, %.0f tokens/s",
              checkpoint, task_name, method, trained.steps, record.final_loss, record.tokens_per_s)  # fmt: skip
     return summary

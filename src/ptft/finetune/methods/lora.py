@@ -2,7 +2,9 @@
 
 The result is saved merged into the base weights (a plain checkpoint that every stage loads)
 or as the adapter alone (``lora.save: adapter``), which
-:func:`ptft.checkpoints.load.load_pretrained` loads on top of its base checkpoint.
+:func:`ptft.checkpoints.load.load_pretrained` loads on top of its base checkpoint. Saving leaves
+the model as it is, so that a snapshot mid-training (:mod:`ptft.finetune.snapshots`) does not
+change what trains next.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ class LoRA(Method):
         from ptft import io
 
         if cfg["lora"]["save"] == "merged":
-            io.write_pretrained(path, model.merge_and_unload(), tokenizer, origin(base_checkpoint))
+            io.write_pretrained(path, merged_copy(model), tokenizer, origin(base_checkpoint))
             return
         base, revision = base_source(base_checkpoint)
         # peft and lm-eval load an adapter's base from these fields; without a revision they would
@@ -86,6 +88,23 @@ class LoRA(Method):
             io.write_provenance(tmp, origin(base_checkpoint))
 
         io.write_dir(path, fill)
+
+
+def merged_copy(model):
+    """The adapters of peft model ``model`` merged into a copy of its base model, on the CPU.
+
+    ``merge_and_unload`` merges in place, which would change a model that is still training.
+    The copy's tensors are made on the CPU and handed to ``deepcopy`` through its memo (which
+    then takes them instead of copying the originals): a second copy of the weights on the
+    accelerator could run it out of memory.
+    """
+    import copy
+
+    import torch
+
+    memo = {id(p): torch.nn.Parameter(p.detach().to("cpu", copy=True), p.requires_grad) for p in model.parameters()}
+    memo |= {id(b): b.detach().to("cpu", copy=True) for b in model.buffers()}
+    return copy.deepcopy(model, memo).merge_and_unload()
 
 
 def base_source(base_checkpoint) -> tuple[str, str | None]:
