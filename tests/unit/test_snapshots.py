@@ -3,18 +3,17 @@ best-validation selection, and LoRA's merged save leaving the trained model alon
 
 import json
 import math
-import os
-import signal
 
 import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from helpers.stop import signal_at_step
 from ptft import signals
 from ptft.data.convert import to_canonical
 from ptft.data.registry import get_dataset
-from ptft.finetune import snapshots, train
+from ptft.finetune import snapshots
 from ptft.finetune.snapshots import RUN_FILE, snapshot_steps
 from ptft.finetune.train import finetune
 from ptft.toy.generate import generate_splits
@@ -62,19 +61,6 @@ def assert_same_weights(a, b, atol=0.0):
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=atol, rtol=0, msg=k)
-
-
-def signal_at_step(monkeypatch, step: int) -> None:
-    """Send this process SIGUSR1 during optimizer step ``step`` (from 1): the loop saves after it and stops."""
-    calls, real = [], train.clip_gradients
-
-    def clip(params, max_norm):
-        calls.append(1)
-        if len(calls) == step:
-            os.kill(os.getpid(), signal.SIGUSR1)
-        return real(params, max_norm)
-
-    monkeypatch.setattr(train, "clip_gradients", clip)
 
 
 def test_snapshot_steps_combine_every_listed_steps_epoch_ends_and_the_start():

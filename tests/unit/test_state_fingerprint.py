@@ -14,6 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from helpers.stop import signal_at_step
 from ptft import provenance, signals
 from ptft.cli import build_parser
 from ptft.data.convert import to_canonical
@@ -37,19 +38,6 @@ def write_train(path, seed=0):
 @pytest.fixture
 def train_file(tmp_path):
     return write_train(tmp_path / "train.parquet")
-
-
-def signal_at_step(monkeypatch, step: int) -> None:
-    """Send this process SIGUSR1 during optimizer step ``step`` (from 1): the loop saves after it and stops."""
-    calls, real = [], train.clip_gradients
-
-    def clip(params, max_norm):
-        calls.append(1)
-        if len(calls) == step:
-            os.kill(os.getpid(), signal.SIGUSR1)
-        return real(params, max_norm)
-
-    monkeypatch.setattr(train, "clip_gradients", clip)
 
 
 def interrupted_run(monkeypatch, checkpoint, train_file, st, lr=1e-2, at=3) -> None:

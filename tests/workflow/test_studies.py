@@ -106,6 +106,14 @@ def test_bad_study_is_named(amuro, tmp_path, edit, error):
         build_plan(cfg, tmp_path)
 
 
+def with_pubmed_dissecting(cfg: dict) -> None:
+    """docs/derivation.md's Dissecting sections: PubMed documents rewritten by an LLM server, then measured."""
+    cfg["derive"] = {"corpus": {"dataset": "pubmed", "split": "test"},
+                     "backend": {"name": "openai", "base_url": "http://gpu-node:8000/v1", "model": "llama",
+                                 "api_key_env": "VLLM_API_KEY"}}  # fmt: skip
+    cfg["dissect"] = {"train_task": "pubmed"}
+
+
 def test_a_real_study_with_the_dissecting_stage_dry_runs_offline(tmp_path):
     """docs/derivation.md's example: pythia-160m plus a PubMed corpus, an openai backend and dissect."""
     import yaml
@@ -113,10 +121,7 @@ def test_a_real_study_with_the_dissecting_stage_dry_runs_offline(tmp_path):
     cfg = load_study(PYTHIA)
     cfg["train_tasks"].append("pubmed")
     cfg["finetune"]["per_task"]["pubmed"] = {"methods": ["full", "lora"], "lrs": [3e-6]}
-    cfg["derive"] = {"corpus": {"dataset": "pubmed", "split": "test"},
-                     "backend": {"name": "openai", "base_url": "http://gpu-node:8000/v1", "model": "llama",
-                                 "api_key_env": "VLLM_API_KEY"}}  # fmt: skip
-    cfg["dissect"] = {"train_task": "pubmed"}
+    with_pubmed_dissecting(cfg)
     study = tmp_path / "study.yaml"
     study.write_text(yaml.safe_dump(cfg))
     counts, _ = dry_run(study, tmp_path)
@@ -140,10 +145,7 @@ def test_the_dissecting_size_sweep_to_a_million_documents_dry_runs_offline(tmp_p
     cfg["eval_sets"] = ["xsum"]
     cfg["data"]["per_task"] = {"pubmed": {"train_sizes": [1000, 10000, 100000, 1000000]}}
     cfg["finetune"]["per_task"] = {"pubmed": {"lrs": [3e-6], "snapshots": {"steps": [100, 1000]}}}
-    cfg["derive"] = {"corpus": {"dataset": "pubmed", "split": "test"},
-                     "backend": {"name": "openai", "base_url": "http://gpu-node:8000/v1", "model": "llama",
-                                 "api_key_env": "VLLM_API_KEY"}}  # fmt: skip
-    cfg["dissect"] = {"train_task": "pubmed"}
+    with_pubmed_dissecting(cfg)
     study = tmp_path / "study.yaml"
     study.write_text(yaml.safe_dump(cfg))
     counts, _ = dry_run(study, tmp_path)
