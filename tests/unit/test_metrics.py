@@ -127,11 +127,14 @@ def test_selected_model_metadata_takes_the_selection_lr(tmp_path):
 
     meta = {"model": "ft/x", "lr": None, "shots": 0}
     pointer = tmp_path / "selected.json"
-    io.write_json(pointer, {"selected": True, "lr": 3e-4, "path": "runs/x"})
-    assert model_metadata(pointer, meta) == {**meta, "lr": 3e-4}
-    assert model_metadata(str(pointer), meta) == {**meta, "lr": 3e-4}
-    assert meta["lr"] is None  # the plan's metadata is not changed in place
-    assert model_metadata(tmp_path / "checkpoint", meta) is meta
+    # The chosen run's model records the optimizer step of its weights (ptft.finetune.snapshots).
+    io.write_json(tmp_path / "runs/x/model/ptft_run.json", {"ft_step": 7, "total_steps": 9, "select": "last"})
+    io.write_json(pointer, {"selected": True, "lr": 3e-4, "path": str(tmp_path / "runs/x/model")})
+    assert model_metadata(pointer, meta) == {**meta, "lr": 3e-4, "ft_step": 7}
+    assert model_metadata(str(pointer), meta) == {**meta, "lr": 3e-4, "ft_step": 7}
+    assert meta["lr"] is None and "ft_step" not in meta  # the plan's metadata is not changed in place
+    assert model_metadata(tmp_path / "runs/x/model", meta) == {**meta, "ft_step": 7}
+    assert model_metadata(tmp_path / "checkpoint", meta) == {**meta, "ft_step": 0}  # no fine-tuning step
     other = tmp_path / "summary.json"
     io.write_json(other, {"lr": 1e-3})
-    assert model_metadata(other, meta) is meta
+    assert model_metadata(other, meta) == {**meta, "ft_step": 0}
