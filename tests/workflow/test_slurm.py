@@ -31,8 +31,8 @@ SLURM = [
     "--workflow-profile", str(ROOT / "profiles/slurm"), "--slurm-status-command", "squeue",
     "--slurm-init-seconds-before-status-checks", "2", "--latency-wait", "5", "--jobs", "4",
 ]  # fmt: skip
-GPU_RULES = {"finetune", "evaluate_base", "evaluate_finetuned", "evaluate_selected", "dissect_loglik"}
-EVAL_RULES = {"evaluate_base", "evaluate_finetuned", "evaluate_selected"}
+GPU_RULES = {"finetune", "evaluate_base", "evaluate_finetuned", "dissect_loglik"}
+EVAL_RULES = {"evaluate_base", "evaluate_finetuned"}
 AGGREGATE_RULES = {"performance_table", "analysis_performance", "analysis_seeds", "analysis_change",
                    "analysis_transfer", "analysis_formats", "analysis_dynamics", "report_table_performance",
                    "report_table_seeds", "report_table_change", "report_table_formats", "report_table_transfer",
@@ -134,7 +134,7 @@ def test_changed_evaluation_setting_resubmits_only_evaluation_and_tables(cluster
     changed.write_text(yaml.safe_dump(config))
     log, calls = study_on_slurm(cluster, on_slurm, changed, PERF)
     rules = set(executed_rules(log))
-    assert {"evaluate_base", "evaluate_selected"} <= rules
+    assert {"evaluate_base", "evaluate_finetuned"} <= rules
     assert rules <= EVAL_RULES | AGGREGATE_RULES, rules - EVAL_RULES - AGGREGATE_RULES
     # What was submitted: evaluation jobs and the "tables" group, nothing upstream of them.
     assert calls and all(comment(c).startswith(("rule_evaluate_", "rule_tables_")) for c in calls), calls
