@@ -20,6 +20,7 @@ test: $(VENV)/.installed
 	snakefmt --check Snakefile workflow/rules
 	snakemake --lint --configfile config.yaml
 	snakemake --lint --configfile workflow/studies/amuro-char-olmo1b.yaml
+	snakemake --lint --configfile workflow/studies/toy-axes.yaml
 	pytest -q --durations=10 -m "not slurm and not study"
 
 # SLURM and munge from Debian's packages when missing and we are root (CI is); the tests skip,
