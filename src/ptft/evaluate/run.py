@@ -44,10 +44,6 @@ def prompt_hash(prompt: str) -> str:
     return hashlib.sha1(prompt.encode()).hexdigest()[:16]
 
 
-# Beside the weights of every model a fine-tuning run saves (ptft.finetune.train): its ft_step.
-RUN_FILE = "ptft_run.json"
-
-
 def model_metadata(model_dir: str | Path, meta: dict) -> dict:
     """The plan's metadata of the model at ``model_dir``, with what only the model knows.
 
@@ -63,6 +59,9 @@ def model_metadata(model_dir: str | Path, meta: dict) -> dict:
 
 def ft_step(model_dir: str | Path | None) -> int:
     """The fine-tuning step of a saved model: ``ptft_run.json``'s, or 0 where there is none (a checkpoint)."""
+    # Beside the weights of every model a fine-tuning run saves: its ft_step.
+    from ptft.finetune.snapshots import RUN_FILE
+
     path = Path(model_dir) / RUN_FILE if model_dir is not None else None
     if path is None or not path.is_file():
         return 0
@@ -92,10 +91,10 @@ def evaluate_trajectory(source: str | Path, meta: dict, evaluations: list[dict],
     that a row says which weights made it; its finished parts wait in ``<state_dir>/step<N>``.
     """
     frames = []
+    # An lr selection's lr is known only from its pointer, as for its final model (model_metadata).
+    selected = {"lr": io.read_json(source)["lr"]} if str(source).endswith(".json") else {}
     for step, folder in snapshot_dirs(source):
-        snap = {**meta, "model": f"{meta['model']}/snapshots/step{step}", "ft_step": step}
-        if str(source).endswith(".json"):
-            snap["lr"] = io.read_json(source)["lr"]
+        snap = {**meta, "model": f"{meta['model']}/snapshots/step{step}", "ft_step": step, **selected}
         parts = Path(state_dir) / f"step{step}" if state_dir is not None else None
         frames.append(evaluate_model(folder, snap, evaluations, data_dir, cfg, seed, parts, stop))
     return pd.concat(frames, ignore_index=True)
