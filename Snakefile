@@ -34,6 +34,11 @@ if PLAN.derive:
     include: "workflow/rules/derive.smk"
 
 
+if PLAN.probe_sets:
+
+    include: "workflow/rules/probes.smk"
+
+
 rule all:
     default_target: True
     input:

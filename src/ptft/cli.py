@@ -18,6 +18,7 @@ STAGES = (
     "ptft.checkpoints.cli",
     "ptft.data.cli",
     "ptft.derive.cli",
+    "ptft.probes.cli",
     "ptft.finetune.cli",
     "ptft.evaluate.cli",
     "ptft.aggregate.cli",

@@ -58,6 +58,16 @@ def revisions_source(config: dict, results: str | Path = "results") -> dict | No
     return {"model": hub["model"], "revision_list": hub.get("revision_list"), "manifest": str(manifest)}
 
 
+def probe_set_models(plan) -> list[tuple[str, str]]:
+    """(probe set, hub id) of each probe set whose initial responses come from a hub model outside the suite."""
+    out = []
+    for name, block in (plan.probe_sets or {}).items():
+        model = (block.get("initial") or {}).get("model")
+        if "initial" in block["types"] and model and model not in plan.checkpoints and not Path(model).exists():
+            out.append((name, model))
+    return out
+
+
 def download_study(configfile: str | Path, results: str | Path = "results") -> None:
     from ptft.checkpoints.load import check_folder
     from ptft.data.registry import get_dataset
@@ -75,6 +85,13 @@ def download_study(configfile: str | Path, results: str | Path = "results") -> N
     hub_datasets = [d for d in plan.datasets if get_dataset(d).source == "hub"]
     for name in tqdm(hub_datasets, desc="datasets"):
         download_dataset(name, data_dir, root / "downloads" / f"{name}.json", skip)
+    for name, model in probe_set_models(plan):
+        # The model that samples a probe set's initial responses (e.g. Pythia-2.8B) is read from the hub cache.
+        from huggingface_hub import snapshot_download
+
+        repo, _, revision = model.partition("@")
+        log.info("probe_sets.%s.initial.model: fetching %s", name, model)
+        snapshot_download(repo, revision=revision or None)
     if plan.suite == "toy":
         return
     revisions = revisions_source(config, results)

@@ -26,11 +26,15 @@ BASE = "base"
 NO_TASK = "none"
 RELATIONS = ("in-domain", "ood", "cross-task", "pretraining")
 # Settings that place a run in the matrix (its path says them) rather than change how it trains.
-GRID_KEYS = ("methods", "lrs", "seeds", "select_lr", "checkpoints", "from")
+GRID_KEYS = ("methods", "lrs", "seeds", "select_lr", "checkpoints", "from", "per_method")
 # What a training run writes into its folder (under finetune/<run id>/, see Model.run).
 RUN_FILES = {"model": "model", "log": "train_log.parquet", "probes": "probes.parquet", "summary": "summary.json",
              "snapshots": "snapshots"}  # fmt: skip
-PROBE_DEFAULTS = {"every": 25, "examples": 32, "path": None}
+PROBE_DEFAULTS = {"every": 25, "examples": 32, "path": None, "set": None, "eos": False, "argmax_of": None}
+# Settings added after studies had run: a run config leaves them out while they hold their default, so
+# that upgrading ptft re-runs (and invalidates the resumable state of) no existing run.
+LATER_DEFAULTS = {"warmup_steps": None, "schedule": "linear", "optimizer": "adamw", "max_prompt_length": None}
+LATER_PROBE_DEFAULTS = {"set": None, "eos": False, "argmax_of": None}
 SNAPSHOT_DEFAULTS = {"every": None, "steps": None, "per_epoch": False, "start": True, "keep": False,
                      "select": "last", "metric": "loss"}  # fmt: skip
 # A run starts from the pre-training checkpoint unless its task's ``from`` names another run.
@@ -173,6 +177,16 @@ class Plan:
     score_settings: dict | None = None
     root: str = "results/study"  # results/<study>: every output of the study lies under it
     derive: bool = False  # the study derives controlled-variable text (a derive section)
+    probe_sets: dict | None = None  # name -> its probe_sets block: the probe sets the study builds
+
+    def probe_set_path(self, name: str) -> str:
+        """A built probe set (its record of version and settings is the ``.json`` beside it)."""
+        return f"{self.root}/probes/{name}.parquet"
+
+    def probe_set_input(self, task: str) -> str | None:
+        """The probe set a task's runs read (``finetune.probes.set``), or None."""
+        name = (self.finetune_configs[task].get("probes") or {}).get("set")
+        return None if name is None else self.probe_set_path(name)
 
     # -- where things lie (each also takes Snakemake wildcard patterns, e.g. checkpoint="{checkpoint}")
     def checkpoint_path(self, checkpoint: str) -> str:
@@ -274,7 +288,9 @@ class Plan:
         """The registered analyses this study has (:mod:`ptft.analysis.registry`), in report order."""
         from ptft.analysis import ANALYSES
 
-        return [a for a in ANALYSES.values() if a.applies(self)]
+        # A study that scores nothing (eval_sets: []) has no performance table, nor what is built from it.
+        scored = any(m.evaluations for m in self.models)
+        return [a for a in ANALYSES.values() if a.applies(self) and (scored or "performance" not in a.inputs(self))]
 
     def tables(self) -> dict[str, str]:
         """Every table of the report: name -> its analysis's name."""
@@ -335,12 +351,20 @@ class Plan:
         """What one training job is given: the task's finetune settings without the grid keys
         (its own method, lr and seed are in its path) and without other methods' settings, so
         that adding an lr, a seed or a method re-runs no existing job."""
-        cfg = {k: v for k, v in self.finetune_configs[task].items() if k not in GRID_KEYS}
+        cfg = {k: v for k, v in method_config(self.finetune_configs[task], method).items() if k not in GRID_KEYS}
         for other in method_blocks():
             if other != method:
                 cfg.pop(other, None)
         if cfg.get("snapshots"):  # whether the workflow keeps the folder changes nothing the run trains
             cfg["snapshots"] = {k: v for k, v in cfg["snapshots"].items() if k != "keep"}
+        for key, default in LATER_DEFAULTS.items():
+            if cfg.get(key, default) == default:
+                cfg.pop(key, None)
+        if cfg.get("probes"):
+            probes = {k: v for k, v in cfg["probes"].items() if LATER_PROBE_DEFAULTS.get(k, ...) != v}
+            if probes.get("set") is not None:
+                probes["path"] = self.probe_set_path(probes["set"])
+            cfg["probes"] = probes
         by_score = self.select_lr and self.select_lr["metric"] == "score"
         if by_score or (cfg.get("snapshots") or {}).get("metric") == "score":
             cfg["validation_score"] = self.score_settings
@@ -450,8 +474,9 @@ def _formats(config: dict, eval_set: str) -> tuple[str, ...]:
 def relation_table(config: dict, train_tasks: tuple[str, ...], eval_sets: tuple[str, ...]) -> dict:
     """train task -> ((eval set, relation), ...), from the config's table or derived from task types."""
     table = config.get("relations")
-    # A corpus of plain documents is no task to score: its models are measured by the Dissecting analysis.
-    corpus = {t for t in train_tasks if get_dataset(t).task.kind == "text"}
+    # A corpus of plain documents is no task to score: its models are measured by the Dissecting analysis;
+    # preference pairs neither: their runs are measured by their probes (a relations table may still score them).
+    corpus = {t for t in train_tasks if get_dataset(t).task.kind in ("text", "preference")}
     if table is None:
         return {t: () if t in corpus else tuple((e, relation(t, e)) for e in eval_sets) for t in train_tasks}
     unknown = [t for t in table if t not in train_tasks]
@@ -532,52 +557,89 @@ def _merged(section: dict, task: str) -> dict:
     return out
 
 
-def _starts(config: dict, ft_configs: dict, data_configs: dict) -> dict[str, list]:
-    """Each training task's starting points: ``"checkpoint"`` or a parent {task, method, lr}, checked.
+def method_config(ft: dict, method: str) -> dict:
+    """A task's finetune settings for one of its methods: ``per_method.<method>`` over the task's own.
 
-    Returned in an order where every parent task comes before its children.
+    This is how DPO trains with its own lrs, epochs and start (the task's SFT runs) beside the
+    SFT runs of the same task; a nested block (``probes``, ``dpo``, ...) is merged key by key.
+    """
+    out = {k: v for k, v in ft.items() if k != "per_method"}
+    for key, value in (ft.get("per_method") or {}).get(method, {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            value = {**out[key], **value}
+        out[key] = value
+    return out
+
+
+def _check_per_method(task: str, ft: dict) -> None:
+    for method, block in (ft.get("per_method") or {}).items():
+        where = f"finetune.per_task.{task}.per_method.{method}"
+        if method not in ft["methods"]:
+            raise ValueError(f"{where}: {method!r} is not a method of task {task!r} ({ft['methods']})")
+        fixed = [k for k in ("methods", "seeds", "checkpoints", "select_lr", "per_task", "per_method") if k in block]
+        if fixed:
+            raise ValueError(f"{where}.{fixed[0]}: set per task, not per method")
+
+
+def _starts(config: dict, ft_configs: dict, data_configs: dict) -> list[tuple[str, str, list]]:
+    """Each (training task, method)'s starting points: ``"checkpoint"`` or a parent {task, method, lr}, checked.
+
+    Returned in an order where every parent comes before its children. A parent's task defaults to
+    the child's own (DPO from the same task's SFT runs).
     """
     starts = {}
-    for task, ft in ft_configs.items():
-        given = ft.get("from")
-        given = [FROM_CHECKPOINT] if given is None else given if isinstance(given, list) else [given]
-        where = f"finetune.per_task.{task}.from"
-        for start in given:
-            if start == FROM_CHECKPOINT:
-                continue
-            parent = start["task"]
-            if parent not in ft_configs:
-                raise ValueError(f"{where}: task {parent!r} is not in train_tasks {list(ft_configs)}")
-            if parent == task:
-                raise ValueError(f"{where}: a task cannot start from its own runs")
-            if start["method"] not in ft_configs[parent]["methods"]:
-                raise ValueError(f"{where}: method {start['method']!r} is not a method of {parent!r} "
-                                 f"({ft_configs[parent]['methods']})")  # fmt: skip
-            if start.get("lr") is not None and float(start["lr"]) not in map(float, ft_configs[parent]["lrs"]):
-                raise ValueError(f"{where}: lr {start['lr']} is not an lr of {parent!r} ({ft_configs[parent]['lrs']})")
-            missing = [s for s in ft["seeds"] if s not in ft_configs[parent]["seeds"]]
-            if missing:
-                raise ValueError(f"{where}: seeds {missing} of {task!r} have no run of {parent!r} to start from "
-                                 f"(its seeds: {ft_configs[parent]['seeds']}); a run starts from the parent run of "
-                                 "its own seed")  # fmt: skip
-        starts[task] = given
+    for task, task_ft in ft_configs.items():
+        _check_per_method(task, task_ft)
+        for method in task_ft["methods"]:
+            ft = method_config(task_ft, method)
+            given = ft.get("from")
+            given = [FROM_CHECKPOINT] if given is None else given if isinstance(given, list) else [given]
+            where = f"finetune.per_task.{task}.from"
+            if method in (task_ft.get("per_method") or {}) and "from" in task_ft["per_method"][method]:
+                where = f"finetune.per_task.{task}.per_method.{method}.from"
+            checked = []
+            for start in given:
+                if start == FROM_CHECKPOINT:
+                    checked.append(start)
+                    continue
+                start = {"task": task, **start}
+                parent = start["task"]
+                if parent not in ft_configs:
+                    raise ValueError(f"{where}: task {parent!r} is not in train_tasks {list(ft_configs)}")
+                if (parent, start["method"]) == (task, method):
+                    raise ValueError(f"{where}: a run cannot start from runs of its own task and method")
+                if start["method"] not in ft_configs[parent]["methods"]:
+                    raise ValueError(f"{where}: method {start['method']!r} is not a method of {parent!r} "
+                                     f"({ft_configs[parent]['methods']})")  # fmt: skip
+                parent_lrs = method_config(ft_configs[parent], start["method"])["lrs"]
+                if start.get("lr") is not None and float(start["lr"]) not in map(float, parent_lrs):
+                    raise ValueError(f"{where}: lr {start['lr']} is not an lr of {parent!r} ({parent_lrs})")
+                missing = [s for s in ft["seeds"] if s not in ft_configs[parent]["seeds"]]
+                if missing:
+                    raise ValueError(f"{where}: seeds {missing} of {task!r} have no run of {parent!r} to start from "
+                                     f"(its seeds: {ft_configs[parent]['seeds']}); a run starts from the parent run "
+                                     "of its own seed")  # fmt: skip
+                checked.append(start)
+            starts[task, method] = checked
     order, visiting = [], set()
 
-    def visit(task, chain):
-        if task in order:
+    def visit(unit, chain):
+        if unit in order:
             return
-        if task in visiting:
-            cycle = " -> ".join(chain)
+        if unit in visiting:
+            cycle = " -> ".join(f"{t} ({m})" for t, m in chain)
             raise ValueError(f"finetune.per_task.*.from: the runs start from each other in a cycle: {cycle}")
-        visiting.add(task)
-        for start in starts[task]:
+        visiting.add(unit)
+        for start in starts[unit]:
             if start != FROM_CHECKPOINT:
-                visit(start["task"], [*chain, start["task"]])
-        order.append(task)
+                parent = (start["task"], start["method"])
+                visit(parent, [*chain, parent])
+        order.append(unit)
 
-    for task in starts:
-        visit(task, [task])
-    return {t: starts[t] for t in order}
+    # Task by task as the study lists them (a task's parents first), each task's methods in its order.
+    for unit in starts:
+        visit(unit, [unit])
+    return [(t, m, starts[t, m]) for t, m in order]
 
 
 def _sizes(data: dict, task: str) -> list[int | None]:
@@ -612,10 +674,12 @@ def build_plan(config: dict, results: str | Path = "results") -> Plan:
     entries = checkpoint_entries(config, results)
     train_tasks = tuple(config["train_tasks"])
     table = config.get("relations")
-    listed = config.get("eval_sets") or [e for rels in (table or {}).values() for sets in rels.values() for e in sets]
+    listed = config.get("eval_sets")
+    if listed is None or (not listed and table):
+        listed = [e for rels in (table or {}).values() for sets in rels.values() for e in sets]
     eval_sets = tuple(dict.fromkeys(listed))
-    if not eval_sets:
-        raise ValueError("eval_sets: give eval_sets or a relations table")
+    if not eval_sets and config.get("eval_sets") is None:
+        raise ValueError("eval_sets: give eval_sets (an empty list scores nothing) or a relations table")
     for name in train_tasks:
         if get_dataset(name).train_split is None:
             raise ValueError(f"train_tasks: dataset {name!r} has no training split")
@@ -656,27 +720,26 @@ def build_plan(config: dict, results: str | Path = "results") -> Plan:
         select = {"metric": "loss", "evaluate": "selected", **select}
     runs, evaluated = [], []
     checkpoints = names if tuned is None else [n for n in names if n in tuned]
-    for t, starts in _starts(config, ft_configs, data_configs).items():
-        ft = ft_configs[t]
+    for t, m, starts in _starts(config, ft_configs, data_configs):
+        ft = method_config(ft_configs[t], m)
         evaluations = tuple(Evaluation(e, rel, formats[e]) for e, rel in pairs[t])
         trajectory = bool(ft.get("snapshots"))
         for start in starts:
             for c in checkpoints:
-                for m in ft["methods"]:
-                    for s in ft["seeds"]:
-                        for parent in _parents(runs, start, c, int(s)):
-                            for n in _sizes(data_configs[t], t):
-                                keys = dict(train_size=n, parent=parent, snapshots=trajectory)
-                                grid = [Model(c, t, m, float(lr), int(s), evaluations, ev["finetuned_shots"], **keys)
-                                        for lr in ft["lrs"]]  # fmt: skip
-                                runs += grid
-                                if not evaluations:
-                                    continue
-                                if select and select["evaluate"] == "selected":
-                                    evaluated.append(Model(c, t, m, None, int(s), evaluations, ev["finetuned_shots"],
-                                                           True, **keys))  # fmt: skip
-                                else:
-                                    evaluated += grid
+                for s in ft["seeds"]:
+                    for parent in _parents(runs, start, c, int(s)):
+                        for n in _sizes(data_configs[t], t):
+                            keys = dict(train_size=n, parent=parent, snapshots=trajectory)
+                            grid = [Model(c, t, m, float(lr), int(s), evaluations, ev["finetuned_shots"], **keys)
+                                    for lr in ft["lrs"]]  # fmt: skip
+                            runs += grid
+                            if not evaluations:
+                                continue
+                            if select and select["evaluate"] == "selected":
+                                evaluated.append(Model(c, t, m, None, int(s), evaluations, ev["finetuned_shots"],
+                                                       True, **keys))  # fmt: skip
+                            else:
+                                evaluated += grid
     # Checkpoint by checkpoint, as the suite lists them (the loop above goes parent tasks first).
     order = {c: i for i, c in enumerate(names)}
     runs.sort(key=lambda m: order[m.checkpoint])
@@ -688,6 +751,7 @@ def build_plan(config: dict, results: str | Path = "results") -> Plan:
         if snapshots.get("metric") == "score" and get_dataset(t).task.kind in ("text", "chat"):
             raise ValueError(f"finetune.snapshots.metric (task {t!r}): a {get_dataset(t).task.kind} dataset has no "
                              "score to select by; use loss")  # fmt: skip
+    probe_sets = _probe_sets(config, ft_configs)
     dissect = config.get("dissect")
     if dissect is not None:
         task = dissect["train_task"]
@@ -712,4 +776,29 @@ def build_plan(config: dict, results: str | Path = "results") -> Plan:
         score_settings={k: ev[k] for k in ("batch_size", "max_new_tokens", "stop", "rouge_stemmer")},
         root=f"{results}/{config['study']}",
         derive=bool(config.get("derive")),
+        probe_sets=probe_sets,
     )
+
+
+def _probe_sets(config: dict, ft_configs: dict) -> dict:
+    """The study's probe sets, each checked (``ptft.probes.build.complete_config``), and every
+    ``finetune.probes.set`` naming one of them."""
+    blocks = config.get("probe_sets") or {}
+    if blocks:  # the builder's module loads torch, which a plan without probe sets need not wait for
+        from ptft.probes.build import complete_config
+    sets = {name: complete_config(block, name) for name, block in blocks.items()}
+    for name, block in sets.items():
+        if block["task"] not in config["train_tasks"]:
+            raise ValueError(f"probe_sets.{name}.task: {block['task']!r} is not in train_tasks {config['train_tasks']}")
+        model = (block.get("initial") or {}).get("model")
+        if "initial" in block["types"] and model is None:
+            raise ValueError(f"probe_sets.{name}.initial.model: the model that samples the initial responses (a "
+                             "checkpoint of the suite, a folder or a hub id)")  # fmt: skip
+    for task, ft in ft_configs.items():
+        name = (ft.get("probes") or {}).get("set")
+        if name is not None and name not in sets:
+            raise ValueError(f"finetune.probes.set (task {task!r}): no probe set {name!r} in probe_sets "
+                             f"{sorted(sets)}")  # fmt: skip
+        if name is not None and (ft["probes"] or {}).get("path"):
+            raise ValueError(f"finetune.probes (task {task!r}): give set or path, not both")
+    return sets

@@ -47,6 +47,7 @@ def _entry(
     hub_format: str,
     revision: str | None = None,
     export_config: str | None = None,
+    data_dir: str | None = None,
     text_columns: list[str],
     label_column: str | None = None,
     label_values: list | None = None,
@@ -60,6 +61,7 @@ def _entry(
     hub_format: "parquet" (plain data files on ``main``), "json" (JSON-lines data files on ``main``) or "script"
     (loading script on ``main``: ``datasets`` >= 4 refuses it, load ``revision="refs/convert/parquet"`` instead, where
     the files live under ``<export_config>/<split>/0000.parquet``).
+    data_dir: the repo's sub-folder the entry reads, ``load_dataset(hub_id, data_dir=...)`` (not a config).
     unlabeled_splits: split -> placeholder value the hub stores in ``label_column`` for that split.
     """
     return {
@@ -70,6 +72,7 @@ def _entry(
         "hub_format": hub_format,
         "revision": revision,
         "export_config": export_config,
+        "data_dir": data_dir,
         "text_columns": text_columns,
         "label_column": label_column,
         "label_values": label_values,
@@ -333,6 +336,42 @@ HUB_DATASETS: dict[str, dict] = {
         label_column="answerKey",
         label_values=["A", "B", "C", "D"],
         source="openbookqa README dataset_info (main); 'Convert dataset to Parquet (#6)' deleted openbookqa.py",
+    ),
+    "hh_rlhf_helpful_base": _entry(
+        "Anthropic/hh-rlhf",
+        None,
+        ["train", "test"],
+        {"chosen": _S, "rejected": _S},
+        hub_format="json",
+        data_dir="helpful-base",
+        text_columns=["chosen", "rejected"],
+        source="Anthropic/hh-rlhf README (helpful-base/{train,test}.jsonl.gz, each line {chosen, rejected}: whole "
+        "'\n\nHuman: ...\n\nAssistant: ...' transcripts); Ren & Sutherland's release loads "
+        "load_dataset('Anthropic/hh-rlhf', data_dir='helpful-base')",
+        verified=False,
+        notes="no dataset_info yaml on the hub: the json loader infers two string columns; the two transcripts "
+        "share every turn but the last assistant reply",
+    ),
+    "ultrafeedback_binarized": _entry(
+        "HuggingFaceH4/ultrafeedback_binarized",
+        None,
+        ["train_prefs", "train_sft", "test_prefs", "test_sft", "train_gen", "test_gen"],
+        {
+            "prompt": _S,
+            "prompt_id": _S,
+            "chosen": List({"content": _S, "role": _S}),
+            "rejected": List({"content": _S, "role": _S}),
+            "messages": List({"content": _S, "role": _S}),
+            "score_chosen": Value("float64"),
+            "score_rejected": Value("float64"),
+        },
+        hub_format="parquet",
+        text_columns=["prompt", "prompt_id", "chosen", "rejected"],
+        source="HuggingFaceH4/ultrafeedback_binarized README dataset_info (features and the six splits; "
+        "data/<split>-*.parquet); the same features in the READMEs of its derived copies",
+        verified=False,
+        notes="chosen/rejected are [user, assistant] messages; messages == chosen; prompt_id is the sha256 of the "
+        "prompt; score_chosen >= score_rejected (GPT-4 ratings 1-10)",
     ),
 }
 
@@ -682,6 +721,61 @@ def _obqa(g: _Gen, i: int, split: str, labelled: bool) -> dict:
     }
 
 
+_HH_ASKS = [
+    ("How do I {b} the {a} {n}?", " Start slowly and ask {o} to help you {b} it.",
+     " I don't know, maybe just throw it away."),
+    ("Can you tell me why people {b} the {n} {p}?", " Many do it {r}; in {t} it is a tradition.",
+     " Why do you want to know that?"),
+    ("What should I bring if I {b} a {n} with {o}?", " Bring gloves, water and a map of {t}.",
+     " Nothing, you will be fine."),
+]  # fmt: skip
+_HH_FOLLOW_UPS = [
+    ("And how long does that take?", " About {d} days, if {o} helps."),
+    ("Is it expensive?", " Not really; {h} people in {t} did it last year."),
+]
+
+
+def _hh_rlhf(g: _Gen, i: int, split: str, labelled: bool) -> dict:
+    t = g.topic()
+    words = {"a": t.obj.split()[0], "n": t.noun, "b": t.base, "o": t.other, "p": t.place, "r": t.reason, "t": t.town,
+             "d": t.days, "h": t.helpers}  # fmt: skip
+    ask, good, bad = (x.format(**words) for x in _HH_ASKS[i % len(_HH_ASKS)])
+    transcript = f"\n\nHuman: {ask}"
+    if i % 2 == 1:  # two turns: the prompt holds an earlier assistant reply, the responses answer the follow-up
+        follow_up, reply = _HH_FOLLOW_UPS[i % 4 // 2]
+        transcript += f"\n\nAssistant:{good}\n\nHuman: {follow_up.format(**words)}"
+        good, bad = reply.format(**words), f" I'm not sure, {t.name}."
+    prompt = transcript + "\n\nAssistant:"
+    return {"chosen": prompt + good, "rejected": prompt + bad}
+
+
+_UF_PROMPTS = [
+    "Write a short note to {o} about the {obj} {p}.",
+    "Explain in two sentences why {n} {past} the {obj}.",
+    "List three ways to {b} a {obj} in {t}.",
+]
+
+
+def _ultrafeedback(g: _Gen, i: int, split: str, labelled: bool) -> dict:
+    t = g.topic()
+    prompt = _UF_PROMPTS[i % len(_UF_PROMPTS)].format(o=t.other, obj=t.obj, p=t.place, n=t.name, past=t.past,
+                                                      b=t.base, t=t.town)  # fmt: skip
+    good = f"{t.name} {t.past} the {t.obj} {t.reason}. It took {t.days} days and {t.helpers} helpers from {t.town}."
+    bad = f"I am not sure what the {t.noun} is."
+    chosen = [{"content": prompt, "role": "user"}, {"content": good, "role": "assistant"}]
+    rejected = [{"content": prompt, "role": "user"}, {"content": bad, "role": "assistant"}]
+    score_chosen = float(6 + i % 5)
+    return {
+        "prompt": prompt,
+        "prompt_id": hashlib.sha256(prompt.encode()).hexdigest(),
+        "chosen": chosen,
+        "rejected": rejected,
+        "messages": copy.deepcopy(chosen),
+        "score_chosen": score_chosen,
+        "score_rejected": score_chosen - 1.0 - i % 3,
+    }
+
+
 _BUILDERS: dict[str, _RowFn] = {
     "glue_mnli": _mnli,
     "glue_rte": _rte,
@@ -703,6 +797,8 @@ _BUILDERS: dict[str, _RowFn] = {
     "arc_easy": _arc,
     "arc_challenge": _arc,
     "openbookqa": _obqa,
+    "hh_rlhf_helpful_base": _hh_rlhf,
+    "ultrafeedback_binarized": _ultrafeedback,
 }
 assert set(_BUILDERS) == set(HUB_DATASETS)
 

@@ -59,7 +59,7 @@ def test_adding_a_size_or_a_parent_keeps_the_existing_runs():
         ({"task": "toy_qgen", "method": "full"}, "task 'toy_qgen' is not in train_tasks"),
         ({"task": "toy_paraphrase", "method": "lora"}, "method 'lora' is not a method of 'toy_paraphrase'"),
         ({"task": "toy_paraphrase", "method": "full", "lr": 0.5}, "lr 0.5 is not an lr of 'toy_paraphrase'"),
-        ({"task": "toy_summary", "method": "full"}, "cannot start from its own runs"),
+        ({"task": "toy_summary", "method": "full"}, "cannot start from runs of its own task and method"),
     ],
 )
 def test_a_bad_start_names_the_key(start, needle):

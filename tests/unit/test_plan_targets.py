@@ -22,13 +22,13 @@ def test_targets_of_the_toy_study():
     tables = set(plan.tables())
     assert tables == {"performance", "seed_summary", "change_per_checkpoint", "change_slope",
                       "learned_during_pretraining", "mrc", "format_sensitivity", "format_sensitivity_per_checkpoint",
-                      "derive_stats", "dissect_change", "dissect_components"}  # fmt: skip
+                      "derive_stats", "dissect_change", "dissect_components", "learning_dynamics"}  # fmt: skip
     figures = set(plan.figures())
     per_set = {f"base_vs_finetuned_{e}" for e in plan.eval_sets}
     assert per_set | {"base_vs_finetuned", "average_change", "ood", "cross_task", "format_sensitivity",
                       "dissecting"} <= figures  # fmt: skip
     probe_figures = {f for f in figures if f.startswith("learning_dynamics_")}
-    assert probe_figures == {f"learning_dynamics_toy_nli_{m}" for m in ("full", "lora", "lpft")}
+    assert probe_figures == {"learning_dynamics_toy_nli"}  # a column per method
     targets = plan.targets()
     assert len(targets) == len(set(targets)) == 2 * len(tables) + 2 * len(figures)
     assert all(t.startswith("results/toy/") for t in targets)
@@ -48,9 +48,7 @@ def test_targets_follow_the_study():
     assert "derive_stats" in plan.tables() and "dissect_change" not in plan.tables()
     assert "dissecting" not in plan.figures()
     # Its probes are on toy_nli only, for each of the three methods there.
-    assert {f for f in plan.figures() if f.startswith("learning_dynamics")} == {
-        f"learning_dynamics_toy_nli_{m}" for m in ("full", "lora", "lpft")
-    }
+    assert {f for f in plan.figures() if f.startswith("learning_dynamics")} == {"learning_dynamics_toy_nli"}
     # Eval sets scored in two formats: the format figure exists.
     assert "format_sensitivity" in plan.figures()
 

@@ -39,6 +39,8 @@ FIXTURE = {
     "openbookqa": "openbookqa",
     "pubmed": "pubmed_summarization",
     "c4": "c4_en",
+    "hh_helpful": "hh_rlhf_helpful_base",
+    "ultrafeedback": "ultrafeedback_binarized",
 }
 HUB = sorted(n for n, s in DATASETS.items() if s.source == "hub")
 
@@ -49,6 +51,7 @@ def test_every_hub_entry_has_a_fixture_with_its_hub_id_and_splits():
         spec, fixture = get_dataset(name), HUB_DATASETS[FIXTURE[name]]
         assert (spec.hub_id, spec.hub_config) == (fixture["hub_id"], fixture["config"]), name
         assert spec.revision == fixture["revision"], name
+        assert spec.data_dir == fixture["data_dir"], name
         assert set(spec.splits) <= set(fixture["splits"]), name
 
 

@@ -154,3 +154,46 @@ def test_the_dissecting_size_sweep_to_a_million_documents_dry_runs_offline(tmp_p
     assert counts["dissect_loglik"] == 5 + 20 and counts["dissect_trajectory"] == 20
     sizes = {m.train_size for m in build_plan(cfg, tmp_path).training_runs}
     assert sizes == {1000, 10000, 100000, 1000000}
+
+
+LEARNING_DYNAMICS = ROOT / "workflow/studies/learning-dynamics-pythia410m.yaml"
+LEARNING_DYNAMICS_SUITE = ROOT / "workflow/studies/learning-dynamics-pythia410m-suite.yaml"
+# One checkpoint x (SFT, extend, DPO <- SFT, DPO <- extend), one probe set; nothing scored.
+LEARNING_DYNAMICS_JOBS = {
+    "download_checkpoint": 1,
+    "download_dataset": 1,
+    "checkpoint_manifest": 1,
+    "prepare_train": 1,
+    "prepare_eval": 1,  # the test prompts of irrelevant_test
+    "build_probe_set": 1,
+    "finetune": 4,
+    "analysis_dynamics": 1,
+    "report_table_dynamics": 1,
+    "all": 1,
+}
+
+
+def test_the_learning_dynamics_study_has_the_papers_settings(tmp_path):
+    plan = build_plan(load_study(LEARNING_DYNAMICS), tmp_path)
+    assert plan.checkpoints == ("final",) and plan.checkpoint_entries[0]["model"] == "EleutherAI/pythia-410m-deduped"
+    sft, dpo = plan.run_config("hh_helpful", "full"), plan.run_config("hh_helpful", "dpo")
+    for cfg in (sft, dpo):
+        assert (cfg["batch_size"], cfg["max_length"], cfg["max_prompt_length"]) == (4, 512, 256)
+        schedule = (cfg["optimizer"], cfg["schedule"], cfg["warmup_steps"], cfg["max_grad_norm"])
+        assert schedule == ("rmsprop", "constant", 150, 10.0)
+        assert cfg["probes"]["every"] == 25 and cfg["probes"]["eos"] and cfg["probes"]["argmax_of"] == "chosen"
+    assert (sft["epochs"], dpo["epochs"], dpo["dpo"]["beta"]) == (8, 6, 0.1)
+    runs = plan.training_runs
+    assert {m.lr for m in runs} == {5e-7}
+    assert sorted((m.method, m.parent and m.parent.method) for m in runs) == [
+        ("dpo", "extend"), ("dpo", "full"), ("extend", None), ("full", None)]  # fmt: skip
+    assert plan.probe_sets["hh"]["examples"] == 500 and plan.data_configs["hh_helpful"]["train_size"] == 5000
+    assert not plan.finetune_runs  # nothing is scored: the runs are measured by their probes
+
+
+def test_the_learning_dynamics_studies_dry_run_offline(tmp_path):
+    counts, _ = dry_run(LEARNING_DYNAMICS, tmp_path)
+    assert counts == LEARNING_DYNAMICS_JOBS
+    counts, _ = dry_run(LEARNING_DYNAMICS_SUITE, tmp_path)
+    # Six Pythia checkpoints, each with the four runs.
+    assert counts == {**LEARNING_DYNAMICS_JOBS, "download_checkpoint": 6, "finetune": 24}

@@ -106,7 +106,27 @@ def get_finetune_inputs(wildcards):
     inputs = {"checkpoint": PLAN.start_path(run), "train": PLAN.train_data_path(run.train_task, run.train_size)}
     if PLAN.needs_validation(run.train_task):
         inputs["validation"] = PLAN.data_path("validation", run.train_task)
+    if PLAN.probe_set_input(run.train_task):
+        inputs["probes"] = PLAN.probe_set_input(run.train_task)
     return inputs
+
+
+def get_probe_set_inputs(wildcards):
+    """A probe set's training records, test split, and the suite checkpoint that samples its initial responses."""
+    block = PLAN.probe_sets[wildcards.probe_set]
+    inputs = {"train": PLAN.data_path("train", block["task"]), "test": PLAN.data_path("eval", block["task"])}
+    model = (block.get("initial") or {}).get("model") if "initial" in block["types"] else None
+    if model in PLAN.checkpoints:
+        inputs["initial"] = PLAN.checkpoint_path(model)
+    return inputs
+
+
+def get_probe_set_initial(wildcards, input):
+    """--initial-model: the suite checkpoint's path, or the folder or hub id the study names."""
+    block = PLAN.probe_sets[wildcards.probe_set]
+    if "initial" not in block["types"]:
+        return ""
+    return f"--initial-model {input.initial if 'initial' in input.keys() else block['initial']['model']!r}"
 
 
 def get_validation_arg(_wildcards, input):

@@ -30,6 +30,7 @@ from ptft.analysis.runs import (  # noqa: E402
     final_rows,
     largest_size_rows,
     parent_config,
+    parent_label,
     parent_runs,
     run_label,
     with_run_axes,
@@ -370,22 +371,21 @@ def plot_learning_dynamics(probes: pd.DataFrame, title: str, path: str | os.Path
 
     ``probes``: the runs' ``probes.parquet`` rows with a ``panel`` column (one panel each, e.g.
     the checkpoint), in the order panels should appear. Each line is one response type, averaged
-    over the probe examples (Ren & Sutherland's curves).
+    over the probe examples (Ren & Sutherland's curves), in its style of :func:`response_styles`.
     """
     if probes.empty:
         raise ValueError(f"plot_learning_dynamics: no probe rows for {title}")
     panels = list(dict.fromkeys(probes["panel"]))
-    types = sorted(probes["response_type"].unique())
-    cycle = plt.get_cmap("tab10").colors
-    colors = {t: cycle[i % len(cycle)] for i, t in enumerate(types)}
+    styles = response_styles(probes["response_type"].unique())
     with _grid(len(panels)) as (fig, axes, ncols):
         for i, ax in _panels(axes, len(panels)):
             panel = probes[probes["panel"] == panels[i]]
             mean = panel.groupby(["response_type", "step"], sort=True)["logp"].mean()
-            for t in types:
+            for t, (color, linestyle) in styles.items():
                 if t in mean.index.get_level_values(0):
                     curve = mean.loc[t]
-                    ax.plot(curve.index.to_numpy(dtype=float), curve.to_numpy(dtype=float), color=colors[t], label=t)
+                    ax.plot(curve.index.to_numpy(dtype=float), curve.to_numpy(dtype=float), color=color,
+                            linestyle=linestyle, label=t)  # fmt: skip
             ax.set_title(str(panels[i]))
             ax.set_ylabel("log p(response)")
             if i + ncols >= len(panels):
@@ -393,6 +393,117 @@ def plot_learning_dynamics(probes: pd.DataFrame, title: str, path: str | os.Path
         fig.suptitle(title)
         handles = _legend_entries(axes)
         _legend_below(fig, list(handles.values()), list(handles), max_columns=4)
+        _save(fig, path)
+
+
+# Learning-dynamics response types (Ren & Sutherland): a family's colour, its variants' line styles; the
+# same in every panel and figure. Types not listed get the colours of EXTRA_RESPONSE_COLORS in name order.
+RESPONSE_STYLES = {
+    "chosen": ("tab:blue", "-"),
+    "chosen_semantic": ("tab:blue", "--"),
+    "chosen_format": ("tab:blue", ":"),
+    "rejected": ("tab:red", "-"),
+    "rejected_semantic": ("tab:red", "--"),
+    "rejected_format": ("tab:red", ":"),
+    "argmax": ("black", "-"),
+    "initial": ("tab:gray", "-"),
+    "irrelevant_train": ("tab:green", "-"),
+    "irrelevant_test": ("tab:green", "--"),
+    "random_sentence": ("tab:purple", "-"),
+    "shuffled_chosen": ("tab:orange", "-"),
+    "shuffled_test": ("tab:orange", "--"),
+    # The built-in probe set's.
+    "gold": ("tab:blue", "-"),
+    "other_label": ("tab:red", "-"),
+    "other_response": ("tab:green", "-"),
+    "shuffled_gold": ("tab:orange", "-"),
+}
+EXTRA_RESPONSE_COLORS = ("tab:brown", "tab:pink", "tab:olive", "tab:cyan")
+# The columns of a task's learning-dynamics grid: runs from the checkpoint first, in this method order.
+DYNAMICS_METHOD_ORDER = ("full", "extend", "lora", "lpft", "instruct", "dpo")
+DYNAMICS_PANEL_SIZE = (3.0, 2.3)
+
+
+def response_styles(types) -> dict[str, tuple]:
+    """response type -> (colour, line style) of ``types``, in legend order (:data:`RESPONSE_STYLES`, then by name)."""
+    types = set(types)
+    out = {t: style for t, style in RESPONSE_STYLES.items() if t in types}
+    for i, t in enumerate(sorted(types - set(RESPONSE_STYLES))):
+        out[t] = (
+            EXTRA_RESPONSE_COLORS[i % len(EXTRA_RESPONSE_COLORS)],
+            ("-", "--", ":")[i // len(EXTRA_RESPONSE_COLORS) % 3],
+        )
+    return out
+
+
+def _dynamics_columns(rows: pd.DataFrame, task: str) -> list[tuple[tuple, str]]:
+    """The grid's columns: (key, label) per (method, parent configuration, train size, lr) group, in order.
+
+    The label is the method, ``← <parent's method>`` (``← <task> (<method>)`` for a parent of another
+    task), the train size where the task's runs differ in it and the lr where a group's runs do.
+    """
+    keys = rows[["method", "_parent", "_size", "lr"]].drop_duplicates()
+    several_sizes = rows["_size"].nunique() > 1
+    lrs = keys.groupby(["method", "_parent", "_size"], dropna=False)["lr"].nunique(dropna=False)
+    columns = []
+    for method, parent, size, lr in keys.itertuples(index=False):
+        label = method
+        if size >= 0 and several_sizes:
+            label += f" n={size}"
+        if lrs[(method, parent, size)] > 1:
+            label += f" lr {lr:g}" if pd.notna(lr) else " lr selected"
+        if parent:
+            of = parent_label(parent)
+            label += f" ← {of[len(task) + 2 : -1] if of.startswith(f'{task} (') and of.endswith(')') else of}"
+        order = DYNAMICS_METHOD_ORDER.index(method) if method in DYNAMICS_METHOD_ORDER else len(DYNAMICS_METHOD_ORDER)
+        columns.append(((bool(parent), order, method, parent, size, -1.0 if pd.isna(lr) else float(lr)),
+                        (method, parent, size, lr), label))  # fmt: skip
+    return [(key, label) for _, key, label in sorted(columns, key=lambda c: c[0])]
+
+
+def plot_learning_dynamics_grid(table: pd.DataFrame, task: str, path: str | os.PathLike) -> None:
+    """The learning dynamics of one training task's probe runs, from the ``learning_dynamics`` table's rows.
+
+    A row of panels per pre-training checkpoint (in step order), a column per (method, parent) group
+    (:func:`_dynamics_columns`); in each panel one line per response type against ``ft_step``, its
+    style the same in every panel (:func:`response_styles`). A line averages its runs' seeds: the band
+    is ± one standard deviation over seeds where there are several, else the bootstrap interval (:func:`_line`).
+    """
+    rows = _with_run_columns(table)
+    if rows.empty:
+        raise ValueError(f"plot_learning_dynamics_grid: no learning-dynamics rows of task {task!r}")
+    rows = rows.rename(columns={"mean": "value"})
+    checkpoints = list(_checkpoint_colors(rows))
+    columns = _dynamics_columns(rows, task)
+    styles = response_styles(rows["response_type"].unique())
+    size = (DYNAMICS_PANEL_SIZE[0] * len(columns), DYNAMICS_PANEL_SIZE[1] * len(checkpoints) + 0.6)
+    with _figure(nrows=len(checkpoints), ncols=len(columns), figsize=size, squeeze=False) as (fig, axes):
+        for r, checkpoint in enumerate(checkpoints):
+            for c, ((method, parent, size_, lr), label) in enumerate(columns):
+                ax = axes[r, c]
+                part = rows[(rows["checkpoint"] == checkpoint) & (rows["method"] == method)
+                            & (rows["_parent"] == parent) & (rows["_size"] == size_)
+                            & ((rows["lr"] == lr) if pd.notna(lr) else rows["lr"].isna())]  # fmt: skip
+                if r == 0:
+                    ax.set_title(label)
+                if c == 0:
+                    ax.set_ylabel(f"{checkpoint}\nlog p(response)")
+                if part.empty:
+                    ax.text(0.5, 0.5, "no run", ha="center", va="center", transform=ax.transAxes, color="tab:gray")
+                    ax.set_xticks([])
+                    ax.set_yticks([])
+                    continue
+                for t, (color, linestyle) in styles.items():
+                    curve = part[part["response_type"] == t]
+                    if not curve.empty:
+                        _line(ax, curve, color, linestyle, None, t, x="ft_step")
+                _format_step_axis(ax)
+                if r == len(checkpoints) - 1:
+                    ax.set_xlabel("fine-tuning step")
+        fig.suptitle(f"Learning dynamics: {task}")
+        handles = _legend_entries(axes)
+        _legend_below(fig, [handles[t] for t in styles if t in handles], [t for t in styles if t in handles],
+                      max_columns=5)  # fmt: skip
         _save(fig, path)
 
 

@@ -12,6 +12,10 @@ analysis (``workflow/rules/aggregate.smk``) that runs :func:`run_analysis`.
   ``tables/<name>.parquet`` and shown in the report as a page with its caption. A table that
   another stage writes (``performance``, ``trajectory``, the Dissecting tables) is registered
   with ``build=None``, for its caption.
+  A table whose input is many files (the runs' ``probes.parquet``) says how to read them: its
+  ``load(inputs, spec)`` makes the DataFrame ``build`` is given (e.g. one row per run with its
+  file) from all of the analysis's inputs and its spec; the table's provenance is then that of
+  every file of its ``source``.
 - A **figure** is written as ``figures/<name>.png`` and ``.svg`` by the analysis's ``plot``,
   which gets its inputs, the settings, the ``spec`` the plan made for it and the figure folder.
 """
@@ -44,6 +48,8 @@ class Table:
     build: Callable[[pd.DataFrame, dict], pd.DataFrame] | None = None  # None: written by another rule
     applies: Callable[[Plan], bool] = _always
     source: str = "performance"  # the input (a key of the analysis's inputs) that build is given
+    # Reads the source from all inputs and the spec, for a source of many files; None: its first file as Parquet.
+    load: Callable[[dict[str, list[str]], dict], pd.DataFrame] | None = None
 
 
 def _performance_input(plan: Plan) -> dict[str, list[str]]:
@@ -117,17 +123,20 @@ def run_analysis(
     if paths:
         from ptft import provenance
 
-        sources: dict[str, pd.DataFrame] = {}  # each input table read once, however many tables it feeds
+        sources: dict[tuple, pd.DataFrame] = {}  # each input read once, however many tables it feeds
         for table in analysis.tables:
             if table.name in paths:
                 if table.source not in inputs:
                     raise ValueError(f"analysis {name!r}: table {table.name!r} needs input {table.source!r}; "
                                      f"given {sorted(inputs)}")  # fmt: skip
-                if table.source not in sources:
-                    sources[table.source] = pd.read_parquet(inputs[table.source][0])
-                # A table is a function of its source table alone: it inherits that table's checkpoints.
-                origin = provenance.of_inputs(inputs[table.source][:1])
-                io.write_parquet(paths[table.name], table.build(sources[table.source], settings), origin)
+                key = (table.source, table.load)
+                if key not in sources:
+                    sources[key] = (table.load(inputs, spec) if table.load is not None
+                                    else pd.read_parquet(inputs[table.source][0]))  # fmt: skip
+                # A table is a function of its source alone: it inherits the checkpoints of that table (or its files).
+                origin = provenance.of_inputs(inputs[table.source] if table.load is not None
+                                              else inputs[table.source][:1])  # fmt: skip
+                io.write_parquet(paths[table.name], table.build(sources[key], settings), origin)
     if figures:
         if sorted(Path(p).stem for p in figures) != sorted(spec["figures"]):
             raise ValueError(f"analysis {name!r}: figure paths {figures} are not its figures {spec['figures']}")

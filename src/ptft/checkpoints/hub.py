@@ -143,8 +143,9 @@ def hub_suite(hub: dict, manifest: Path) -> list[dict]:
         for rev in select_uniform(revision_list(hub, manifest), rule["uniform"], rule.get("include_steps", [])):
             step, tokens = parse_revision(rev)
             entries.append(_entry(f"step{step}", step, _tokens(step, tokens, per_step), revision=rev, **common))
-    else:
-        raise ValueError("checkpoints.hub: give one of revisions, steps or select")
+    elif not (hub.get("revisions") == [] and hub.get("final")):  # revisions: [] and a final: the final alone
+        raise ValueError("checkpoints.hub: give one of revisions, steps or select (revisions: [] with final: the "
+                         "final checkpoint alone)")  # fmt: skip
     final = hub.get("final", {"revision": "main", "step": None})
     if final:
         step = final.get("step")

@@ -3,7 +3,8 @@
 A canonical record has ``idx`` (the row's position in its split, the example id), the task's
 canonical fields, and its target: ``label`` (index into the task's label words) for
 classification, the target text for generation, ``choices`` + ``label`` (gold index) for
-multiple choice, ``messages`` for chat. Every error names the dataset, split, record and field.
+multiple choice, ``messages`` for chat, ``chosen`` (with ``rejected``) for preference pairs.
+Every error names the dataset, split, record and field.
 
 Multiple-choice converters build the prompt of the lm-evaluation-harness task of the same
 name (its ``doc_to_text`` / ``doc_to_choice`` / ``doc_to_target``), so scores are comparable.
@@ -22,6 +23,10 @@ log = logging.getLogger(__name__)
 
 class DataError(ValueError):
     """Bad input data; the message names dataset, split, record and field."""
+
+
+class BadRecord(ValueError):
+    """A converter's verdict on one record; the message says what is wrong (the caller adds where)."""
 
 
 def _where(spec: DatasetSpec, split: str, idx: int | None = None) -> str:
@@ -88,6 +93,57 @@ def _tulu(r: dict) -> dict:
     return {"messages": [{"role": m["role"], "content": m["content"]} for m in r["messages"]]}
 
 
+# --- preference pairs (Ren & Sutherland's learning dynamics; their release's prompt/response split) ---
+
+HH_ASSISTANT = "\n\nAssistant:"
+
+
+def _text(r: dict, column: str) -> str:
+    value = r[column]
+    if not isinstance(value, str):
+        raise BadRecord(f"column {column!r} is {'missing' if value is None else type(value).__name__}, expected text")
+    return value
+
+
+def _hh_split(transcript: str, column: str) -> tuple[str, str]:
+    """(the prompt up to and including the last ``HH_ASSISTANT``, the response after it)."""
+    at = transcript.rfind(HH_ASSISTANT)
+    if at < 0:
+        raise BadRecord(f"column {column!r} has no {HH_ASSISTANT!r} turn")
+    end = at + len(HH_ASSISTANT)
+    return transcript[:end], transcript[end:]
+
+
+def _hh(r: dict) -> dict:
+    # Anthropic-HH: two whole transcripts that share every turn but the last assistant reply.
+    prompt, chosen = _hh_split(_text(r, "chosen"), "chosen")
+    prompt_rejected, rejected = _hh_split(_text(r, "rejected"), "rejected")
+    if prompt != prompt_rejected:
+        raise BadRecord(f"the prompts of 'chosen' and 'rejected' differ (up to their last {HH_ASSISTANT!r})")
+    if not re.sub(r"\n\n(Human|Assistant):", "", prompt).strip():
+        raise BadRecord("the prompt is empty (no text besides its 'Human:'/'Assistant:' markers)")
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+
+
+def _assistant_reply(r: dict, column: str) -> str:
+    messages = r[column]
+    if messages is None:
+        raise BadRecord(f"column {column!r} is missing")
+    replies = [m["content"] for m in messages if m["role"] == "assistant"]
+    if not replies:
+        raise BadRecord(f"column {column!r} has no assistant turn")
+    return replies[-1]
+
+
+def _ultrafeedback(r: dict) -> dict:
+    # UltraFeedback binarized: the prompt in the release's template, each response its pair's assistant turn.
+    prompt = _text(r, "prompt")
+    if not prompt.strip():
+        raise BadRecord("the prompt (column 'prompt') is empty")
+    return {"prompt": f"Human: {prompt}\nAssistant:", "chosen": _assistant_reply(r, "chosen"),
+            "rejected": _assistant_reply(r, "rejected")}  # fmt: skip
+
+
 CONVERTERS: dict[str, Callable[[dict], dict]] = {
     "tweetqa": _tweetqa,
     "boolq": _boolq,
@@ -96,6 +152,8 @@ CONVERTERS: dict[str, Callable[[dict], dict]] = {
     "arc": _arc,
     "openbookqa": _openbookqa,
     "tulu": _tulu,
+    "hh": _hh,
+    "ultrafeedback": _ultrafeedback,
 }
 
 
@@ -142,14 +200,17 @@ def to_canonical(
 
     Bad input raises DataError, or with ``skip_invalid`` is logged and left out.
     """
-    out = []
+    out, skipped = [], 0
     for idx, r in zip(indices, records, strict=True):
         try:
             out.append(_canonical_record(spec, split, idx, r))
         except DataError as e:
             if not skip_invalid:
                 raise
+            skipped += 1
             log.warning("skipping invalid record: %s", e)
+    if skipped:
+        log.warning("dataset %s split %s: skipped %d invalid records of %d", spec.name, split, skipped, len(records))
     return out
 
 
@@ -160,6 +221,8 @@ def _canonical_record(spec: DatasetSpec, split: str, idx: int, r: dict) -> dict:
         c = convert(r) if convert else _renamed(spec, r)
     except KeyError as e:
         raise DataError(f"{_where(spec, split, idx)}: field {e.args[0]!r} missing or invalid") from None
+    except BadRecord as e:
+        raise DataError(f"{_where(spec, split, idx)}: {e}") from None
     except (ValueError, TypeError, AttributeError) as e:
         raise DataError(f"{_where(spec, split, idx)}: cannot read the record ({type(e).__name__}: {e})") from None
     if task.kind == "classification":
@@ -196,6 +259,8 @@ def _check_texts(spec: DatasetSpec, split: str, idx: int, c: dict) -> None:
             raise DataError(f"{_where(spec, split, idx)}: field 'choices' needs >= 2 non-empty choices, got {choices}")
         if not 0 <= c["label"] < len(choices):
             raise DataError(f"{_where(spec, split, idx)}: gold index {c['label']} outside {len(choices)} choices")
+    if task.kind == "preference" and c["chosen"].strip() == c["rejected"].strip():
+        raise DataError(f"{_where(spec, split, idx)}: fields 'chosen' and 'rejected' are the same response")
     if task.kind == "chat":
         msgs = c["messages"]
         if not any(m["role"] == "assistant" and m["content"].strip() for m in msgs):

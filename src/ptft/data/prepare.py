@@ -5,8 +5,9 @@ A split is read through ``datasets``, from one of two places:
 - a local folder in the hub schema (``<folder>/<split>.parquet``, ``<split>-*.parquet``,
   ``<split>/*.parquet``, or the same with ``.jsonl``/``.json``): the toy datasets, and real
   datasets under ``data.data_dir`` for clusters whose compute nodes have no internet;
-- the hub: ``datasets.load_dataset(hub_id, config, split=..., revision=...)``, which honours the
-  normal cache (``HF_HOME``/``HF_DATASETS_CACHE``) and offline mode (``HF_HUB_OFFLINE=1``).
+- the hub: ``datasets.load_dataset(hub_id, config, split=..., revision=..., data_dir=...)``
+  (``data_dir``: the entry's sub-folder of the repo, e.g. Anthropic-HH's ``helpful-base``), which
+  honours the normal cache (``HF_HOME``/``HF_DATASETS_CACHE``) and offline mode (``HF_HUB_OFFLINE=1``).
 
 Training sets follow the studies' recipe, ``train.shuffle(seed).select(range(n))`` on the raw
 split. Each eval set gets a scored set and a few-shot pool that never share an item: the pool
@@ -151,10 +152,13 @@ def load_raw_split(
         ds = _load_local(spec, split, local_dir, skip_invalid)
     elif spec.source == "hub":
         try:
-            ds = datasets.load_dataset(spec.hub_id, spec.hub_config, split=split, revision=spec.revision)
+            ds = datasets.load_dataset(
+                spec.hub_id, spec.hub_config, split=split, revision=spec.revision, data_dir=spec.data_dir
+            )
         except (ConnectionError, FileNotFoundError) as e:
+            folder = f", data_dir {spec.data_dir}" if spec.data_dir else ""
             raise RuntimeError(
-                f"dataset {spec.name!r} (hub {spec.hub_id}, config {spec.hub_config}, split {split!r}): {e}. "
+                f"dataset {spec.name!r} (hub {spec.hub_id}, config {spec.hub_config}{folder}, split {split!r}): {e}. "
                 "Run `ptft download` where the hub is reachable (the cache must be shared with this machine), "
                 "or point data.data_dir at local copies."
             ) from e
@@ -271,4 +275,6 @@ def fetch(spec: DatasetSpec, local_dir: str | Path | None, skip_invalid: bool = 
         splits[split] = {"rows": len(ds), "columns": [c for c in ds.column_names if c != ROW]}
     source = {"local_dir": str(local_dir)} if local_dir else {"hub_id": spec.hub_id, "config": spec.hub_config,
                                                               "revision": spec.revision}  # fmt: skip
+    if spec.data_dir and not local_dir:
+        source["data_dir"] = spec.data_dir
     return {"dataset": spec.name, "source": source, "splits": splits}

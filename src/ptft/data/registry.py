@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 from ptft.data.tasks import TASK_TYPES, TaskType
 
+PROMPT_KEEP = ("end", "start")
+
 
 @dataclass(frozen=True)
 class DatasetSpec:
@@ -37,6 +39,16 @@ class DatasetSpec:
     label_map: dict | None = None  # raw label value -> label word; None: the label already indexes task labels
     label_threshold: float | None = None  # continuous labels: value > threshold -> last label word, else first
     converter: str = ""  # name in ptft.data.convert.CONVERTERS, for records a column mapping cannot express
+    # The hub repo's sub-folder, ``datasets.load_dataset(hub_id, data_dir=...)`` (Anthropic-HH's helpful-base);
+    # not a config name, and not the study's local ``data.data_dir``.
+    data_dir: str | None = None
+    # Which end of an over-long prompt the trainer keeps when it cuts the prompt to its token limit:
+    # "end" (the latest turns; Anthropic-HH) or "start" (UltraFeedback). Read at tokenization time.
+    prompt_keep: str = "end"
+
+    def __post_init__(self):
+        if self.prompt_keep not in PROMPT_KEEP:
+            raise ValueError(f"dataset {self.name!r}: prompt_keep {self.prompt_keep!r} is not one of {PROMPT_KEEP}")
 
     @property
     def task(self) -> TaskType:
@@ -136,6 +148,14 @@ HUB_DATASETS = (
          fewshot_split="train", converter="arc"),
     _hub("openbookqa", "multiple_choice", "science-facts", "allenai/openbookqa", "main", train_split=None,
          fewshot_split="train", converter="openbookqa"),
+    # --- preference pairs (learning dynamics) ---
+    # Ren & Sutherland's SFT/DPO data: a prompt, a chosen and a rejected response (ptft.data.convert).
+    # HH's helpful-base is a folder of the repo, not a config; a long HH prompt keeps its last turns.
+    _hub("hh_helpful", "preference", "assistant-dialogue", "Anthropic/hh-rlhf", data_dir="helpful-base",
+         fewshot_split="test", converter="hh"),
+    _hub("ultrafeedback", "preference", "mixed-prompts", "HuggingFaceH4/ultrafeedback_binarized",
+         train_split="train_prefs", eval_split="test_prefs", fewshot_split="test_prefs", converter="ultrafeedback",
+         prompt_keep="start"),
 )  # fmt: skip
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -153,6 +173,8 @@ DATASETS: dict[str, DatasetSpec] = {
         _toy("toy_docs", "text", "document", "home", True),
         # Instruction tuning: the four home tasks as chats, in Tulu's schema (read by its converter).
         _toy("toy_chat", "chat", "chat", "home", True, converter="tulu"),
+        # Preference pairs of the home domain (a prompt, a chosen and a rejected response), for SFT and DPO.
+        _toy("toy_pref", "preference", "preference", "home", True),
         *HUB_DATASETS,
     )
 }

@@ -17,7 +17,7 @@ from ptft.evaluate.scorers import default_metric
 @dataclass(frozen=True)
 class TaskType:
     name: str
-    kind: str  # "classification", "generation", "multiple_choice", "chat" or "text"
+    kind: str  # "classification", "generation", "multiple_choice", "chat", "text" or "preference"
     fields: tuple[str, ...]  # canonical input fields, none of them may be empty
     formats: dict[str, str]
     labels: tuple[str, ...] = ()  # label words, classification only
@@ -108,6 +108,17 @@ TASK_TYPES = {
     # no prompt, the loss is on every token of ``text``. Not scored by the evaluation engine;
     # the Dissecting analysis measures such models (ptft.derive.dissect).
     "text": TaskType(name="text", kind="text", fields=(), target="text", formats={"default": ""}),
+    # Preference pairs (Ren & Sutherland's learning dynamics: SFT on ``chosen``, DPO on both): the
+    # dataset's converter builds the whole ``prompt`` (HH's transcript, UltraFeedback's "Human: ...
+    # Assistant:"), the responses follow it. ``chosen`` is the completion (SFT's target). Not scored
+    # by the evaluation engine: the learning-dynamics probes measure such models.
+    "preference": TaskType(
+        name="preference",
+        kind="preference",
+        fields=("prompt", "chosen", "rejected"),
+        target="chosen",
+        formats={"default": "{prompt}"},
+    ),
 }
 
 FORMATS = ("default", "instruct", "io")

@@ -15,11 +15,17 @@ Two ways to batch a micro-batch of examples:
 
 Either way a micro-batch holds the same number of examples, so an optimizer step sees
 ``batch_size * grad_accum`` examples whatever the batching.
+
+A preference method (DPO) trains on :class:`Pair` s instead: a prompt with its chosen and
+rejected responses, each an ``(input_ids, labels)`` sequence. A micro-batch of B pairs is
+collated as 2B sequences, the B chosen ones first, by either batching; ``n_pairs`` tells the
+loop to normalise the step's loss per pair instead of per target token (:func:`step_weight`).
 """
 
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 
 import torch
 
@@ -81,6 +87,70 @@ def encode_examples(tokenizer, task, records, fmt: str, max_length: int) -> list
     return out
 
 
+def _cut_prompt(ids: list[int], limit: int | None, keep: str) -> list[int]:
+    if limit is None or len(ids) <= limit:
+        return ids
+    return ids[len(ids) - limit :] if keep == "end" else ids[:limit]
+
+
+def encode_responses(tokenizer, task, records, fmt: str, max_length: int, max_prompt_length: int | None,
+                     prompt_keep: str, fields: tuple[str, ...] = ("chosen",)) -> list[dict[str, tuple]]:  # fmt: skip
+    """Per preference record, ``{field: (input_ids, labels)}`` of its prompt followed by each response in ``fields``.
+
+    The length rules of Ren & Sutherland's release: the prompt is cut to ``max_prompt_length``
+    tokens, keeping its end (``prompt_keep="end"``, Anthropic-HH: the last turn matters) or its start
+    (UltraFeedback), then the sequence to ``max_length`` by cutting the response. EOS follows each
+    response and is trained on. The same prompt tokens precede every response of a record.
+    """
+    out = []
+    for r in records:
+        prompt = render_prompt(task, r, fmt)
+        sequences = {}
+        for name in fields:
+            head, response = join_prompt_completion(prompt, r[name])
+            p = _cut_prompt(tokenizer(head, add_special_tokens=False)["input_ids"], max_prompt_length, prompt_keep)
+            y = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+            ids = (p + y)[:max_length]
+            sequences[name] = (ids, ([IGNORE] * len(p) + y)[:max_length])
+        out.append(sequences)
+    return out
+
+
+@dataclass
+class Pair:
+    """A preference example: ``(input_ids, labels)`` of the chosen and of the rejected response.
+
+    ``reference``: the reference model's summed log-probabilities of (chosen, rejected), when
+    they were computed once before training (DPO's ``reference: cached``).
+    """
+
+    chosen: tuple[list[int], list[int]]
+    rejected: tuple[list[int], list[int]]
+    reference: tuple[float, float] | None = None
+
+    def __len__(self) -> int:
+        return len(self.chosen[0]) + len(self.rejected[0])
+
+
+def example_length(example) -> int:
+    """Tokens of an example (both sequences of a :class:`Pair`)."""
+    return len(example) if isinstance(example, Pair) else len(example[0])
+
+
+def sequences(examples) -> list[tuple[list[int], list[int]]]:
+    """The examples as sequences: the chosen of every pair, then the rejected ones; other examples as they are."""
+    if examples and isinstance(examples[0], Pair):
+        return [p.chosen for p in examples] + [p.rejected for p in examples]
+    return list(examples)
+
+
+def step_weight(batch: dict) -> int:
+    """What a micro-batch's summed loss is divided by, summed over the step: pairs, else target tokens."""
+    if "n_pairs" in batch:
+        return batch["n_pairs"]
+    return int((batch["labels"][:, 1:] != IGNORE).sum())
+
+
 def has_target(labels: list[int]) -> bool:
     """Whether an example has a token to predict: a label after its first position.
 
@@ -97,7 +167,7 @@ def with_targets(examples: list[tuple[list[int], list[int]]]) -> tuple[list[tupl
     Training on an example without one adds nothing to the loss but its tokens to the step, and
     a micro-batch of such examples would divide the step's loss by zero target tokens.
     """
-    kept = [e for e in examples if has_target(e[1])]
+    kept = [e for e in examples if all(has_target(labels) for _, labels in sequences([e]))]
     return kept, len(examples) - len(kept)
 
 
@@ -158,6 +228,11 @@ def collate_packed(examples, device="cpu") -> dict:
 
 
 def collate(examples, batching: str, pad_id: int, device="cpu") -> dict:
-    if batching == "packed":
-        return collate_packed(examples, device)
-    return collate_padded(examples, pad_id, device)
+    """A micro-batch; of :class:`Pair` s, their 2B sequences (chosen first) with ``n_pairs`` and cached references."""
+    rows = sequences(examples)
+    batch = collate_packed(rows, device) if batching == "packed" else collate_padded(rows, pad_id, device)
+    if examples and isinstance(examples[0], Pair):
+        batch["n_pairs"] = len(examples)
+        if all(p.reference is not None for p in examples):
+            batch["reference"] = torch.tensor([p.reference for p in examples], dtype=torch.float64, device=device)
+    return batch

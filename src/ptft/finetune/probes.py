@@ -13,6 +13,14 @@ training records:
 - ``other_label``: the next label in the task's label list (classification);
 - ``other_response``: the completion of the next probe record, a response of another prompt;
 - ``shuffled_gold``: the gold completion's words in a seeded random order (generation).
+
+Ren & Sutherland's own probe sets (chosen, rejected, their rewrites, irrelevant and random
+responses, ...) are built by ``ptft build-probes`` (:mod:`ptft.probes`). Their scoring options:
+``eos`` scores the tokenizer's EOS after every response too (the paper's sums include it), and
+``argmax_of`` names a response type (``chosen``) whose rows also give an ``argmax`` row: at each
+of its teacher-forced target positions the log-probability of the model's most likely token,
+summed (the paper's y*), computed in the same forward pass. Rows are keyed by
+(example, response_type) names, never by their position in the probe set.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from ptft.finetune.methods import unwrap
 
 PROBE_SET_COLUMNS = ("example", "prompt", "response_type", "response")
 PROBE_COLUMNS = ("step", "example", "response_type", "logp", "n_tokens")
+ARGMAX = "argmax"  # the response type of the argmax rows (Prober's argmax_of)
 
 log = logging.getLogger(__name__)
 
@@ -70,18 +79,23 @@ def read_probe_set(path: str | Path) -> pd.DataFrame:
     return df[list(PROBE_SET_COLUMNS)]
 
 
-def encode_probes(tokenizer, probes: pd.DataFrame, max_length: int | None = None) -> list[tuple[list[int], list[int]]]:
-    """(input_ids, labels) per probe row: only the response's tokens are scored (no EOS).
+def encode_probes(
+    tokenizer, probes: pd.DataFrame, max_length: int | None = None, eos: bool = False
+) -> list[tuple[list[int], list[int]]]:
+    """(input_ids, labels) per probe row: only the response's tokens are scored, and with ``eos`` the
+    tokenizer's EOS after them (as training on a preference pair scores it).
 
     A row longer than ``max_length`` (the model's context window) loses prompt tokens from its
     start, as evaluation prompts do; a response longer than the window on its own is cut at its
-    end, which the row's ``n_tokens`` shows.
+    end (its EOS first), which the row's ``n_tokens`` shows.
     """
+    if eos and tokenizer.eos_token_id is None:
+        raise ValueError("finetune.probes: eos asked, but the tokenizer has no EOS token")
     out, cut = [], 0
     for prompt, response in zip(probes["prompt"], probes["response"], strict=True):
         prompt, response = join_prompt_completion(prompt, response)
         p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        r = tokenizer(response, add_special_tokens=False)["input_ids"]
+        r = tokenizer(response, add_special_tokens=False)["input_ids"] + ([tokenizer.eos_token_id] if eos else [])
         if max_length is not None and len(p) + len(r) > max_length:
             cut += 1
             r = r[: max_length - 1]  # at least one prompt token predicts the response's first
@@ -94,14 +108,16 @@ def encode_probes(tokenizer, probes: pd.DataFrame, max_length: int | None = None
 
 
 @torch.no_grad()
-def response_logps(body, head, encoded, batch_size: int, device) -> list[tuple[float, int]]:
-    """(summed log-probability, token count) of each encoded response.
+def response_logps(body, head, encoded, batch_size: int, device, argmax: bool = False) -> list[tuple]:
+    """(summed log-probability, token count) of each encoded response; with ``argmax``,
+    (summed log-probability, token count, summed argmax log-probability): at each target position,
+    the log-probability of the most likely token there, from the same forward pass.
 
     Length-sorted, right-padded batches (padding carries no target), the head only on
     response tokens: on CPU this is several times faster than packed rows.
     """
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
-    out: list[tuple[float, int]] = [(0.0, 0)] * len(encoded)
+    out: list[tuple] = [(0.0, 0, 0.0) if argmax else (0.0, 0)] * len(encoded)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         batch = collate_padded([encoded[i] for i in idx], 0, device)
@@ -109,12 +125,15 @@ def response_logps(body, head, encoded, batch_size: int, device) -> list[tuple[f
         hidden = body(**inputs, use_cache=False).last_hidden_state[:, :-1]
         target = batch["labels"][:, 1:]
         keep = target != IGNORE
-        logp = torch.log_softmax(head(hidden[keep]).float(), -1).gather(1, target[keep][:, None])[:, 0]
+        logps = torch.log_softmax(head(hidden[keep]).float(), -1)
+        logp = logps.gather(1, target[keep][:, None])[:, 0]
         rows = keep.nonzero()[:, 0]
         sums = torch.zeros(len(idx), device=device).index_add_(0, rows, logp)
         counts = keep.sum(1)
+        if argmax:
+            best = torch.zeros(len(idx), device=device).index_add_(0, rows, logps.max(-1).values)
         for k, i in enumerate(idx):
-            out[i] = (float(sums[k]), int(counts[k]))
+            out[i] = (float(sums[k]), int(counts[k]), float(best[k])) if argmax else (float(sums[k]), int(counts[k]))
     return out
 
 
@@ -126,11 +145,19 @@ def probe_rows(step: int, probes: pd.DataFrame, logps: list[tuple[float, int]]) 
 
 
 class Prober:
-    """A probe set, encoded once, and the steps it is probed at."""
+    """A probe set, encoded once, and the steps it is probed at.
 
-    def __init__(self, tokenizer, probe_set: pd.DataFrame, every: int, max_length: int | None = None):
-        self.probe_set, self.every = probe_set, every
-        self.encoded = encode_probes(tokenizer, probe_set, max_length)
+    ``eos``: score the tokenizer's EOS after every response too. ``argmax_of``: a response type
+    (e.g. ``chosen``) whose every row also gives a row of type ``argmax`` (:data:`ARGMAX`): the
+    summed log-probability of the most likely token at each of that row's target positions,
+    with the same ``n_tokens``.
+    """
+
+    def __init__(self, tokenizer, probe_set: pd.DataFrame, every: int, max_length: int | None = None, *,
+                 eos: bool = False, argmax_of: str | None = None):  # fmt: skip
+        check_probe_set(probe_set, argmax_of)
+        self.probe_set, self.every, self.argmax_of = probe_set, every, argmax_of
+        self.encoded = encode_probes(tokenizer, probe_set, max_length, eos=eos)
 
     def due(self, step: int, total_steps: int) -> bool:
         return step % self.every == 0 or step == total_steps
@@ -140,6 +167,28 @@ class Prober:
         inner = unwrap(model)
         model.eval()
         device = next(model.parameters()).device
-        logps = response_logps(inner.base_model, inner.get_output_embeddings(), self.encoded, 64, device)
+        argmax = self.argmax_of is not None
+        logps = response_logps(inner.base_model, inner.get_output_embeddings(), self.encoded, 64, device, argmax)
         model.train()
-        return probe_rows(step, self.probe_set, logps)
+        rows = probe_rows(step, self.probe_set, [x[:2] for x in logps])
+        if argmax:
+            of = (self.probe_set["response_type"] == self.argmax_of).to_numpy()
+            rows += [{"step": step, "example": int(e), "response_type": ARGMAX, "logp": x[2], "n_tokens": x[1]}
+                     for e, x, keep in zip(self.probe_set["example"], logps, of, strict=True) if keep]  # fmt: skip
+        return rows
+
+
+def check_probe_set(probe_set: pd.DataFrame, argmax_of: str | None = None) -> None:
+    """Each (example, response_type) once: the rows are stored and read back by those names."""
+    dup = probe_set[probe_set.duplicated(["example", "response_type"], keep=False)]
+    if len(dup):
+        first = dup.iloc[0]
+        raise ValueError(f"probe set: {len(dup)} rows share an (example, response_type), e.g. "
+                         f"({first['example']}, {first['response_type']!r}); each must be named once")  # fmt: skip
+    if argmax_of is not None:
+        types = set(probe_set["response_type"])
+        if ARGMAX in types:
+            raise ValueError(f"probe set: response type {ARGMAX!r} is computed by the prober (argmax_of); "
+                             "the probe set may not hold it")  # fmt: skip
+        if argmax_of not in types:
+            raise ValueError(f"probe set: argmax_of={argmax_of!r} is none of its response types {sorted(types)}")

@@ -5,8 +5,9 @@
         --out-dir results/toy/finetune/... --state-dir results/toy/.state/finetune/...
 
 Loss on completion tokens only, summed over the completion tokens of an optimizer step and
-divided by their number, so every token weighs the same whatever its micro-batch. AdamW,
-linear warmup then linear decay, gradient clipping at ``max_grad_norm``. Micro-batches are
+divided by their number, so every token weighs the same whatever its micro-batch (a preference
+method's loss is per pair instead). AdamW (or RMSprop), linear warmup then linear decay (or a
+constant lr; :mod:`ptft.finetune.optim`), gradient clipping at ``max_grad_norm``. Micro-batches are
 packed without padding (or length-grouped, see :mod:`ptft.finetune.batching`), and the LM head
 runs only on the positions that have a target: for classification that is one or two tokens
 per example instead of all of them, which is most of the head's cost with a 50k vocabulary.
@@ -41,8 +42,16 @@ from tqdm import tqdm
 from ptft import io, provenance, signals
 from ptft.checkpoints.load import load_pretrained
 from ptft.data.registry import get_dataset
-from ptft.finetune import probes, snapshots, state
-from ptft.finetune.batching import IGNORE, collate, collate_padded, encode_examples, make_batches, with_targets
+from ptft.finetune import optim, probes, snapshots, state
+from ptft.finetune.batching import (
+    collate,
+    collate_padded,
+    example_length,
+    make_batches,
+    sequences,
+    step_weight,
+    with_targets,
+)
 from ptft.finetune.grad_buffers import KeptGrads
 from ptft.finetune.loss import completion_loss
 from ptft.finetune.methods import RunInputs, get_method, unwrap
@@ -61,17 +70,13 @@ def set_seed(seed: int) -> None:
 
 
 def linear_lr(step: int, total: int, warmup: int) -> float:
-    """Multiplier of the peak lr at optimizer step ``step`` (from 0): linear warmup over ``warmup``
-    steps, then linear decay to 0. Unlike ``transformers``' ``get_linear_schedule_with_warmup``,
-    the first step already trains (at ``1 / warmup`` of the peak) instead of running at lr 0."""
-    if step < warmup:
-        return (step + 1) / warmup
-    return max(0.0, (total - step) / max(1, total - warmup))
+    """The default schedule (:func:`ptft.finetune.optim.linear`), kept under its old name."""
+    return optim.linear(step, total, warmup)
 
 
 def warmup_steps(total: int, ratio: float) -> int:
     """Warmup steps of a run of ``total`` optimizer steps: ``ratio × total``, rounded, at least 1."""
-    return max(1, round(ratio * total))
+    return optim.warmup_steps(total, {"warmup_ratio": ratio})
 
 
 def count_steps(n_examples: int, cfg: dict) -> int:
@@ -98,7 +103,7 @@ def check_shortcuts(model, examples, batching: str, pad_id: int, device, kept: K
     """
     was_training = model.training
     model.eval()
-    sample = examples[:4]
+    sample = sequences(examples[:4])
     padded = collate_padded(sample, pad_id, device)
     ref = completion_loss(model, padded, fast=False)
 
@@ -119,15 +124,17 @@ def check_shortcuts(model, examples, batching: str, pad_id: int, device, kept: K
 
 
 @torch.no_grad()
-def validation_loss(model, examples, batching: str, pad_id: int, batch_size: int, fast: bool, device) -> float:
-    """Mean cross-entropy per completion token of the validation examples."""
+def validation_loss(model, examples, batching: str, pad_id: int, batch_size: int, fast: bool, device,
+                    loss_fn=completion_loss) -> float:  # fmt: skip
+    """Mean loss of the validation examples per the unit the training loss is normalised by
+    (:func:`ptft.finetune.batching.step_weight`): cross-entropy per completion token, or DPO's loss per pair."""
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
     for start in range(0, len(examples), batch_size):
         batch = collate(examples[start : start + batch_size], batching, pad_id, device)
-        total += float(completion_loss(model, batch, fast))
-        count += int((batch["labels"][:, 1:] != IGNORE).sum())
+        total += float(loss_fn(model, batch, fast))
+        count += step_weight(batch)
     model.train(was_training)
     return total / max(count, 1)
 
@@ -285,15 +292,13 @@ def train_loop(
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg["precision"] == "bf16")
     progress = state.Progress() if progress is None else progress
     trainable = [p for p in model.parameters() if p.requires_grad]
-    # The fused kernel updates all parameters in one pass over memory; on CPU it is about 6x
-    # faster than the default for-each one, which makes the optimizer step the bottleneck.
-    opt = torch.optim.AdamW(trainable, lr=lr, weight_decay=cfg["weight_decay"], fused=device.type in ("cpu", "cuda"))
+    opt = optim.make_optimizer(trainable, cfg, lr, device)
     # CUDA's caching allocator already reuses gradient memory; on CPU, see grad_buffers.
     kept = KeptGrads(model) if device.type == "cpu" else None
     micro, accum = cfg["batch_size"], cfg["grad_accum"]
     total_steps = count_steps(len(examples), cfg)
-    warmup = warmup_steps(total_steps, cfg["warmup_ratio"])
-    lengths = [len(ids) for ids, _ in examples]
+    warmup = optim.warmup_steps(total_steps, cfg)
+    lengths = [example_length(e) for e in examples]
     if snapshotter is not None:  # a snapshot step beyond the run fails here, before anything trains
         snapshotter.schedule(total_steps, math.ceil(len(examples) / micro), accum)
     with contextlib.ExitStack() as cleanup:
@@ -350,9 +355,9 @@ def train_loop(
         bar = cleanup.enter_context(tqdm(total=total_steps, initial=step, desc=desc, mininterval=5))
         while step < total_steps:
             for group in opt.param_groups:
-                group["lr"] = lr * linear_lr(step, total_steps, warmup)
+                group["lr"] = lr * optim.lr_multiplier(step, total_steps, warmup, cfg)
             batches = [collate([examples[i] for i in next(stream)], batching, pad_id, device) for _ in range(accum)]
-            n_target = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in batches)
+            n_target = sum(step_weight(b) for b in batches)
             if n_target == 0:  # unreachable after with_targets; a guard against a NaN loss of 0 / 0
                 raise RuntimeError(f"{desc}: optimizer step {step + 1} has no target token")
             t0 = time.time()
@@ -424,7 +429,8 @@ def finetune(
     """
     out_dir, state_dir = Path(out_dir), Path(state_dir)
     impl = get_method(method)
-    task = get_dataset(task_name).task
+    dataset = get_dataset(task_name)
+    task = dataset.task
     impl.check_task(task_name, task.kind)
     scoring = cfg.get("validation_score")
     if scoring is not None and not isinstance(scoring, dict):
@@ -447,12 +453,12 @@ def finetune(
         cfg = {**cfg, "max_length": window}
     records = pd.read_parquet(train_path).to_dict("records")
     fmt = cfg["format"]
-    examples = encode_examples(tokenizer, task, records, fmt, cfg["max_length"])
+    examples = impl.encode(tokenizer, dataset, records, cfg)
     val_records, val_examples = [], []
     if validation_path is not None:
         # Encoded before training, so a validation split with no target token fails before the run, not after.
         val_records = pd.read_parquet(validation_path).to_dict("records")
-        encoded = encode_examples(tokenizer, task, val_records, fmt, cfg["max_length"])
+        encoded = impl.encode(tokenizer, dataset, val_records, cfg)
         val_examples, untargeted = with_targets(encoded)
         if not val_examples:
             raise ValueError(f"finetune {task_name} ({method}): no validation example has a target token within "
@@ -465,7 +471,8 @@ def finetune(
     state_path = state_dir / "state.pt"
     # Checked before the method prepares the model: LP-FT fits its head only when it will not be resumed.
     resuming = state.usable(state_path, fingerprint)
-    model, method_stats = impl.prepare(model, RunInputs(tokenizer, task, records, cfg, device, resuming))
+    inputs = RunInputs(tokenizer, task, records, cfg, device, resuming, examples, val_examples, state_dir)
+    model, method_stats = impl.prepare(model, inputs)
 
     prober = None
     if cfg.get("probes"):
@@ -475,12 +482,13 @@ def finetune(
             if p.get("path")
             else probes.builtin_probe_set(task, records, fmt, p["examples"], seed)
         )
-        prober = probes.Prober(tokenizer, probe_set, p["every"], window)
+        prober = probes.Prober(tokenizer, probe_set, p["every"], window, eos=p.get("eos", False),
+                               argmax_of=p.get("argmax_of"))  # fmt: skip
 
     def validate(model, batching: str, fast: bool, score: bool = True) -> dict:
         """The validation loss, and score with ``score`` and ``validation_score``, of ``model`` as it is now."""
         values = {"loss": validation_loss(model, val_examples, batching, tokenizer.pad_token_id, cfg["batch_size"],
-                                          fast, device)}  # fmt: skip
+                                          fast, device, impl.loss)}  # fmt: skip
         if score and scoring:
             values["score"] = validation_score(model, tokenizer, task, val_records, fmt, seed, scoring)
         return values

@@ -82,6 +82,8 @@ def tokenizer_extra_texts(repeat: int = 20) -> list[str]:
     """
     words = {"who", "what", "where", "does", "?"}
     for task in TASK_TYPES.values():
+        if task.kind == "preference":  # added after the toy suites were built: their tokenizers stay as they were
+            continue
         words.update(task.labels)
         for template in task.formats.values():
             words.update(part for part in template.replace("{", " ").replace("}", " ").split())

@@ -111,9 +111,14 @@ def question_generation(rng: random.Random, domain: str) -> dict:
     }
 
 
+# Task kinds whose items are not keyed on all their fields: a preference pair is its prompt and chosen
+# response (the same question answered the same way is the same item, whatever it is contrasted with).
+_KEY_FIELDS = {"preference": ("prompt", "chosen")}
+
+
 def record_key(task, record: dict) -> tuple:
     """The inputs of a record (its task's fields): two records with the same key are the same item."""
-    fields = task.fields or (task.target,)  # a plain document is its own input
+    fields = _KEY_FIELDS.get(task.kind) or task.fields or (task.target,)  # a plain document is its own input
     return tuple(v if isinstance(v, str) else json.dumps(v, sort_keys=True, default=str)
                  for v in (record[f] for f in fields))  # fmt: skip
 
@@ -157,4 +162,13 @@ def document(rng: random.Random, domain: str) -> dict:
     return toy_document(rng, domain)
 
 
-GENERATORS = {**TASK_GENERATORS, "chat": chat, "document": document}
+def preference(rng: random.Random, domain: str) -> dict:
+    """A preference pair: {prompt, chosen, rejected} (ptft.toy.preference; imported here lazily, as
+    ``document`` is, so that module may use this one's helpers)."""
+    from ptft.toy.preference import preference as toy_preference
+
+    return toy_preference(rng, domain)
+
+
+# Preference pairs stay out of TASK_GENERATORS: those are the chat mixture's tasks (and its draws).
+GENERATORS = {**TASK_GENERATORS, "chat": chat, "document": document, "preference": preference}

@@ -10,6 +10,8 @@ result (:meth:`Method.save`).
 - ``lora`` (:mod:`.lora`): low-rank adapters; only they train; saved merged or as the adapter.
 - ``lpft`` (:mod:`.lpft`): linear probing of the label rows of the LM head, then full fine-tuning.
 - ``instruct`` (:mod:`.instruct`): every parameter trains, on a chat dataset.
+- ``dpo`` (:mod:`.dpo`): direct preference optimisation on preference pairs, from a reference model.
+- ``extend`` (:mod:`.extend`): supervised fine-tuning on the chosen and the rejected responses.
 
 Adding a method is one module with a :class:`Method` subclass, listed below for registration.
 """
@@ -25,18 +27,23 @@ from ptft.finetune.methods.base import (
     trainable_names,
     unwrap,
 )
+from ptft.finetune.methods.dpo import DPO, DpoConfig
+from ptft.finetune.methods.extend import Extend
 from ptft.finetune.methods.full import Full
 from ptft.finetune.methods.instruct import Instruct
 from ptft.finetune.methods.lora import LoRA, LoraConfig, apply_lora
 from ptft.finetune.methods.lpft import LPFT, LpftConfig
 
 # Registration order is the order of METHOD_NAMES, the command line's choices.
-for _method in (Full, LoRA, LPFT, Instruct):
+for _method in (Full, LoRA, LPFT, Instruct, DPO, Extend):
     register(_method)
 METHOD_NAMES = registered()
 
 __all__ = [
+    "DPO",
     "METHOD_NAMES",
+    "DpoConfig",
+    "Extend",
     "Full",
     "Instruct",
     "LPFT",

@@ -34,6 +34,9 @@ class RunInputs:
     cfg: dict  # the run's finetune config (the method's own block under its name)
     device: str
     resuming: bool  # a saved training state will be loaded over the prepared model
+    examples: list = dataclasses.field(default_factory=list)  # the encoded training examples (Method.encode)
+    validation_examples: list = dataclasses.field(default_factory=list)
+    state_dir: Any = None  # the run's state folder (pathlib.Path), for what prepare computes once and keeps
 
 
 class Method:
@@ -63,6 +66,26 @@ class Method:
                 raise ValueError(f"{where}: method {self.name!r} takes no settings")
             return {}
         return parse_block(self.config, block, where)
+
+    def encode(self, tokenizer, dataset, records: list[dict], cfg: dict) -> list:
+        """The training examples of ``records`` (of ``dataset``, a registry entry): ``(input_ids, labels)`` each.
+
+        A preference task trains on the prompt and its chosen response, cut by the release's length
+        rules (:func:`ptft.finetune.batching.encode_responses`).
+        """
+        from ptft.finetune.batching import encode_examples
+
+        if dataset.task.kind == "preference":
+            return [r["chosen"] for r in self.encode_responses(tokenizer, dataset, records, cfg, ("chosen",))]
+        return encode_examples(tokenizer, dataset.task, records, cfg["format"], cfg["max_length"])
+
+    @staticmethod
+    def encode_responses(tokenizer, dataset, records: list[dict], cfg: dict, fields: tuple[str, ...]) -> list[dict]:
+        from ptft.finetune.batching import encode_responses
+
+        keep = getattr(dataset, "prompt_keep", "end")
+        return encode_responses(tokenizer, dataset.task, records, cfg["format"], cfg["max_length"],
+                                cfg.get("max_prompt_length"), keep, fields)  # fmt: skip
 
     def prepare(self, model, run: RunInputs) -> tuple[Any, dict]:
         """The model to train (``model`` itself or a wrapper of it) and statistics for ``summary.json``."""

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from ptft.finetune.methods.base import Method
 
-# Every task kind of ptft.data.tasks but "chat", which is instruction tuning's.
-LABELLED_KINDS = ("classification", "generation", "multiple_choice", "text")
+# Every task kind of ptft.data.tasks but "chat", which is instruction tuning's. On a preference
+# task, supervised fine-tuning trains on the chosen response (Method.encode).
+LABELLED_KINDS = ("classification", "generation", "multiple_choice", "text", "preference")
 
 
 class Full(Method):
