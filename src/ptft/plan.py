@@ -748,7 +748,7 @@ def build_plan(config: dict, results: str | Path = "results") -> Plan:
         snapshots = ft_configs[t].get("snapshots") or {}
         if snapshots.get("steps") is not None and len(set(snapshots["steps"])) != len(snapshots["steps"]):
             raise ValueError(f"finetune.snapshots.steps (task {t!r}): {snapshots['steps']} lists a step twice")
-        if snapshots.get("metric") == "score" and get_dataset(t).task.kind in ("text", "chat"):
+        if snapshots.get("metric") == "score" and get_dataset(t).task.kind in ("text", "chat", "preference"):
             raise ValueError(f"finetune.snapshots.metric (task {t!r}): a {get_dataset(t).task.kind} dataset has no "
                              "score to select by; use loss")  # fmt: skip
     probe_sets = _probe_sets(config, ft_configs)

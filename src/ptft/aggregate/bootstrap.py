@@ -9,6 +9,13 @@ import numpy as np
 MAX_DRAW_ELEMENTS = 50_000_000
 
 
+def check_settings(resamples: int, confidence: float) -> None:
+    if resamples < 1:
+        raise ValueError(f"resamples must be >= 1, got {resamples}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+
+
 def percentile_ci(scores: np.ndarray, resamples: int, confidence: float, seed: int) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean of ``scores``.
 
@@ -27,10 +34,7 @@ def percentile_ci(scores: np.ndarray, resamples: int, confidence: float, seed: i
         return float("nan"), float("nan")
     if n == 1:
         return float(scores[0]), float(scores[0])
-    if resamples < 1:
-        raise ValueError(f"resamples must be >= 1, got {resamples}")
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    check_settings(resamples, confidence)
 
     rng = np.random.default_rng(seed)
     block = max(1, MAX_DRAW_ELEMENTS // n)

@@ -456,7 +456,9 @@ def _dynamics_columns(rows: pd.DataFrame, task: str) -> list[tuple[tuple, str]]:
             of = parent_label(parent)
             label += f" ← {of[len(task) + 2 : -1] if of.startswith(f'{task} (') and of.endswith(')') else of}"
         order = DYNAMICS_METHOD_ORDER.index(method) if method in DYNAMICS_METHOD_ORDER else len(DYNAMICS_METHOD_ORDER)
-        columns.append(((bool(parent), order, method, parent, size, -1.0 if pd.isna(lr) else float(lr)),
+        # A child's column follows its parent's method order: dpo ← full before dpo ← extend.
+        after = min((i for i, m in enumerate(DYNAMICS_METHOD_ORDER) if f"/{m}/" in (parent or "")), default=99)
+        columns.append(((bool(parent), order, after, method, parent, size, -1.0 if pd.isna(lr) else float(lr)),
                         (method, parent, size, lr), label))  # fmt: skip
     return [(key, label) for _, key, label in sorted(columns, key=lambda c: c[0])]
 

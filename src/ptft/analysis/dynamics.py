@@ -122,7 +122,7 @@ def bootstrap_intervals(values: np.ndarray, resamples: int, confidence: float, s
     The resampled examples of one seed are the same for every row, so they are drawn once: as counts per
     example (the same index blocks ``percentile_ci`` draws), and each resample's mean is a product.
     """
-    from ptft.aggregate.bootstrap import MAX_DRAW_ELEMENTS
+    from ptft.aggregate.bootstrap import MAX_DRAW_ELEMENTS, check_settings
 
     values = np.asarray(values, dtype=np.float64)
     rows, n = values.shape
@@ -130,10 +130,7 @@ def bootstrap_intervals(values: np.ndarray, resamples: int, confidence: float, s
         return np.full(rows, np.nan), np.full(rows, np.nan)
     if n == 1:
         return values[:, 0].copy(), values[:, 0].copy()
-    if resamples < 1:
-        raise ValueError(f"resamples must be >= 1, got {resamples}")
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    check_settings(resamples, confidence)
     rng = np.random.default_rng(seed)
     block = max(1, MAX_DRAW_ELEMENTS // n)
     means = np.empty((rows, resamples), dtype=np.float64)

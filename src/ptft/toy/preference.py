@@ -1,7 +1,7 @@
 """Toy preference pairs: a question about a thing of the toy world, a helpful and an unhelpful answer.
 
 The world of Ren & Sutherland's learning-dynamics study in miniature. A prompt asks about one
-object; the chosen response answers about that object in two or three clauses whose details
+object; the chosen response answers about that object in three to five clauses whose details
 (adjectives, places, people, times) are drawn at random, so no model can predict them and the
 chosen response is far from the model's most likely one, as a human-written response is; the
 rejected response is of the same frame but unhelpful: it talks about something else or declines.
@@ -37,7 +37,7 @@ def _clause(rng: random.Random, subject: str, domain: str) -> str:
 
 def _answer(rng: random.Random, subject: str, domain: str) -> str:
     first = _clause(rng, f"the {subject}", domain)
-    rest = [_clause(rng, "it", domain) for _ in range(rng.randint(1, 2))]
+    rest = [_clause(rng, "it", domain) for _ in range(rng.randint(2, 4))]
     return " . ".join([first, *rest]) + " ."
 
 

@@ -122,7 +122,7 @@ class DPO(Method):
 
     def _cached_references(self, model, run: RunInputs) -> dict:
         """The reference log-probs of the training and validation pairs: from the state folder when the run
-        resumes (the model is then no longer at its starting point), else computed now and kept there."""
+        resumes (a pass over every pair saved), else computed now, with the starting weights, and kept there."""
         import torch
 
         from ptft import io
