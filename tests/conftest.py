@@ -68,6 +68,20 @@ def run_snakemake(workdir, configfile, *args, timeout=1200, env=None):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env)
 
 
+def run_study(tmp_path_factory, study) -> tuple:
+    """Run a study file end to end in a fresh folder (a file's stem is its study name); its workdir and
+    results/<study>. Prints the time it took (``make test-studies`` runs with -s)."""
+    import time
+
+    name = Path(study).stem
+    workdir = tmp_path_factory.mktemp(name)
+    start = time.time()
+    out = run_snakemake(workdir, study, timeout=1500)
+    assert out.returncode == 0, out.stderr[-4000:]
+    print(f"{name} study: {time.time() - start:.0f} s")
+    return workdir, workdir / "results" / name
+
+
 def dry_run(study, directory, *targets):
     """Job counts per rule of a dry run of ``study`` in ``directory``, offline, and its time in seconds."""
     import time

@@ -783,9 +783,9 @@ def build_plan(config: dict, results: str | Path = "results") -> Plan:
 def _probe_sets(config: dict, ft_configs: dict) -> dict:
     """The study's probe sets, each checked (``ptft.probes.build.complete_config``), and every
     ``finetune.probes.set`` naming one of them."""
+    from ptft.probes.build import complete_config
+
     blocks = config.get("probe_sets") or {}
-    if blocks:  # the builder's module loads torch, which a plan without probe sets need not wait for
-        from ptft.probes.build import complete_config
     sets = {name: complete_config(block, name) for name, block in blocks.items()}
     for name, block in sets.items():
         if block["task"] not in config["train_tasks"]:

@@ -45,7 +45,8 @@ from report import emit
 
 from ptft.finetune import train
 from ptft.finetune.batching import IGNORE
-from ptft.finetune.train import linear_lr, train_loop, validation_loss, warmup_steps
+from ptft.finetune.optim import linear, warmup_steps
+from ptft.finetune.train import train_loop, validation_loss
 
 MODELS = {
     # The toy study's model (config.yaml: checkpoints.toy.model, vocab 1024).
@@ -138,9 +139,9 @@ def same_schedule_trainer():
 
     class SameScheduleTrainer(Trainer):
         def create_scheduler(self, num_training_steps: int, optimizer=None):
-            warmup = warmup_steps(num_training_steps, WARMUP_RATIO)
+            warmup = warmup_steps(num_training_steps, {"warmup_ratio": WARMUP_RATIO})
             self.lr_scheduler = LambdaLR(optimizer or self.optimizer,
-                                         lambda step: linear_lr(step, num_training_steps, warmup))  # fmt: skip
+                                         lambda step: linear(step, num_training_steps, warmup))  # fmt: skip
             return self.lr_scheduler
 
     return SameScheduleTrainer

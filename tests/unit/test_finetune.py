@@ -357,10 +357,12 @@ def test_killed_run_resumes_to_the_uninterrupted_weights(tiny_model_dir, nli_dat
 
 
 def test_lr_schedule_warms_up_from_the_first_step_and_decays_to_zero():
-    from ptft.finetune.train import linear_lr, warmup_steps
+    from ptft.finetune.optim import linear, warmup_steps
 
-    assert [warmup_steps(80, 0.03), warmup_steps(3, 0.03), warmup_steps(250, 0.1)] == [2, 1, 25]
+    ratio = [warmup_steps(80, {"warmup_ratio": 0.03}), warmup_steps(3, {"warmup_ratio": 0.03}),
+             warmup_steps(250, {"warmup_ratio": 0.1})]  # fmt: skip
+    assert ratio == [2, 1, 25]
     # 10 steps, 2 of warmup: the first step trains at half the peak, the last at a tenth... of 8.
-    assert [linear_lr(s, 10, 2) for s in range(10)] == pytest.approx(
+    assert [linear(s, 10, 2) for s in range(10)] == pytest.approx(
         [0.5, 1.0, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125]
     )

@@ -4,14 +4,12 @@ Dissecting size sweep, a run from a run, and what a dry run re-runs when an axis
 The study runs once for the module (about 10 minutes on 2 cores: ``make test-studies``).
 """
 
-import time
-
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
-from conftest import ROOT, dry_run, run_snakemake
+from conftest import ROOT, dry_run, run_study
 
 STUDY = ROOT / "workflow/studies/toy-axes.yaml"
 KEYS = ["checkpoint", "train_task", "method", "lr", "seed", "train_size", "parent", "eval_set", "format", "metric"]
@@ -21,12 +19,7 @@ pytestmark = pytest.mark.study
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("toy-axes")
-    start = time.time()
-    out = run_snakemake(workdir, STUDY, timeout=1500)
-    assert out.returncode == 0, out.stderr[-4000:]
-    print(f"toy-axes study: {time.time() - start:.0f} s")
-    root = workdir / "results/toy-axes"
+    workdir, root = run_study(tmp_path_factory, STUDY)
     names = ("performance", "trajectory", "dissect_components", "seed_summary")
     tables = {n: pd.read_parquet(root / f"tables/{n}.parquet") for n in names}
     return workdir, root, tables

@@ -13,13 +13,11 @@ prompt, averaged over the two seeds; its 95 % percentile-bootstrap interval over
 must lie on one side of 0, and the change must have that sign in each seed on its own.
 """
 
-import time
-
 import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import ROOT, run_snakemake
+from conftest import ROOT, run_study
 
 STUDY = ROOT / "workflow/studies/toy-learning-dynamics.yaml"
 LAST = "step200"  # the most trained (peakiest) checkpoint, where the paper's effects are expected
@@ -32,12 +30,7 @@ pytestmark = pytest.mark.study
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("toy-learning-dynamics")
-    start = time.time()
-    out = run_snakemake(workdir, STUDY, timeout=1500)
-    assert out.returncode == 0, out.stderr[-4000:]
-    print(f"toy-learning-dynamics study: {time.time() - start:.0f} s")
-    root = workdir / "results/toy-learning-dynamics"
+    _, root = run_study(tmp_path_factory, STUDY)
     return root, pd.read_parquet(root / "tables/learning_dynamics.parquet")
 
 

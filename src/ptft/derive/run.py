@@ -136,24 +136,41 @@ def derive_variants(
 
 
 def _send(backend, cache, to_send, items: dict, replies: dict, stats: dict, desc: str) -> dict[str, str]:
-    """Send ``to_send``; cache and collect each reply as it comes. Returns {key: failure reason}."""
+    """:func:`send`, counting each variant's sent and failed requests and tokens in ``stats``."""
+
+    def sent(request: Request, reply: Reply) -> None:
+        s = stats[items[request.key].variant.name]
+        s["sent"] += 1
+        s["prompt_tokens"] += reply.prompt_tokens
+        s["completion_tokens"] += reply.completion_tokens
+
+    def failed(request: Request, _reason: str) -> None:
+        stats[items[request.key].variant.name]["failed"] += 1
+
+    versions = {r.key: items[r.key].variant.version for r in to_send}
+    return send(backend, cache, to_send, versions, replies, desc, sent, failed)
+
+
+def send(backend, cache, to_send, versions: dict, replies: dict, desc: str, on_sent=None, on_failed=None) -> dict:
+    """Send ``to_send``; cache each reply as it comes (under its template's version, ``versions[key]``),
+    and collect it in ``replies``. Returns {key: failure reason}. ``on_sent(request, reply)`` and
+    ``on_failed(request, reason)`` are told of each, e.g. to count them. The derive stage's and the
+    probe sets' rewrites both go through here."""
     failed: dict[str, str] = {}
     bar = tqdm(total=len(to_send), desc=desc, unit="req", mininterval=2)
 
     def on_reply(request: Request, reply: Reply) -> None:
-        variant = items[request.key].variant
-        cache.put(request.key, backend.name, backend.model, variant.version,
+        cache.put(request.key, backend.name, backend.model, versions[request.key],
                   {"messages": list(request.messages), "params": request.params}, reply)  # fmt: skip
         replies[request.key] = reply
-        s = stats[variant.name]
-        s["sent"] += 1
-        s["prompt_tokens"] += reply.prompt_tokens
-        s["completion_tokens"] += reply.completion_tokens
+        if on_sent is not None:
+            on_sent(request, reply)
         bar.update()
 
     def on_failure(request: Request, reason: str) -> None:
         failed[request.key] = reason
-        stats[items[request.key].variant.name]["failed"] += 1
+        if on_failed is not None:
+            on_failed(request, reason)
         bar.update()
 
     try:

@@ -69,16 +69,6 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def linear_lr(step: int, total: int, warmup: int) -> float:
-    """The default schedule (:func:`ptft.finetune.optim.linear`), kept under its old name."""
-    return optim.linear(step, total, warmup)
-
-
-def warmup_steps(total: int, ratio: float) -> int:
-    """Warmup steps of a run of ``total`` optimizer steps: ``ratio × total``, rounded, at least 1."""
-    return optim.warmup_steps(total, {"warmup_ratio": ratio})
-
-
 def count_steps(n_examples: int, cfg: dict) -> int:
     """Optimizer steps of a run: ``epochs`` over the examples, at most ``max_steps``."""
     steps = math.ceil(math.ceil(n_examples / cfg["batch_size"]) * cfg["epochs"] / cfg["grad_accum"])

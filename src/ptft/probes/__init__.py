@@ -6,3 +6,8 @@ rewrites, a sampled initial response, irrelevant, random and shuffled responses)
 (:mod:`ptft.finetune.probes`). :func:`ptft.probes.build.build_probe_set` makes it; the rewrite
 instructions are :mod:`ptft.probes.templates`, the command line :mod:`ptft.probes.cli`.
 """
+
+# The probe set's format, shared by its builder and the prober; here, free of torch, so that the plan
+# can check a study's probe sets without loading it.
+PROBE_SET_COLUMNS = ("example", "prompt", "response_type", "response")
+ARGMAX = "argmax"  # the response type of the argmax rows (the prober's argmax_of), never a text of the set

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ptft.finetune.probes import ARGMAX, PROBE_SET_COLUMNS
+from ptft.probes import ARGMAX, PROBE_SET_COLUMNS
 from ptft.probes.templates import TEMPLATES, ProbeTemplate, template_versions
 
 log = logging.getLogger(__name__)
@@ -268,6 +268,7 @@ def _rewrite_rounds(items, generation: dict, backend, cache, seed: int, where: s
     from ptft.derive.backend import Request
     from ptft.derive.cache import request_key
     from ptft.derive.checks import clean
+    from ptft.derive.run import send
 
     out: dict[tuple[int, str], str] = {}
     failures: list[tuple[_Rewrite, str]] = []
@@ -286,7 +287,10 @@ def _rewrite_rounds(items, generation: dict, backend, cache, seed: int, where: s
         versions = {r.key: item.template.version for r, item in zip(requests, pending, strict=True)}
         stats["requests"] += len(requests)
         stats["cache_hits"] += sum(r.key in replies for r in requests)
-        failed = _send(backend, cache, to_send, versions, replies, stats, f"{where} rewrites") if to_send else {}
+        failed = {}
+        if to_send:
+            failed = send(backend, cache, to_send, versions, replies, f"{where} rewrites",
+                          lambda request, reply: stats.update(sent=1))  # fmt: skip
         next_pending = []
         for request, item in zip(requests, pending, strict=True):
             if request.key in failed:
@@ -310,31 +314,6 @@ def _rewrite_rounds(items, generation: dict, backend, cache, seed: int, where: s
             f"{' ...' if len(failures) > 5 else ''}. The replies that came are cached; a re-run sends only the rest."
         )
     return out
-
-
-def _send(backend, cache, to_send, versions: dict, replies: dict, stats: Counter, desc: str) -> dict[str, str]:
-    """Send ``to_send``; cache and collect each reply as it comes. Returns {key: failure reason}."""
-    from tqdm import tqdm
-
-    failed: dict[str, str] = {}
-    bar = tqdm(total=len(to_send), desc=desc, unit="req", mininterval=2)
-
-    def on_reply(request, reply) -> None:
-        cache.put(request.key, backend.name, backend.model, versions[request.key],
-                  {"messages": list(request.messages), "params": request.params}, reply)  # fmt: skip
-        replies[request.key] = reply
-        stats["sent"] += 1
-        bar.update()
-
-    def on_failure(request, reason: str) -> None:
-        failed[request.key] = reason
-        bar.update()
-
-    try:
-        backend.run(to_send, on_reply, on_failure)
-    finally:
-        bar.close()
-    return failed
 
 
 def sample_responses(model_path, prompts: list[str], max_new_tokens: int, temperature: float, top_p: float,
