@@ -7,6 +7,7 @@ snakemake --configfile workflow/studies/X.yaml
 from snakemake.utils import min_version
 
 from ptft.config import validate_study
+from ptft.data.declared import export as export_datasets
 
 min_version("9.0")
 
@@ -19,6 +20,8 @@ if not workflow.overwrite_configfiles:
 
 # One line naming the key on a bad study (Snakemake's validate prints the whole schema after it).
 validate_study(config)
+# The study's own datasets, declared for the plan here and, through the environment, for every job's command.
+export_datasets(config.get("datasets"))
 
 
 include: "workflow/rules/common.smk"

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+from ptft.data import declared
 from ptft.data.registry import get_dataset
 from ptft.data.tasks import FORMATS
 from ptft.finetune.methods import METHOD_NAMES, get_method
@@ -671,6 +672,7 @@ def build_plan(config: dict, results: str | Path = "results") -> Plan:
     """
     # Before the suite: a hub selection rule writes its manifest under results/<study>/.
     check_path_name("study", config["study"])
+    declared.declare(config.get("datasets"))
     entries = checkpoint_entries(config, results)
     train_tasks = tuple(config["train_tasks"])
     table = config.get("relations")

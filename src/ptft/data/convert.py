@@ -18,6 +18,9 @@ from collections.abc import Callable, Sequence
 
 from ptft.data.registry import DatasetSpec
 
+# Kinds whose gold is an index into the task's labels: label words (TokenProb), or a classifier head's classes.
+LABEL_KINDS = ("classification", "sequence_classification")
+
 log = logging.getLogger(__name__)
 
 
@@ -166,7 +169,7 @@ def required_columns(spec: DatasetSpec) -> list[str]:
     if spec.converter:
         return []
     cols = [spec.columns.get(f, f) for f in task.fields]
-    if task.kind == "classification":
+    if task.kind in LABEL_KINDS:
         cols.append(spec.label_column)
     elif task.kind in ("generation", "text"):
         cols.append(spec.columns.get(task.target, task.target))
@@ -225,7 +228,7 @@ def _canonical_record(spec: DatasetSpec, split: str, idx: int, r: dict) -> dict:
         raise DataError(f"{_where(spec, split, idx)}: {e}") from None
     except (ValueError, TypeError, AttributeError) as e:
         raise DataError(f"{_where(spec, split, idx)}: cannot read the record ({type(e).__name__}: {e})") from None
-    if task.kind == "classification":
+    if task.kind in LABEL_KINDS:
         raw = r[spec.label_column]
         try:
             c["label"] = _label_index(spec, raw)

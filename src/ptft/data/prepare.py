@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import tempfile
 from pathlib import Path
 
@@ -195,7 +196,21 @@ def shuffled_train(
     if spec.train_split is None:
         raise ValueError(f"dataset {spec.name!r} has no training split")
     ds = load_raw_split(spec, spec.train_split, local_dir, skip_invalid)
+    if spec.validation_fraction is not None:
+        ds = ds.select(range(held_out_start(spec, len(ds))))
     return ds.shuffle(seed=seed), train_size(len(ds), size, fraction)
+
+
+def held_out_start(spec: DatasetSpec, n_rows: int) -> int:
+    """The first row of the validation split held out at the end of a training split of ``n_rows``.
+
+    ``ceil(fraction · n)`` rows, the split sizes of the LP-FT paper (CB: 25 of 250, WSC: 56 of 554).
+    """
+    start = n_rows - math.ceil(spec.validation_fraction * n_rows)
+    if start < 1:
+        raise ValueError(f"dataset {spec.name!r}: split {spec.train_split!r} has {n_rows} rows, too few to hold out "
+                         f"validation_fraction {spec.validation_fraction} and train on the rest")  # fmt: skip
+    return start
 
 
 def subsample_train(
@@ -225,8 +240,14 @@ def validation_split(
     """The ``validation_size`` examples after the training ones in the same shuffled training split.
 
     Disjoint from the training subsample and from every eval set (those come from other
-    splits), so choosing an lr on it leaks nothing of the test items.
+    splits), so choosing an lr on it leaks nothing of the test items. A dataset with a
+    ``validation_fraction`` (the LP-FT paper's rule) has the last rows of its training split,
+    all of them, in their order, whatever ``validation_size`` says.
     """
+    if spec.validation_fraction is not None:
+        ds = load_raw_split(spec, spec.train_split, local_dir, skip_invalid)
+        return canonical_frame(spec, spec.train_split, ds.select(range(held_out_start(spec, len(ds)), len(ds))),
+                               skip_invalid)  # fmt: skip
     ds, n = shuffled_train(spec, local_dir, size, seed, fraction, skip_invalid)
     end = min(len(ds), n + validation_size)
     if end <= n:

@@ -45,6 +45,9 @@ class DatasetSpec:
     # Which end of an over-long prompt the trainer keeps when it cuts the prompt to its token limit:
     # "end" (the latest turns; Anthropic-HH) or "start" (UltraFeedback). Read at tokenization time.
     prompt_keep: str = "end"
+    # The paper's split rule of the LP-FT study: the last fraction of the training split (unshuffled) is the
+    # validation split and the training examples come from the rest; None: validation follows the training ones.
+    validation_fraction: float | None = None
 
     def __post_init__(self):
         if self.prompt_keep not in PROMPT_KEEP:
@@ -181,6 +184,10 @@ DATASETS: dict[str, DatasetSpec] = {
 
 
 def get_dataset(name: str) -> DatasetSpec:
+    if name not in DATASETS:
+        from ptft.data.declared import declare_from_environment
+
+        declare_from_environment()  # a study's own datasets, in a job's process (ptft.data.declared)
     try:
         return DATASETS[name]
     except KeyError:

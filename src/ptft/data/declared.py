@@ -1,0 +1,136 @@
+"""Classification datasets declared in a study file: a new dataset is a study-file entry, not code.
+
+A study's ``datasets`` block names each dataset with its label set, its input template and its
+source; :func:`declare` turns every entry into a task type of kind ``sequence_classification``
+(a classifier head on the model, :mod:`ptft.finetune.heads`) and a registry entry, so the rest
+of ptft looks it up by name like a built-in one::
+
+    datasets:
+      cb:
+        labels: [entailment, contradiction, neutral]
+        template: "{premise} {hypothesis}"
+        hub_id: aps/super_glue
+        hub_config: cb
+        revision: refs/convert/parquet
+        eval_split: validation     # the test set is the original validation split
+        validation_fraction: 0.1   # validation: the last 10 % of the training split
+
+The template's ``{fields}`` are the task's input fields; ``columns`` maps a field to a column of
+another name. The label column holds an index into ``labels`` unless ``label_map`` maps its raw
+values onto label names. ``metric`` is ``accuracy`` or ``mcc`` (CoLA).
+
+Every ptft command runs in its own process (a Snakemake job, maybe on another node), so the
+declarations travel with the job: the Snakefile puts the study's block into the environment
+variable ``PTFT_DATASETS`` (JSON), and :func:`ptft.data.registry.get_dataset` declares them from
+there on first use.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import string
+
+from ptft.data.registry import DATASETS, DatasetSpec
+from ptft.data.tasks import TASK_TYPES, TaskType
+
+KIND = "sequence_classification"
+ENV = "PTFT_DATASETS"
+METRICS = ("accuracy", "mcc")
+_SPEC_KEYS = ("hub_id", "hub_config", "revision", "train_split", "eval_split", "fewshot_split", "columns",
+              "label_column", "generator", "validation_fraction", "data_dir", "converter")  # fmt: skip
+_KEYS = ("labels", "template", "source", "domain", "label_map", "metric", *_SPEC_KEYS)
+
+
+def template_fields(template: str, where: str) -> tuple[str, ...]:
+    """The ``{field}`` names of ``template``, in order of first use."""
+    try:
+        names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as e:
+        raise ValueError(f"{where}.template: {e}") from None
+    if not names:
+        raise ValueError(f"{where}.template: {template!r} has no {{field}}; it must show the input")
+    bad = [n for n in names if not n.isidentifier()]
+    if bad:
+        raise ValueError(f"{where}.template: {bad[0]!r} is not a field name")
+    return tuple(dict.fromkeys(names))
+
+
+def build(name: str, entry: dict) -> tuple[TaskType, DatasetSpec]:
+    """The task type and the registry entry of declared dataset ``name``; raises naming the key."""
+    where = f"datasets.{name}"
+    if not isinstance(entry, dict):
+        raise ValueError(f"{where}: expected a mapping, got {entry!r}")
+    unknown = sorted(set(entry) - set(_KEYS))
+    if unknown:
+        raise ValueError(f"{where}.{unknown[0]}: unknown key; allowed: {', '.join(_KEYS)}")
+    labels = entry.get("labels")
+    if not isinstance(labels, list) or len(labels) < 2 or not all(isinstance(x, str) and x for x in labels):
+        raise ValueError(f"{where}.labels: expected a list of at least two label names, got {labels!r}")
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"{where}.labels: {labels} names a label twice")
+    if not isinstance(entry.get("template"), str):
+        raise ValueError(f'{where}.template: expected the input template (e.g. "{{premise}} {{hypothesis}}")')
+    fields = template_fields(entry["template"], where)
+    metric = entry.get("metric", "accuracy")
+    if metric not in METRICS:
+        raise ValueError(f"{where}.metric: {metric!r} is not one of {', '.join(METRICS)}")
+    source = entry.get("source", "toy" if entry.get("generator") else "hub")
+    if source == "hub" and not entry.get("hub_id"):
+        raise ValueError(f"{where}.hub_id: a hub dataset needs its hub id (or give source: toy and a generator)")
+    if source == "toy" and not entry.get("generator"):
+        raise ValueError(f"{where}.generator: a toy dataset needs a generator of ptft.toy.tasks")
+    fraction = entry.get("validation_fraction", 0.1)
+    if fraction is not None and not (isinstance(fraction, int | float) and 0 < fraction < 1):
+        raise ValueError(f"{where}.validation_fraction: expected a fraction in (0, 1) or null, got {fraction!r}")
+    label_map = entry.get("label_map")
+    if label_map is not None:
+        # A YAML study gives integer keys, its JSON copy in the environment string ones: one mapping either way.
+        label_map = {int(k) if isinstance(k, str) and k.lstrip("-").isdigit() else k: v for k, v in label_map.items()}
+        outside = sorted({str(v) for v in label_map.values()} - set(labels))
+        if outside:
+            raise ValueError(f"{where}.label_map: maps onto {outside}, which are not in labels {labels}")
+    task = TaskType(name=name, kind=KIND, fields=fields, formats={"default": entry["template"]},
+                    labels=tuple(labels), target_index="label", metric=metric)  # fmt: skip
+    spec_kw = {k: entry[k] for k in _SPEC_KEYS if k in entry}
+    spec_kw["validation_fraction"] = fraction
+    spec = DatasetSpec(name=name, task_type=name, domain=entry.get("domain", name), source=source,
+                       label_map=label_map, **spec_kw)  # fmt: skip
+    return task, spec
+
+
+def declare(block: dict | None) -> list[str]:
+    """Register every dataset of a study's ``datasets`` block; the names declared.
+
+    Declaring the same entry twice is harmless; a name of the built-in registry, or one declared
+    before with other settings, is an error naming it.
+    """
+    names = []
+    for name, entry in (block or {}).items():
+        task, spec = build(name, entry)
+        known = DATASETS.get(name)
+        if known is not None and (known != spec or TASK_TYPES.get(name) != task):
+            what = "a built-in dataset" if known.task.kind != KIND else "declared before with other settings"
+            raise ValueError(f"datasets.{name}: {name!r} is {what}; give the declared dataset another name")
+        TASK_TYPES[name], DATASETS[name] = task, spec
+        names.append(name)
+    return names
+
+
+def export(block: dict | None) -> None:
+    """Declare ``block`` here and put it into this process's environment, for the commands it starts."""
+    declare(block)
+    if block:
+        os.environ[ENV] = json.dumps(block, sort_keys=True)
+    else:
+        os.environ.pop(ENV, None)
+
+
+def declare_from_environment() -> None:
+    text = os.environ.get(ENV)
+    if text:
+        try:
+            block = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"environment variable {ENV}: not the JSON of a datasets block ({e})") from None
+        declare(block)
