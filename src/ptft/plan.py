@@ -34,8 +34,10 @@ RUN_FILES = {"model": "model", "log": "train_log.parquet", "probes": "probes.par
 PROBE_DEFAULTS = {"every": 25, "examples": 32, "path": None, "set": None, "eos": False, "argmax_of": None}
 # Settings added after studies had run: a run config leaves them out while they hold their default, so
 # that upgrading ptft re-runs (and invalidates the resumable state of) no existing run.
-LATER_DEFAULTS = {"warmup_steps": None, "schedule": "linear", "optimizer": "adamw", "max_prompt_length": None}
+LATER_DEFAULTS = {"warmup_steps": None, "schedule": "linear", "optimizer": "adamw", "max_prompt_length": None,
+                  "classifier_head": "linear", "classifier_dropout": 0.1}  # fmt: skip
 LATER_PROBE_DEFAULTS = {"set": None, "eos": False, "argmax_of": None}
+LATER_METHOD_DEFAULTS = {"lpft": {"folds": 5, "cs": 10}}  # a method's settings added since runs were made
 SNAPSHOT_DEFAULTS = {"every": None, "steps": None, "per_epoch": False, "start": True, "keep": False,
                      "select": "last", "metric": "loss"}  # fmt: skip
 # A run starts from the pre-training checkpoint unless its task's ``from`` names another run.
@@ -361,6 +363,9 @@ class Plan:
         for key, default in LATER_DEFAULTS.items():
             if cfg.get(key, default) == default:
                 cfg.pop(key, None)
+        for key, default in LATER_METHOD_DEFAULTS.get(method, {}).items():
+            if cfg.get(method, {}).get(key, default) == default:
+                cfg[method] = {k: v for k, v in cfg[method].items() if k != key}
         if cfg.get("probes"):
             probes = {k: v for k, v in cfg["probes"].items() if LATER_PROBE_DEFAULTS.get(k, ...) != v}
             if probes.get("set") is not None:

@@ -3,7 +3,7 @@
 import pytest
 
 from ptft.data.tasks import TASK_TYPES, TaskType
-from ptft.evaluate.metrics import METRICS, accuracy, get_metric, higher_is_better, rouge_l
+from ptft.evaluate.metrics import AGGREGATIONS, METRICS, accuracy, get_metric, higher_is_better, rouge_l
 from ptft.evaluate.scorers import SCORERS, default_metric, get_scorer, register_scorer, unregister_scorer
 from ptft.evaluate.scoring import score_items
 
@@ -21,7 +21,8 @@ def test_every_metric_named_is_registered_with_a_direction_and_definition(name):
     assert metric.name == name
     assert isinstance(metric.higher_is_better, bool)
     assert metric.definition.strip()
-    assert metric.aggregation in ("mean", "token_mean")
+    assert metric.aggregation in AGGREGATIONS
+    assert (metric.corpus is not None) == (metric.aggregation == "corpus")
 
 
 def test_directions():

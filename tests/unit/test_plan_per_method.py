@@ -85,8 +85,21 @@ def test_settings_added_later_leave_an_existing_run_config_as_it_was():
     cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
     validate_study(cfg)
     run_cfg = build_plan(copy.deepcopy(cfg)).run_config("toy_nli", "full")
-    for key in ("optimizer", "schedule", "warmup_steps", "max_prompt_length", "per_method"):
+    for key in (
+        "optimizer",
+        "schedule",
+        "warmup_steps",
+        "max_prompt_length",
+        "per_method",
+        "classifier_head",
+        "classifier_dropout",
+    ):
         assert key not in run_cfg
     assert set(run_cfg["probes"]) == {"every", "examples", "path"}
+    # lpft's folds and cs (for a classifier head) at their defaults: its label-word runs keep their config
+    assert build_plan(copy.deepcopy(cfg)).run_config("toy_nli", "lpft")["lpft"] == {"l2": 0.001, "max_iter": 100,
+                                                                                  "batch_size": 16}  # fmt: skip
+    cfg["finetune"]["lpft"] = {"folds": 3}
+    assert build_plan(copy.deepcopy(cfg)).run_config("toy_nli", "lpft")["lpft"]["folds"] == 3
     cfg["finetune"]["optimizer"] = "rmsprop"
     assert build_plan(cfg).run_config("toy_nli", "full")["optimizer"] == "rmsprop"

@@ -2,19 +2,23 @@
 
 Columns and meaning are specified in docs/architecture.md ("The result tables"). Each row is the mean of the
 per-example scores of one model on one eval set in one prompt format, with a seeded percentile
-bootstrap interval (see :func:`ptft.aggregate.bootstrap.percentile_ci`).
+bootstrap interval (see :func:`ptft.aggregate.bootstrap.percentile_ci`); for a corpus-level metric
+(``aggregation="corpus"`` in :mod:`ptft.evaluate.metrics`, e.g. ``mcc``) it is the metric's corpus
+function of all the examples' predicted and gold labels, with the same bootstrap over examples
+(:func:`corpus_ci`).
 """
 
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import pandas as pd
 
-from ptft.aggregate.bootstrap import percentile_ci
+from ptft.aggregate.bootstrap import percentile_ci, resampled_ci
 from ptft.data.tasks import FORMATS
+from ptft.evaluate.metrics import get_metric
 from ptft.plan import BASE, RELATIONS
 
 PERFORMANCE_COLUMNS = (
@@ -51,6 +55,8 @@ GROUP_KEYS = ["model", "eval_set", "format", "metric"]
 META_COLUMNS = ["checkpoint", "train_task", "method", "lr", "seed", "train_size", "parent", "ft_step", "shots",
                 "eval_task", "relation"]  # fmt: skip
 REQUIRED_PREDICTION_COLUMNS = (*GROUP_KEYS, *META_COLUMNS, "example_id", "score")
+# A corpus-level metric is computed from the label strings, not from "score"; required where one is present.
+LABEL_COLUMNS = ("prediction", "gold")
 # lr and seed are null for base models, train_size without a size sweep, parent for a run from a
 # checkpoint; nothing else may be.
 NULLABLE_PREDICTION_COLUMNS = ("lr", "seed", "train_size", "parent", "ft_step")
@@ -123,6 +129,10 @@ def performance_table(
     its change over the base row of the same checkpoint, eval set, format and metric
     (:func:`paired_diff_ci`, seeded by the row's key plus ``"paired"``); null for base rows and
     where no base row exists.
+    For a metric whose aggregation is ``"corpus"`` (:func:`ptft.evaluate.metrics.get_metric`),
+    ``score`` is ignored: ``value`` is the metric's corpus function of all the examples'
+    ``prediction`` and ``gold`` strings, and the intervals are :func:`corpus_ci` and
+    :func:`paired_corpus_diff_ci` with the same seeds, resamples and confidence.
     ``step`` and ``tokens`` come from ``manifest["checkpoints"]`` by checkpoint name (null when the
     checkpoint or the field is missing). ``lr_selected`` marks the fine-tuned run whose lr was
     chosen on validation (``selections``, from ``ptft.finetune.select``) true and the other runs
@@ -130,9 +140,10 @@ def performance_table(
     Columns are in :data:`PERFORMANCE_COLUMNS` order; rows
     are sorted by method, train_task, step, checkpoint, lr, seed, eval_set, format, metric.
 
-    Raises ``ValueError`` if a required column is missing, a non-nullable column has nulls, a
-    score is missing, an example appears twice in a group, or the metadata (checkpoint, method,
-    relation, …) of one group is not constant.
+    Raises ``ValueError`` if a required column is missing, a metric is not registered, a
+    non-nullable column has nulls, a score is missing, an example appears twice in a group, the
+    metadata (checkpoint, method, relation, …) of one group is not constant, or rows of a
+    corpus-level metric lack ``prediction`` or ``gold`` (the column or a value).
     """
     predictions = predictions.assign(**{c: v for c, v in AXIS_DEFAULTS.items() if c not in predictions.columns})
     if predictions["ft_step"].isna().any():  # a pre-training checkpoint has had no fine-tuning step
@@ -142,6 +153,7 @@ def performance_table(
         raise ValueError(f"predictions: missing required column(s): {', '.join(missing)}")
     pred = predictions[list(REQUIRED_PREDICTION_COLUMNS)]
     _check_predictions(pred)
+    corpus, labels = _corpus_labels(predictions)
 
     meta = pred[GROUP_KEYS + META_COLUMNS].drop_duplicates(GROUP_KEYS)
     groups = {key: rows.set_index("example_id")["score"] for key, rows in pred.groupby(GROUP_KEYS, sort=False)}
@@ -152,13 +164,23 @@ def performance_table(
     stats = []
     for m in meta.itertuples(index=False):
         key = (m.model, m.eval_set, m.format, m.metric)
-        values = groups[key].to_numpy(dtype=np.float64)
-        low, high = percentile_ci(values, resamples, confidence, row_seed(seed, *key))
-        diff = (np.nan, np.nan)
         base = base_of.get((m.checkpoint, m.eval_set, m.format, m.metric))
-        if m.method != "base" and base is not None:
-            diff = paired_diff_ci(groups[key], groups[base], resamples, confidence, row_seed(seed, *key, "paired"))
-        stats.append((*key, values.mean(), low, high, values.size, *diff))
+        paired = m.method != "base" and base is not None
+        diff = (np.nan, np.nan)
+        if m.metric in corpus:
+            fn, (ids, predicted, gold) = corpus[m.metric], labels[key]
+            value, size = float(fn(predicted, gold)), ids.size
+            low, high = corpus_ci(predicted, gold, fn, resamples, confidence, row_seed(seed, *key))
+            if paired:
+                diff = paired_corpus_diff_ci(labels[key], labels[base], fn, resamples, confidence,
+                                             row_seed(seed, *key, "paired"))  # fmt: skip
+        else:
+            values = groups[key].to_numpy(dtype=np.float64)
+            value, size = values.mean(), values.size
+            low, high = percentile_ci(values, resamples, confidence, row_seed(seed, *key))
+            if paired:
+                diff = paired_diff_ci(groups[key], groups[base], resamples, confidence, row_seed(seed, *key, "paired"))
+        stats.append((*key, value, low, high, size, *diff))
     stats = pd.DataFrame(stats, columns=[*GROUP_KEYS, "value", "ci_low", "ci_high", "n", "diff_ci_low", "diff_ci_high"])
 
     table = meta.merge(stats, on=GROUP_KEYS, how="inner", validate="one_to_one")
@@ -183,6 +205,70 @@ def paired_diff_ci(
     shared = scores.index.intersection(base.index)
     diffs = scores.loc[shared].to_numpy(dtype=np.float64) - base.loc[shared].to_numpy(dtype=np.float64)
     return percentile_ci(diffs, resamples, confidence, seed)
+
+
+CorpusFn = Callable[[np.ndarray, np.ndarray], float]
+# One row's examples: their example_ids, predicted labels and gold labels, aligned.
+Labels = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def corpus_ci(
+    predictions: np.ndarray, golds: np.ndarray, corpus: CorpusFn, resamples: int, confidence: float, seed: int
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``corpus(predictions, golds)`` over resampled examples.
+
+    Each resample draws ``n = len(predictions)`` examples with replacement, the rows of the index
+    matrix :func:`ptft.aggregate.bootstrap.percentile_ci` would draw for ``n`` scores with ``seed``,
+    and takes ``corpus(predictions[idx], golds[idx])``, a prediction staying with its gold
+    (:func:`ptft.aggregate.bootstrap.resampled_ci`). ``n == 0`` gives ``(nan, nan)``.
+    """
+    return resampled_ci(lambda idx: corpus(predictions[idx], golds[idx]), len(predictions), resamples, confidence, seed)
+
+
+def paired_corpus_diff_ci(
+    labels: Labels, base: Labels, corpus: CorpusFn, resamples: int, confidence: float, seed: int
+) -> tuple[float, float]:
+    """Paired percentile bootstrap interval of ``corpus(labels) − corpus(base)`` over shared examples.
+
+    The pairing rule of :func:`paired_diff_ci`: only examples (``example_id``) present in both count,
+    in the order they have in ``labels``, and each resample takes the same examples from both models:
+    with ``idx`` a row of the index matrix drawn for that many examples and ``seed``, the resample's
+    change is ``corpus(p[idx], g[idx]) − corpus(p_base[idx], g_base[idx])``, each model with its own
+    gold labels. No shared example gives ``(nan, nan)``.
+    """
+    ids, predicted, gold = labels
+    base_ids, base_predicted, base_gold = base
+    shared = pd.Index(ids).intersection(pd.Index(base_ids))
+    here, there = pd.Index(ids).get_indexer(shared), pd.Index(base_ids).get_indexer(shared)
+    p, g, bp, bg = predicted[here], gold[here], base_predicted[there], base_gold[there]
+    return resampled_ci(lambda idx: corpus(p[idx], g[idx]) - corpus(bp[idx], bg[idx]), len(shared), resamples,
+                        confidence, seed)  # fmt: skip
+
+
+def _corpus_labels(predictions: pd.DataFrame) -> tuple[dict[str, CorpusFn], dict[tuple, Labels]]:
+    """The corpus functions of the corpus-level metrics present, and each of their rows' :data:`Labels`."""
+    corpus = {}
+    for name in predictions["metric"].unique():
+        metric = get_metric(name)
+        if metric.aggregation == "corpus":
+            corpus[name] = metric.corpus
+    if not corpus:
+        return corpus, {}
+    missing = [c for c in LABEL_COLUMNS if c not in predictions.columns]
+    if missing:
+        raise ValueError(f"predictions: missing column(s) {', '.join(missing)}, required for metric(s) "
+                         f"{', '.join(corpus)}")  # fmt: skip
+    rows = predictions.loc[predictions["metric"].isin(list(corpus)), [*GROUP_KEYS, "example_id", *LABEL_COLUMNS]]
+    for column in LABEL_COLUMNS:
+        if rows[column].isna().any():
+            raise ValueError(f"predictions: column {column!r} has {int(rows[column].isna().sum())} null value(s) "
+                             f"in rows of metric(s) {', '.join(corpus)}")  # fmt: skip
+    # Fixed-width numpy strings: the corpus function sorts them on every resample, three times faster than objects.
+    labels = {}
+    for key, group in rows.groupby(GROUP_KEYS, sort=False):
+        predicted, gold = group["prediction"].to_numpy(dtype=str), group["gold"].to_numpy(dtype=str)
+        labels[key] = (group["example_id"].to_numpy(), predicted, gold)
+    return corpus, labels
 
 
 def _lr_selected(table: pd.DataFrame, selections: list[dict]) -> list:

@@ -7,7 +7,8 @@ per-example function; ``acc``/``acc_norm`` are decided from log-likelihoods by t
 scorer, and ``loss``/``score`` are validation numbers of a training run, so those carry none.
 
 Adding a metric: one :func:`register_metric` call below (name, definition, ``higher_is_better``,
-per-example function if any); a scorer that produces it lists it in its ``metrics``
+per-example function if any, or ``aggregation="corpus"`` and the corpus function of a metric that is
+not a mean over examples); a scorer that produces it lists it in its ``metrics``
 (:mod:`ptft.evaluate.scorers`).
 
 This module imports nothing heavy: :mod:`ptft.data.tasks` reaches it through the scorer registry.
@@ -25,7 +26,16 @@ class Metric:
     definition: str  # how one value is computed and how values aggregate, exactly
     higher_is_better: bool
     per_example: Callable[..., float] | None = None  # (prediction, gold, **options) -> value
-    aggregation: str = "mean"  # "mean": over examples; "token_mean": over completion tokens
+    # "mean": the mean of per-example values; "token_mean": a mean over completion tokens; "corpus": one value
+    # computed from all examples at once by ``corpus`` (not a mean of anything, so not decomposable per example).
+    aggregation: str = "mean"
+    # (predictions, golds) -> value, the whole eval set's label strings in example order; set exactly when
+    # aggregation is "corpus". The aggregation also applies it to bootstrap resamples of the examples
+    # (ptft.aggregate.performance), given as 1-D numpy string arrays.
+    corpus: Callable[[Sequence[str], Sequence[str]], float] | None = None
+
+
+AGGREGATIONS = ("mean", "token_mean", "corpus")
 
 
 METRICS: dict[str, Metric] = {}
@@ -36,6 +46,14 @@ def register_metric(metric: Metric) -> Metric:
         raise ValueError(f"metric {metric.name!r} is already registered")
     if not metric.definition.strip():
         raise ValueError(f"metric {metric.name!r}: a definition is required")
+    if metric.aggregation not in AGGREGATIONS:
+        raise ValueError(
+            f"metric {metric.name!r}: aggregation must be one of {AGGREGATIONS}, got {metric.aggregation!r}"
+        )
+    if (metric.aggregation == "corpus") != (metric.corpus is not None):
+        raise ValueError(
+            f"metric {metric.name!r}: a corpus function is required with, and only with, aggregation 'corpus'"
+        )
     METRICS[metric.name] = metric
     return metric
 
@@ -60,6 +78,14 @@ def rouge_l_one(prediction: str, gold: str, stemmer: bool = False) -> float:
     from ptft.evaluate.rouge import rouge_l_fmeasure
 
     return rouge_l_fmeasure(prediction, gold, stemmer)
+
+
+def matthews_corrcoef(predictions: Sequence[str], golds: Sequence[str]) -> float:
+    """:func:`ptft.evaluate.calibration.matthews` of ``predictions`` vs ``golds`` (sklearn's ``matthews_corrcoef``)."""
+    # calibration imports scipy (a quarter of a second), which a plan or a task lookup never needs.
+    from ptft.evaluate.calibration import matthews
+
+    return matthews(predictions, golds)
 
 
 def accuracy(predictions: Sequence[str], golds: Sequence[str]) -> list[float]:
@@ -146,5 +172,21 @@ register_metric(
             "(ptft.finetune.train.validation_score). Aggregation: mean over examples."
         ),
         higher_is_better=True,
+    )
+)
+register_metric(
+    Metric(
+        name="mcc",
+        definition=(
+            "Corpus-level, no per-example value: the Matthews correlation coefficient of the predicted vs the gold "
+            "labels over the whole eval set; for more than two classes Gorodkin's R_K, with t_k / p_k the number of "
+            "gold / predicted labels k, c the number correct and s the number of examples, "
+            "(c*s - sum_k t_k p_k) / sqrt((s^2 - sum_k p_k^2) (s^2 - sum_k t_k^2)), and 0 when the denominator is 0, "
+            "as sklearn.metrics.matthews_corrcoef (ptft.evaluate.calibration.matthews). CoLA's metric in GLUE. "
+            "Aggregation: computed once from all examples, not a mean of per-example values."
+        ),
+        higher_is_better=True,
+        aggregation="corpus",
+        corpus=matthews_corrcoef,
     )
 )

@@ -33,6 +33,7 @@ from tqdm import tqdm
 from ptft import io
 from ptft.checkpoints.load import load_pretrained
 from ptft.data.registry import get_dataset
+from ptft.evaluate.metrics import get_metric
 from ptft.evaluate.scoring import build_prompts, score_items
 from ptft.provenance import checkpoint_identity, file_digest, sha256_text
 from ptft.signals import StopRequested
@@ -134,8 +135,10 @@ def score_part(model, tokenizer, meta: dict, ev: dict, fmt: str, data_dir: Path,
                 }
             )
         )
-        mean = sum(result["score"]) / len(items)
-        log.info("%s %s %s: %s = %.3f", meta["model"], eval_set, fmt, result["metric"], mean)
+        metric = get_metric(result["metric"])
+        value = (metric.corpus(result["prediction"], result["gold"]) if metric.aggregation == "corpus"
+                 else sum(result["score"]) / len(items))  # fmt: skip
+        log.info("%s %s %s: %s = %.3f", meta["model"], eval_set, fmt, result["metric"], value)
     return pd.concat(frames, ignore_index=True)
 
 
@@ -161,6 +164,10 @@ def evaluate_model(
     model = tokenizer = None
     frames = []
     jobs = [(e, f) for e in evaluations for f in e["formats"]]
+    tasks = [get_dataset(e["eval_set"]).task for e in evaluations]
+    if len({len(t.labels) for t in tasks if t.kind == "sequence_classification"}) > 1:
+        raise ValueError(f"evaluate {meta['model']}: its eval sets have classifier heads of different sizes "
+                         f"({', '.join(e['eval_set'] for e in evaluations)}); a model has one head")  # fmt: skip
     for ev, fmt in tqdm(jobs, desc=f"evaluate {meta['model']}", mininterval=5):
         path = None
         if state_dir is not None:
@@ -174,7 +181,13 @@ def evaluate_model(
         if model is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
             dtype = torch.bfloat16 if device == "cuda" else torch.float32
-            model, tokenizer = load_pretrained(model_dir, dtype=dtype, device=device)
+            heads_of = {len(t.labels) for t in tasks if t.kind == "sequence_classification"}
+            if heads_of:  # a classifier (a declared classification dataset) is scored by its own head
+                from ptft.finetune.heads import load_classifier
+
+                model, tokenizer = load_classifier(model_dir, heads_of.pop(), dtype=dtype, device=device)
+            else:
+                model, tokenizer = load_pretrained(model_dir, dtype=dtype, device=device)
             model.eval()
         part = score_part(model, tokenizer, meta, ev, fmt, data_dir, cfg, seed)
         if path is not None:

@@ -105,6 +105,30 @@ def score_classification(model, tokenizer, task: TaskType, items, prompts, golds
     ]
 
 
+@register_scorer("sequence_classification", metrics=("accuracy", "mcc"))
+def score_sequence_classification(model, tokenizer, task: TaskType, items, prompts, golds, cfg) -> list[dict]:
+    """The classifier head's most probable class, with every class's log-probability (ptft.evaluate.head).
+
+    Accuracy per example; Matthews correlation (CoLA) is a property of the whole set, computed from the
+    predictions and golds where results are aggregated.
+    """
+    from ptft.evaluate.head import class_logprobs
+
+    logprobs, cut = class_logprobs(model, tokenizer, [str(p) for p in prompts], cfg["batch_size"])
+    predictions = [task.labels[max(range(len(row)), key=row.__getitem__)] for row in logprobs]
+    return [
+        {
+            "metric": metric,
+            "prediction": predictions,
+            "gold": golds,
+            "score": accuracy(predictions, golds),
+            "label_logprobs": logprobs,
+            "truncated_tokens": cut,
+        }
+        for metric in task.metrics
+    ]
+
+
 @register_scorer("generation", metrics=("rougeL",))
 def score_generation(model, tokenizer, task: TaskType, items, prompts, golds, cfg) -> list[dict]:
     """Greedy generation cut at the stop string, scored by ROUGE-L against the gold."""

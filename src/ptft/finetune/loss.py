@@ -57,3 +57,16 @@ def sequence_logps(model, batch: dict, fast: bool, kept: KeptGrads | None = None
     seq = sequence_index(batch)[:, 1:][keep]
     n = int(sequence_index(batch).max()) + 1
     return torch.zeros(n, device=token_logps.device, dtype=token_logps.dtype).index_add(0, seq, token_logps)
+
+
+def classifier_loss(model, batch: dict, fast: bool = False, kept: KeptGrads | None = None) -> torch.Tensor:
+    """Summed cross-entropy of a classifier head's logits against each row's class.
+
+    A classification example's labels hold its class at its last position and ``IGNORE`` elsewhere
+    (:meth:`ptft.finetune.methods.Method.encode`), so it counts as one target in the step's normalisation.
+    """
+    inputs = {k: v for k, v in batch.items() if k not in NOT_MODEL_INPUTS}
+    logits = model(**inputs).logits
+    targets = batch["labels"].max(1).values
+    return torch.nn.functional.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), targets,
+                                             reduction="sum")  # fmt: skip

@@ -42,7 +42,7 @@ from tqdm import tqdm
 from ptft import io, provenance, signals
 from ptft.checkpoints.load import load_pretrained
 from ptft.data.registry import get_dataset
-from ptft.finetune import optim, probes, snapshots, state
+from ptft.finetune import heads, optim, probes, snapshots, state
 from ptft.finetune.batching import (
     collate,
     collate_padded,
@@ -53,7 +53,7 @@ from ptft.finetune.batching import (
     with_targets,
 )
 from ptft.finetune.grad_buffers import KeptGrads
-from ptft.finetune.loss import completion_loss
+from ptft.finetune.loss import classifier_loss, completion_loss
 from ptft.finetune.methods import RunInputs, get_method, unwrap
 from ptft.finetune.packed_attention import use_packed_attention
 
@@ -135,6 +135,7 @@ def validation_score(model, tokenizer, task, records: list[dict], fmt: str, seed
     ``scoring``: the study's evaluation settings (``batch_size``, ``max_new_tokens``, ``stop``,
     ``rouge_stemmer``), as :func:`ptft.evaluate.scoring.score_items` takes them.
     """
+    from ptft.evaluate.metrics import get_metric
     from ptft.evaluate.scoring import build_prompts, score_items
 
     items = [{**r, "idx": i} for i, r in enumerate(records)]
@@ -142,6 +143,9 @@ def validation_score(model, tokenizer, task, records: list[dict], fmt: str, seed
     prompts = build_prompts(task, items, [], fmt, 0, seed, task.name)
     result = score_items(model, tokenizer, task, items, prompts, scoring)[0]
     model.train()
+    metric = get_metric(result["metric"])
+    if metric.aggregation == "corpus":  # Matthews correlation (CoLA) is the whole set's, not a mean
+        return float(metric.corpus(result["prediction"], result["gold"]))
     return float(np.mean(result["score"]))
 
 
@@ -252,6 +256,7 @@ def train_loop(
     desc: str = "finetune",
     stop: signals.StopRequested | None = None,
     fingerprint: dict | None = None,
+    lm: bool = True,
 ) -> LoopResult:
     """Train ``model`` in place on encoded examples.
 
@@ -262,7 +267,8 @@ def train_loop(
     :class:`ptft.signals.Interrupted` is raised. ``stop`` is the command's handler,
     installed at process start; without one the loop installs its own and restores the previous
     handlers when it ends. ``loss_fn(model, batch, fast, kept)`` is the method's summed loss of a
-    micro-batch. ``snapshotter`` saves the model at its steps (0 is before the first update);
+    micro-batch; ``lm=False`` (a classifier head's loss) runs it on plain padded batches, without
+    the language model's shortcuts. ``snapshotter`` saves the model at its steps (0 is before the first update);
     ``progress.snapshots`` records them, so a resumed run keeps those taken before the state was
     saved and takes the others.
 
@@ -284,7 +290,7 @@ def train_loop(
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = optim.make_optimizer(trainable, cfg, lr, device)
     # CUDA's caching allocator already reuses gradient memory; on CPU, see grad_buffers.
-    kept = KeptGrads(model) if device.type == "cpu" else None
+    kept = KeptGrads(model) if device.type == "cpu" and lm else None
     micro, accum = cfg["batch_size"], cfg["grad_accum"]
     total_steps = count_steps(len(examples), cfg)
     warmup = optim.warmup_steps(total_steps, cfg)
@@ -292,9 +298,12 @@ def train_loop(
     if snapshotter is not None:  # a snapshot step beyond the run fails here, before anything trains
         snapshotter.schedule(total_steps, math.ceil(len(examples) / micro), accum)
     with contextlib.ExitStack() as cleanup:
-        if cfg["batching"] == "packed":  # a model on SDPA attends example by example within a packed row
-            cleanup.enter_context(use_packed_attention(unwrap(model)))
-        batching, fast = check_shortcuts(model, examples, cfg["batching"], pad_id, device, kept)
+        if not lm:  # a classifier pools one row per example: no packing, and its head is no LM head
+            batching, fast = "grouped" if cfg["batching"] == "packed" else cfg["batching"], False
+        else:
+            if cfg["batching"] == "packed":  # a model on SDPA attends example by example within a packed row
+                cleanup.enter_context(use_packed_attention(unwrap(model)))
+            batching, fast = check_shortcuts(model, examples, cfg["batching"], pad_id, device, kept)
 
         # -- Resume: weights, optimizer, RNG streams and progress as saved, the data stream at the saved step.
         step = 0
@@ -435,7 +444,15 @@ def finetune(
     set_seed(seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     # fp32 master weights; bf16 runs autocast the forward pass (mixed precision, as the paper's bf16).
-    model, tokenizer = load_pretrained(checkpoint, dtype=torch.float32, device=device)
+    lm = task.kind != "sequence_classification"
+    if lm:
+        model, tokenizer = load_pretrained(checkpoint, dtype=torch.float32, device=device)
+    else:
+        head, dropout = cfg.get("classifier_head", "linear"), cfg.get("classifier_dropout", 0.1)
+        model, tokenizer = heads.load_classifier(checkpoint, len(task.labels), head=head, dropout=dropout,
+                                                 dtype=torch.float32, device=device,
+                                                 id2label=dict(enumerate(task.labels)))  # fmt: skip
+    loss_fn = impl.loss if lm else classifier_loss
     window = context_window(model.config)
     if window is not None and cfg["max_length"] > window:
         log.warning("finetune.max_length=%d exceeds the context window of %s (%d positions); using max_length=%d",
@@ -478,7 +495,7 @@ def finetune(
     def validate(model, batching: str, fast: bool, score: bool = True) -> dict:
         """The validation loss, and score with ``score`` and ``validation_score``, of ``model`` as it is now."""
         values = {"loss": validation_loss(model, val_examples, batching, tokenizer.pad_token_id, cfg["batch_size"],
-                                          fast, device, impl.loss)}  # fmt: skip
+                                          fast, device, loss_fn)}  # fmt: skip
         if score and scoring:
             values["score"] = validation_score(model, tokenizer, task, val_records, fmt, seed, scoring)
         return values
@@ -497,9 +514,13 @@ def finetune(
 
     diverged = None
     try:
-        trained = train_loop(model, examples, cfg, lr, seed, tokenizer.pad_token_id, state_path,
-                             state.Progress(method_stats=method_stats), prober, snapshotter, impl.loss,
-                             desc=f"finetune {task_name} ({method})", stop=stop, fingerprint=fingerprint)  # fmt: skip
+        if not impl.trains:  # the method's preparation is the result (lp): no step, no state to resume
+            trained = LoopResult(state.Progress(method_stats=method_stats), 0, "grouped", False)
+        else:
+            trained = train_loop(model, examples, cfg, lr, seed, tokenizer.pad_token_id, state_path,
+                                 state.Progress(method_stats=method_stats), prober, snapshotter, loss_fn,
+                                 desc=f"finetune {task_name} ({method})", stop=stop, fingerprint=fingerprint,
+                                 lm=lm)  # fmt: skip
     except Diverged as err:
         # A run of an lr grid (it has a validation split) is recorded as diverged, so that the
         # selection skips it and the grid's other lrs still count; a run on its own fails.

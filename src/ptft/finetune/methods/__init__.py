@@ -12,6 +12,8 @@ result (:meth:`Method.save`).
 - ``instruct`` (:mod:`.instruct`): every parameter trains, on a chat dataset.
 - ``dpo`` (:mod:`.dpo`): direct preference optimisation on preference pairs, from a reference model.
 - ``extend`` (:mod:`.extend`): supervised fine-tuning on the chosen and the rejected responses.
+- ``lp`` (:mod:`.lp`): a classifier head fitted by cross-validated logistic regression on frozen features.
+- ``lp_lora`` (:mod:`.lp_lora`): that head first, then LoRA adapters and the head train.
 
 Adding a method is one module with a :class:`Method` subclass, listed below for registration.
 """
@@ -32,10 +34,12 @@ from ptft.finetune.methods.extend import Extend
 from ptft.finetune.methods.full import Full
 from ptft.finetune.methods.instruct import Instruct
 from ptft.finetune.methods.lora import LoRA, LoraConfig, apply_lora
+from ptft.finetune.methods.lp import LP, LpConfig
+from ptft.finetune.methods.lp_lora import LPLoRA, LpLoraConfig
 from ptft.finetune.methods.lpft import LPFT, LpftConfig
 
 # Registration order is the order of METHOD_NAMES, the command line's choices.
-for _method in (Full, LoRA, LPFT, Instruct, DPO, Extend):
+for _method in (Full, LoRA, LPFT, Instruct, DPO, Extend, LP, LPLoRA):
     register(_method)
 METHOD_NAMES = registered()
 
@@ -46,9 +50,13 @@ __all__ = [
     "Extend",
     "Full",
     "Instruct",
+    "LP",
     "LPFT",
+    "LPLoRA",
     "LoRA",
     "LoraConfig",
+    "LpConfig",
+    "LpLoraConfig",
     "LpftConfig",
     "Method",
     "RunInputs",

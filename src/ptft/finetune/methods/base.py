@@ -49,6 +49,7 @@ class Method:
     name: ClassVar[str]
     task_kinds: ClassVar[tuple[str, ...]]  # the task kinds (ptft.data.tasks) it accepts
     config: ClassVar[type | None] = None  # dataclass of its block ``finetune.<name>``; None: it has none
+    trains: ClassVar[bool] = True  # False: prepare makes the result, the loop runs no step (lp)
 
     def check_task(self, task: str, kind: str) -> None:
         """Raise ``ValueError`` if this method cannot train on task ``task`` of kind ``kind``."""
@@ -75,6 +76,8 @@ class Method:
         """
         from ptft.finetune.batching import encode_examples
 
+        if dataset.task.kind == "sequence_classification":
+            return encode_classes(tokenizer, dataset.task, records, cfg["max_length"])
         if dataset.task.kind == "preference":
             return [r["chosen"] for r in self.encode_responses(tokenizer, dataset, records, cfg, ("chosen",))]
         return encode_examples(tokenizer, dataset.task, records, cfg["format"], cfg["max_length"])
@@ -103,6 +106,20 @@ class Method:
         from ptft import io
 
         io.write_pretrained(path, model, tokenizer, origin(base_checkpoint))
+
+
+def encode_classes(tokenizer, task, records: list[dict], max_length: int) -> list[tuple[list[int], list[int]]]:
+    """Examples of a classifier head: the input template's tokens, and labels holding the class at the last position.
+
+    The one non-ignored label makes the example count once in a step's normalisation, as one
+    target token does, so the shared loop, batching and validation take it unchanged.
+    """
+    from ptft.data.prompts import render_prompt
+    from ptft.finetune.batching import IGNORE
+    from ptft.finetune.heads import encode_inputs
+
+    ids = encode_inputs(tokenizer, [render_prompt(task, r, "default") for r in records], max_length)
+    return [(x, [IGNORE] * (len(x) - 1) + [int(r["label"])]) for x, r in zip(ids, records, strict=True)]
 
 
 def origin(base_checkpoint) -> dict | None:

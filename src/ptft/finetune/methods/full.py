@@ -6,7 +6,7 @@ from ptft.finetune.methods.base import Method
 
 # Every task kind of ptft.data.tasks but "chat", which is instruction tuning's. On a preference
 # task, supervised fine-tuning trains on the chosen response (Method.encode).
-LABELLED_KINDS = ("classification", "generation", "multiple_choice", "text", "preference")
+LABELLED_KINDS = ("classification", "sequence_classification", "generation", "multiple_choice", "text", "preference")
 
 
 class Full(Method):

@@ -49,7 +49,8 @@ def apply_lora(model, lora: dict):
         lora_dropout=lora["dropout"],
         target_modules=lora["target_modules"],
         bias="none",
-        task_type="CAUSAL_LM",
+        # A classifier's head trains beside the adapters: peft keeps it as a module to save for this task type.
+        task_type="SEQ_CLS" if type(model).__name__.endswith("ForSequenceClassification") else "CAUSAL_LM",
     )
     return get_peft_model(model, config)
 
@@ -60,7 +61,7 @@ class LoRA(Method):
     config = LoraConfig
 
     def prepare(self, model, run: RunInputs):
-        model = apply_lora(model, run.cfg["lora"])
+        model = apply_lora(model, run.cfg[self.name])
         if run.cfg["gradient_checkpointing"]:
             # The frozen embeddings' output needs a gradient for checkpointed layers to backpropagate.
             model.enable_input_require_grads()
@@ -69,7 +70,7 @@ class LoRA(Method):
     def save(self, path, model, tokenizer, cfg: dict, base_checkpoint) -> None:
         from ptft import io
 
-        if cfg["lora"]["save"] == "merged":
+        if cfg[self.name]["save"] == "merged":
             io.write_pretrained(path, merged_copy(model), tokenizer, origin(base_checkpoint))
             return
         base, revision = base_source(base_checkpoint)

@@ -1,5 +1,8 @@
 """``lpft``: linear probing, then fine-tuning (Tomihari & Sato 2024), for classification tasks.
 
+On a declared classification dataset the model has a classifier head, fitted as :mod:`.lp` fits
+it; on a task of label words, the head is the LM head's label rows, as follows.
+
 **The linear head of a causal LM.** TokenProb scoring (``ptft.evaluate.tokenprob``) predicts a
 label from the LM head's logits of the label tokens at the last prompt position, so for a
 classification task the rows of the LM head that belong to the labels' first tokens *are* a
@@ -31,11 +34,16 @@ class LpftConfig:
     batch_size: int = field(
         default=16, metadata={"help": "prompts per forward pass when computing the features", "minimum": 1}
     )
+    # A classifier head (a declared dataset) is fitted as lp fits it (ptft.finetune.methods.lp), by these two.
+    folds: int = field(default=5, metadata={"help": "classifier head: cross-validation folds choosing the L2 "
+                                            "strength (l2 is for label words)", "minimum": 2})  # fmt: skip
+    cs: int = field(default=10, metadata={"help": "classifier head: values of C tried, log-spaced 1e-4..1e4",
+                                          "minimum": 1})  # fmt: skip
 
 
 class LPFT(Method):
     name = "lpft"
-    task_kinds = ("classification",)
+    task_kinds = ("classification", "sequence_classification")
     config = LpftConfig
 
     def refusal(self, task: str, kind: str) -> str:
@@ -44,6 +52,12 @@ class LPFT(Method):
         return f"finetune.methods: lpft fits a linear head on labels; task {task!r} is {kind}"
 
     def prepare(self, model, run: RunInputs):
+        if run.task.kind == "sequence_classification":
+            from ptft.finetune.methods.lp import LpConfig, fit_head
+
+            block = run.cfg["lpft"]  # folds and cs left out of a run config at their defaults (ptft.plan)
+            lp = {k: block.get(k, getattr(LpConfig, k)) for k in ("folds", "cs", "max_iter", "batch_size")}
+            return model, ({} if run.resuming else fit_head(model, run, lp))
         if run.resuming:  # the fitted head is in the saved state, loaded over this one
             untie_head(unwrap(model))
             return model, {}
