@@ -39,7 +39,7 @@ LATER_DEFAULTS = {"warmup_steps": None, "schedule": "linear", "optimizer": "adam
 LATER_PROBE_DEFAULTS = {"set": None, "eos": False, "argmax_of": None}
 LATER_METHOD_DEFAULTS = {"lpft": {"folds": 5, "cs": 10}}  # a method's settings added since runs were made
 SNAPSHOT_DEFAULTS = {"every": None, "steps": None, "per_epoch": False, "start": True, "keep": False,
-                     "select": "last", "metric": "loss"}  # fmt: skip
+                     "select": "last", "metric": "loss", "trajectory": True}  # fmt: skip
 # A run starts from the pre-training checkpoint unless its task's ``from`` names another run.
 FROM_CHECKPOINT = "checkpoint"
 # A name that becomes one folder of an output path: no separator, no "." or "..", no hidden folder.
@@ -241,6 +241,24 @@ class Plan:
     def predictions_path(self, model_id: str) -> str:
         return f"{self.root}/eval/{model_id}/predictions.parquet"
 
+    def classifier_measures_path(self, model_id: str) -> str:
+        """A fine-tuned classifier's calibration and feature quantities per eval set (the LP-FT study)."""
+        return f"{self.root}/eval/{model_id}/classifier.parquet"
+
+    def reliability_path(self, model_id: str) -> str:
+        """The bins of its reliability diagrams, before and after temperature scaling."""
+        return f"{self.root}/eval/{model_id}/reliability.parquet"
+
+    @property
+    def base_scored(self) -> bool:
+        """Whether a pre-training checkpoint is scored (not in a study of classifier heads alone)."""
+        return any(m.evaluations for m in self.base_models)
+
+    @property
+    def classifier_runs(self) -> tuple[Model, ...]:
+        """Evaluated fine-tuned models of declared classification tasks (a classifier head each)."""
+        return tuple(m for m in self.finetune_runs if get_dataset(m.train_task).task.kind == declared.KIND)
+
     def trajectory_path(self, model_id: str) -> str:
         """A run's snapshots scored like its final model (one predictions table, an ``ft_step`` each)."""
         return f"{self.root}/eval/{model_id}/trajectory.parquet"
@@ -359,7 +377,8 @@ class Plan:
             if other != method:
                 cfg.pop(other, None)
         if cfg.get("snapshots"):  # whether the workflow keeps the folder changes nothing the run trains
-            cfg["snapshots"] = {k: v for k, v in cfg["snapshots"].items() if k != "keep"}
+            cfg["snapshots"] = {k: v for k, v in cfg["snapshots"].items()
+                                if k != "keep" and (k, v) != ("trajectory", True)}  # fmt: skip
         for key, default in LATER_DEFAULTS.items():
             if cfg.get(key, default) == default:
                 cfg.pop(key, None)
@@ -712,8 +731,10 @@ def build_plan(config: dict, results: str | Path = "results") -> Plan:
         unknown = [c for c in tuned if c not in names]
         if unknown:
             raise ValueError(f"finetune.checkpoints: {unknown} are not checkpoints of the suite {list(names)}")
+    # A pre-trained checkpoint has no trained classifier head: it is not scored on a declared classification set.
+    base_sets = [e for e in eval_sets if get_dataset(e).task.kind != declared.KIND]
     base = tuple(
-        Model(c, evaluations=tuple(Evaluation(e, "pretraining", formats[e]) for e in eval_sets), shots=ev["shots"])
+        Model(c, evaluations=tuple(Evaluation(e, "pretraining", formats[e]) for e in base_sets), shots=ev["shots"])
         for c in names
     )
     _check_names(config)
@@ -725,26 +746,32 @@ def build_plan(config: dict, results: str | Path = "results") -> Plan:
     select = config["finetune"].get("select_lr")
     if select is not None:
         select = {"metric": "loss", "evaluate": "selected", **select}
+        heads = [t for t in train_tasks if get_dataset(t).task.kind == declared.KIND]
+        if heads:  # its measures read the run's own model folder and summary
+            raise ValueError(f"finetune.select_lr: not with classifier tasks {heads}; give their lrs per method "
+                             f"(finetune.per_task.<task>.per_method) and keep the best epoch with snapshots "
+                             f"(select: best_validation)")  # fmt: skip
     runs, evaluated = [], []
     checkpoints = names if tuned is None else [n for n in names if n in tuned]
     for t, m, starts in _starts(config, ft_configs, data_configs):
         ft = method_config(ft_configs[t], m)
         evaluations = tuple(Evaluation(e, rel, formats[e]) for e, rel in pairs[t])
-        trajectory = bool(ft.get("snapshots"))
+        shots = ev["finetuned_shots"] if _check_heads(t, [e.eval_set for e in evaluations]) else 0
+        trajectory = bool(ft.get("snapshots")) and ft["snapshots"]["trajectory"]
         for start in starts:
             for c in checkpoints:
                 for s in ft["seeds"]:
                     for parent in _parents(runs, start, c, int(s)):
                         for n in _sizes(data_configs[t], t):
                             keys = dict(train_size=n, parent=parent, snapshots=trajectory)
-                            grid = [Model(c, t, m, float(lr), int(s), evaluations, ev["finetuned_shots"], **keys)
+                            grid = [Model(c, t, m, float(lr), int(s), evaluations, shots, **keys)
                                     for lr in ft["lrs"]]  # fmt: skip
                             runs += grid
                             if not evaluations:
                                 continue
                             if select and select["evaluate"] == "selected":
-                                evaluated.append(Model(c, t, m, None, int(s), evaluations, ev["finetuned_shots"],
-                                                       True, **keys))  # fmt: skip
+                                evaluated.append(Model(c, t, m, None, int(s), evaluations, shots, True,
+                                                       **keys))  # fmt: skip
                             else:
                                 evaluated += grid
     # Checkpoint by checkpoint, as the suite lists them (the loop above goes parent tasks first).
@@ -785,6 +812,27 @@ def build_plan(config: dict, results: str | Path = "results") -> Plan:
         derive=bool(config.get("derive")),
         probe_sets=probe_sets,
     )
+
+
+def _check_heads(task: str, eval_sets: list[str]) -> bool:
+    """Whether ``task``'s models read prompts (False: a classifier head, scored zero-shot by its head).
+
+    A classifier is scored only on sets of a label set of its head's size, and a language model on
+    none of them; either mismatch names the task and the sets.
+    """
+    kind = get_dataset(task).task.kind
+    heads = [e for e in eval_sets if get_dataset(e).task.kind == declared.KIND]
+    if kind != declared.KIND:
+        if heads:
+            raise ValueError(f"relations.{task}: {heads} are scored by a classifier head, which a model fine-tuned "
+                             f"on {task!r} ({kind}) does not have")  # fmt: skip
+        return True
+    size = len(get_dataset(task).task.labels)
+    other = [e for e in eval_sets if e not in heads or len(get_dataset(e).task.labels) != size]
+    if other:
+        raise ValueError(f"relations.{task}: {other} are not classification sets of {size} labels like {task!r}; "
+                         f"its models are scored by their {size}-class head")  # fmt: skip
+    return False
 
 
 def _probe_sets(config: dict, ft_configs: dict) -> dict:

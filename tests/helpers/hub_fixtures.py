@@ -373,6 +373,187 @@ HUB_DATASETS: dict[str, dict] = {
         notes="chosen/rejected are [user, assistant] messages; messages == chosen; prompt_id is the sha256 of the "
         "prompt; score_chosen >= score_rejected (GPT-4 ratings 1-10)",
     ),
+    # --- the LP-FT study (Tomihari & Sato 2024; workflow/studies/lpft-*.yaml): classifier-head datasets ---
+    "superglue_cb": _entry(
+        "aps/super_glue",
+        "cb",
+        ["train", "validation", "test"],
+        {
+            "premise": _S,
+            "hypothesis": _S,
+            "idx": Value("int32"),
+            "label": ClassLabel(names=["entailment", "contradiction", "neutral"]),
+        },
+        hub_format="script",
+        revision="refs/convert/parquet",
+        export_config="cb",
+        text_columns=["premise", "hypothesis"],
+        label_column="label",
+        unlabeled_splits={"test": -1},
+        source="huggingface/datasets super_glue.py _info (config cb: premise/hypothesis strings, idx int32, "
+        "ClassLabel entailment/contradiction/neutral, test label -1); aps/super_glue README dataset_info (cb) has the "
+        "same; refs/convert/parquet lists cb/super_glue-{train,validation,test}.parquet",
+        notes="250/56/250 rows on the hub; note the label order differs from GLUE MNLI's (contradiction is 1)",
+    ),
+    "superglue_rte": _entry(
+        "aps/super_glue",
+        "rte",
+        ["train", "validation", "test"],
+        {
+            "premise": _S,
+            "hypothesis": _S,
+            "idx": Value("int32"),
+            "label": ClassLabel(names=["entailment", "not_entailment"]),
+        },
+        hub_format="script",
+        revision="refs/convert/parquet",
+        export_config="rte",
+        text_columns=["premise", "hypothesis"],
+        label_column="label",
+        unlabeled_splits={"test": -1},
+        source="huggingface/datasets super_glue.py _info (config rte: premise/hypothesis, idx int32, ClassLabel "
+        "entailment/not_entailment); refs/convert/parquet lists rte/super_glue-{train,validation,test}.parquet",
+        notes="the same examples as GLUE RTE (2490/277/3000) under SuperGLUE's column names premise/hypothesis "
+        "(GLUE: sentence1/sentence2, the glue_rte entry)",
+    ),
+    "superglue_wic": _entry(
+        "aps/super_glue",
+        "wic",
+        ["train", "validation", "test"],
+        {
+            "word": _S,
+            "sentence1": _S,
+            "sentence2": _S,
+            "start1": Value("int32"),
+            "start2": Value("int32"),
+            "end1": Value("int32"),
+            "end2": Value("int32"),
+            "idx": Value("int32"),
+            "label": ClassLabel(names=["False", "True"]),
+        },
+        hub_format="script",
+        revision="refs/convert/parquet",
+        export_config="wic",
+        text_columns=["sentence1", "sentence2"],
+        label_column="label",
+        unlabeled_splits={"test": -1},
+        source="huggingface/datasets super_glue.py _info (config wic: word/sentence1/sentence2 strings, start1/start2/"
+        "end1/end2/idx int32, ClassLabel False/True); refs/convert/parquet lists wic/super_glue-*.parquet",
+        notes="5428/638/1400 rows on the hub; start/end are character offsets of the word's occurrence in each "
+        "sentence; the target word repeats across rows (not a distinct column here)",
+    ),
+    "superglue_wsc_fixed": _entry(
+        "aps/super_glue",
+        "wsc.fixed",
+        ["train", "validation", "test"],
+        {
+            "text": _S,
+            "span1_index": Value("int32"),
+            "span2_index": Value("int32"),
+            "span1_text": _S,
+            "span2_text": _S,
+            "idx": Value("int32"),
+            "label": ClassLabel(names=["False", "True"]),
+        },
+        hub_format="script",
+        revision="refs/convert/parquet",
+        export_config="wsc.fixed",
+        text_columns=["text"],
+        label_column="label",
+        unlabeled_splits={"test": -1},
+        source="huggingface/datasets super_glue.py _info (configs wsc and wsc.fixed: text, span1_index/span2_index "
+        "int32, span1_text/span2_text, idx int32, ClassLabel False/True; wsc.fixed repairs spans that are not "
+        "substrings of text); refs/convert/parquet lists wsc.fixed/super_glue-*.parquet",
+        notes="554/104/146 rows; span indices are word positions in text.split(); span1 is the candidate noun "
+        "phrase, span2 the pronoun; the LP-FT release loaded config wsc (same texts, unrepaired spans)",
+    ),
+    "glue_cola": _entry(
+        "nyu-mll/glue",
+        "cola",
+        ["train", "validation", "test"],
+        {"sentence": _S, "label": ClassLabel(names=["unacceptable", "acceptable"]), "idx": Value("int32")},
+        hub_format="parquet",
+        text_columns=["sentence"],
+        label_column="label",
+        unlabeled_splits={"test": -1},
+        source="huggingface/datasets datasets/glue/README.md dataset_info (config cola: sentence, label "
+        "unacceptable/acceptable, idx int32; 8551/1043/1063) and glue.py (test labels -1)",
+    ),
+    "glue_sst2": _entry(
+        "nyu-mll/glue",
+        "sst2",
+        ["train", "validation", "test"],
+        {"sentence": _S, "label": ClassLabel(names=["negative", "positive"]), "idx": Value("int32")},
+        hub_format="parquet",
+        text_columns=["sentence"],
+        label_column="label",
+        unlabeled_splits={"test": -1},
+        source="huggingface/datasets datasets/glue/README.md dataset_info (config sst2: sentence, label "
+        "negative/positive, idx int32; 67349/872/1821) and glue.py (test labels -1)",
+    ),
+    "glue_mrpc": _entry(
+        "nyu-mll/glue",
+        "mrpc",
+        ["train", "validation", "test"],
+        {
+            "sentence1": _S,
+            "sentence2": _S,
+            "label": ClassLabel(names=["not_equivalent", "equivalent"]),
+            "idx": Value("int32"),
+        },
+        hub_format="parquet",
+        text_columns=["sentence1", "sentence2"],
+        label_column="label",
+        unlabeled_splits={"test": -1},
+        source="huggingface/datasets datasets/glue/README.md dataset_info (config mrpc: sentence1, sentence2, label "
+        "not_equivalent/equivalent, idx int32; 3668/408/1725) and glue.py _generate_example_mrpc_files (test "
+        "label -1 although the source file has the labels)",
+        notes="train/validation idx is the row of the combined MRPC training file, so it has gaps",
+    ),
+    **{
+        f"boss_{name}": _entry(
+            f"PLACEHOLDER-no-hub-copy/boss-sentiment-{name}",
+            None,
+            splits,
+            {"Text": _S, "Label": Value("int64")},
+            hub_format="json",
+            text_columns=["Text"],
+            label_column="Label",
+            label_values=[0, 1, 2],
+            source="no hub copy found (searched the hub docs and code for BOSS / OOD_NLP): the BOSS release "
+            "(github.com/lifan-yuan/OOD_NLP, a Google Drive archive) writes datasets/process/SentimentAnalysis/"
+            f"{name}/<split>.tsv with src/utils/utils_processing.save_data: header Text, Label; labels 0 negative, "
+            "1 positive, 2 neutral (the LP-FT release's tasks/ood/dataset.py reads them the same way). This "
+            "fixture is the folder a study reads under data.data_dir: each TSV re-written as <split>.jsonl "
+            "(pandas read_csv(sep='\\t') then to_json(orient='records', lines=True) gives string Text, int64 Label)",
+            verified=False,
+            notes=notes,
+        )
+        for name, splits, notes in [
+            ("amazon", ["train", "test"], "in-domain: 30000 train (10000 per class), 38905 test; stars 1/3/5"),
+            ("dynasent", ["test"], "an OOD test set of the amazon task"),
+            ("semeval", ["test"], "an OOD test set of the amazon task"),
+            ("sst5", ["test"], "an OOD test set of the amazon task"),
+        ]
+    },
+    "pubmed_rct20k": _entry(
+        "armanc/pubmed-rct20k",
+        None,
+        ["train", "validation", "test"],
+        {"abstract_id": _S, "label": _S, "text": _S, "sentence_id": Value("int64")},
+        hub_format="json",
+        text_columns=["text"],
+        label_column="label",
+        label_values=["background", "conclusions", "methods", "objective", "results"],
+        source="armanc/pubmed-rct20k tree (train.jsonl, dev.jsonl -> split validation, test.jsonl; the parquet "
+        "export names json-{train,validation,test}.parquet); columns and dtypes from its copy "
+        "pietrolesci/pubmed-20k-rct, whose README says it is the same data with label renamed labels "
+        "(abstract_id string, labels string, text string, sentence_id int64; 176642/29672/29578), and whose later "
+        "class_encode_column gave the names background/conclusions/methods/objective/results",
+        verified=False,
+        notes="armanc's own dataset_infos.json was not read: the lowercase label strings are inferred from the "
+        "copy's ClassLabel names; the PubMed 20k RCT text files use upper case (BACKGROUND, ...) and @ for digits",
+    ),
 }
 
 
@@ -776,6 +957,94 @@ def _ultrafeedback(g: _Gen, i: int, split: str, labelled: bool) -> dict:
     }
 
 
+def _sg_cb(g: _Gen, i: int, split: str, labelled: bool) -> dict:
+    t = g.topic()
+    label = i % 3  # 0 entailment, 1 contradiction, 2 neutral (SuperGLUE's order)
+    premise = f"{t.other} told me that {t.name} {t.past} the {t.obj} {t.place}. I believe it, {t.other} said."
+    hypothesis = _nli_hypothesis(t, {0: 0, 1: 2, 2: 1}[label])
+    return {"premise": premise, "hypothesis": hypothesis, "idx": i, "label": label if labelled else -1}
+
+
+def _sg_rte(g: _Gen, i: int, split: str, labelled: bool) -> dict:
+    row = _rte(g, i, split, labelled)
+    return {"premise": row["sentence1"], "hypothesis": row["sentence2"], "idx": i, "label": row["label"]}
+
+
+def _sg_wic(g: _Gen, i: int, split: str, labelled: bool) -> dict:
+    t = g.topic()
+    label = i % 2  # 1: the word has the same meaning in both sentences
+    word = t.noun
+    s1 = f"{t.name} {t.past} the old {word} {t.place}."
+    same, other = f"{t.other} {t.past2} a new {word} {t.place2}.", f"{t.other} drew a {word} of {t.obj2} {t.place2}."
+    s2 = same if label else other
+    start1, start2 = s1.index(f" {word} ") + 1, s2.index(f" {word} ") + 1
+    return {"word": word, "sentence1": s1, "sentence2": s2, "start1": start1, "start2": start2,
+            "end1": start1 + len(word), "end2": start2 + len(word), "idx": i,
+            "label": label if labelled else -1}  # fmt: skip
+
+
+def _sg_wsc(g: _Gen, i: int, split: str, labelled: bool) -> dict:
+    t = g.topic()
+    label = i % 2  # 1: the pronoun (span2) refers to span1
+    text = f"{t.name} thanked {t.other} {t.place} because he had {t.past} the {t.obj}."
+    span1_text, span1_index = (t.other, 2) if label else (t.name, 0)
+    span2_index = text.split().index("he")
+    return {"text": text, "span1_index": span1_index, "span2_index": span2_index, "span1_text": span1_text,
+            "span2_text": "he", "idx": i, "label": label if labelled else -1}  # fmt: skip
+
+
+def _glue_cola(g: _Gen, i: int, split: str, labelled: bool) -> dict:
+    t = g.topic()
+    label = i % 2  # 1: acceptable
+    sentence = t.sentence if label else f"{t.name} the {t.obj} {t.past} {t.place} the."
+    return {"sentence": sentence, "label": label if labelled else -1, "idx": i}
+
+
+def _glue_sst2(g: _Gen, i: int, split: str, labelled: bool) -> dict:
+    t = g.topic()
+    label = i % 2  # 1: positive
+    verdict = "a warm and funny delight" if label else "a dull and tiresome mess"
+    return {"sentence": f"the film about {t.name} and the {t.obj} {t.place} is {verdict} ", "label": label if labelled
+            else -1, "idx": i}  # fmt: skip
+
+
+def _glue_mrpc(g: _Gen, i: int, split: str, labelled: bool) -> dict:
+    t = g.topic()
+    label = i % 2  # 1: equivalent
+    s1 = f"{t.name} {t.past} the {t.obj} in {t.town} {t.place}, officials said."
+    s2 = (f"Officials said the {t.obj} in {t.town} was {t.past} by {t.name} {t.place}." if label
+          else f"{t.other} {t.past2} the {t.obj2} in {t.town} {t.place2}, officials said.")  # fmt: skip
+    return {"sentence1": s1, "sentence2": s2, "label": label if labelled else -1, "idx": 2 * i + 1}
+
+
+_BOSS_REVIEWS = ["Terrible {o}, it broke after {d} days and {n} never answered.",  # negative
+                 "Love this {o}! {n} recommended it and it works perfectly {p}.",  # positive
+                 "The {o} is okay. It does what {n} said, nothing more, {p}."]  # neutral  # fmt: skip
+
+
+def _boss(g: _Gen, i: int, split: str, labelled: bool) -> dict:
+    t = g.topic()
+    label = i % 3  # 0 negative, 1 positive, 2 neutral (BOSS's order)
+    return {"Text": _BOSS_REVIEWS[label].format(o=t.obj, d=t.days, n=t.name, p=t.place), "Label": label}
+
+
+_PUBMED_ROLES = [
+    ("background", "{n} is a common problem in {t} and few treatments exist ."),
+    ("objective", "to assess whether {o} improves outcomes in patients with {n} ."),
+    ("methods", "we randomly assigned @ patients in {t} to {o} or placebo for @ days ."),
+    ("results", "{o} reduced symptoms of {n} compared with placebo ( p < @ ) ."),
+    ("conclusions", "{o} may be an effective treatment of {n} in {t} ."),
+]
+
+
+def _pubmed_rct(g: _Gen, i: int, split: str, labelled: bool) -> dict:
+    t = g.topic()
+    label, sentence = _PUBMED_ROLES[i % len(_PUBMED_ROLES)]
+    text = sentence.format(n=f"{t.noun} syndrome", o=f"{t.obj2} therapy", t=t.town.lower())
+    return {"abstract_id": str(24000000 + 7 * g.next_id()), "label": label, "text": text,
+            "sentence_id": i % len(_PUBMED_ROLES)}  # fmt: skip
+
+
 _BUILDERS: dict[str, _RowFn] = {
     "glue_mnli": _mnli,
     "glue_rte": _rte,
@@ -799,6 +1068,18 @@ _BUILDERS: dict[str, _RowFn] = {
     "openbookqa": _obqa,
     "hh_rlhf_helpful_base": _hh_rlhf,
     "ultrafeedback_binarized": _ultrafeedback,
+    "superglue_cb": _sg_cb,
+    "superglue_rte": _sg_rte,
+    "superglue_wic": _sg_wic,
+    "superglue_wsc_fixed": _sg_wsc,
+    "glue_cola": _glue_cola,
+    "glue_sst2": _glue_sst2,
+    "glue_mrpc": _glue_mrpc,
+    "boss_amazon": _boss,
+    "boss_dynasent": _boss,
+    "boss_semeval": _boss,
+    "boss_sst5": _boss,
+    "pubmed_rct20k": _pubmed_rct,
 }
 assert set(_BUILDERS) == set(HUB_DATASETS)
 

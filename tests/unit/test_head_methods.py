@@ -24,11 +24,11 @@ SENTIMENT = {"labels": ["negative", "positive"], "template": "{text}", "hub_id":
 CFG = {"epochs": 10, "batch_size": 8, "grad_accum": 1, "warmup_ratio": 0.1, "weight_decay": 0.0, "max_length": 32,
        "max_steps": None, "format": "default", "save_every": 100, "precision": "fp32", "batching": "grouped",
        "gradient_checkpointing": False, "max_grad_norm": 1.0, "peak_tflops": None, "snapshots": None,
-       "lp": {"folds": 3, "cs": 5, "max_iter": 500, "batch_size": 16},
+       "lp": {"folds": 3, "cs": 5, "max_iter": 1000, "batch_size": 16},
        "lpft": {"l2": 0.001, "max_iter": 500, "batch_size": 16, "folds": 3, "cs": 5},
        "lora": {"r": 4, "alpha": 4, "dropout": 0.0, "target_modules": "all-linear", "save": "merged"},
        "lp_lora": {"r": 4, "alpha": 4, "dropout": 0.0, "target_modules": "all-linear", "save": "merged",
-                   "folds": 3, "cs": 5, "max_iter": 500, "batch_size": 16}}  # fmt: skip
+                   "folds": 3, "cs": 5, "max_iter": 1000, "batch_size": 16}}  # fmt: skip
 LRS = {"lp": 0.0, "full": 3e-3, "lpft": 1e-3, "lora": 3e-3, "lp_lora": 1e-3}
 
 

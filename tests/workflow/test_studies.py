@@ -197,3 +197,54 @@ def test_the_learning_dynamics_studies_dry_run_offline(tmp_path):
     counts, _ = dry_run(LEARNING_DYNAMICS_SUITE, tmp_path)
     # Six Pythia checkpoints, each with the four runs.
     assert counts == {**LEARNING_DYNAMICS_JOBS, "download_checkpoint": 6, "finetune": 24}
+
+
+LPFT = ROOT / "workflow/studies/lpft-roberta-base.yaml"
+LPFT_SUITE = ROOT / "workflow/studies/lpft-pythia-suite.yaml"
+# Per classifier run: its fine-tune, its evaluation by its head and its measures (calibration, features).
+LPFT_JOBS = {
+    "download_checkpoint": 1,
+    "download_dataset": 13,
+    "checkpoint_manifest": 1,
+    "prepare_eval": 13,
+    "prepare_train": 10,
+    "prepare_validation": 10,  # the last 10 % of each training split: the best epoch, the temperature
+    "finetune": 250,  # 10 training sets x 5 methods x 5 seeds
+    "evaluate_finetuned": 250,
+    "measure_classifier": 250,
+    "performance_table": 1,
+    "analysis_formats": 1,
+    "analysis_lpft": 1,
+    "analysis_performance": 1,
+    "analysis_seeds": 1,
+    "report_table_performance": 1,
+    "report_table_formats": 2,
+    "report_table_lpft": 4,
+    "report_table_seeds": 1,
+    "all": 1,
+}
+
+
+def test_the_lpft_study_has_the_papers_settings(tmp_path):
+    plan = build_plan(load_study(LPFT), tmp_path)
+    assert plan.checkpoints == ("final",) and plan.checkpoint_entries[0]["model"] == "FacebookAI/roberta-base"
+    assert not plan.base_scored and len(plan.classifier_runs) == 250
+    amazon = next(m for m in plan.finetune_runs if m.train_task == "amazon")
+    assert dict((e.eval_set, e.relation) for e in amazon.evaluations) == {
+        "amazon": "in-domain", "dynasent": "ood", "semeval": "ood", "sst5": "ood"}  # fmt: skip
+    cfg = plan.run_config("cb", "lpft")
+    assert (cfg["batch_size"], cfg["epochs"], cfg["max_length"]) == (8, 10, 128)
+    assert "classifier_head" not in cfg and "classifier_dropout" not in cfg  # the defaults: linear head, dropout 0.1
+    assert cfg["snapshots"]["select"] == "best_validation" and cfg["snapshots"]["trajectory"] is False
+    assert plan.run_config("cb", "lora")["lora"]["target_modules"] == ["query", "value"]
+
+
+def test_the_lpft_studies_dry_run_offline(tmp_path):
+    counts, _ = dry_run(LPFT, tmp_path / "roberta")
+    assert counts == LPFT_JOBS
+    counts, _ = dry_run(LPFT_SUITE, tmp_path / "suite")
+    # 7 Pythia checkpoints x CB, RTE, BoolQ, SST-2 x lp, full, lpft x 3 seeds.
+    runs = 7 * 4 * 3 * 3
+    assert counts == {**LPFT_JOBS, "download_checkpoint": 7, "download_dataset": 4, "prepare_eval": 4,
+                      "prepare_train": 4, "prepare_validation": 4, "finetune": runs, "evaluate_finetuned": runs,
+                      "measure_classifier": runs}  # fmt: skip

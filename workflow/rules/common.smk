@@ -179,6 +179,24 @@ def get_eval_model(wildcards):
     return PLAN.selection_path(model.run) if model.selected else PLAN.run_file(model.run, "model")
 
 
+def get_start_input(wildcards):
+    """The model a run started from: its parent run's model, or its pre-training checkpoint."""
+    return PLAN.start_path(get_model(wildcards))
+
+
+def get_validation_input(wildcards):
+    return PLAN.data_path("validation", get_model(wildcards).train_task)
+
+
+def get_summary_input(wildcards):
+    return PLAN.run_file(get_model(wildcards).run, "summary")
+
+
+def get_max_length(wildcards):
+    model = get_model(wildcards)
+    return PLAN.run_config(model.train_task, model.method)["max_length"]
+
+
 def get_trajectory_inputs(wildcards):
     """A run's snapshots; for an lr selection, every run's of its grid (the pointer says which is read)."""
     model = get_model(wildcards)
@@ -215,7 +233,8 @@ def get_data_dir(_wildcards, input):
 
 
 def get_all_predictions(_wildcards):
-    return [PLAN.predictions_path(m.id) for m in PLAN.models]
+    # A model scored on nothing (a checkpoint of a study whose sets need a trained classifier head) has none.
+    return [PLAN.predictions_path(m.id) for m in PLAN.models if m.evaluations]
 
 
 def get_all_trajectories(_wildcards):
@@ -223,7 +242,7 @@ def get_all_trajectories(_wildcards):
 
 
 def get_base_predictions(_wildcards):
-    return [PLAN.predictions_path(m.id) for m in PLAN.base_models]
+    return [PLAN.predictions_path(m.id) for m in PLAN.base_models if m.evaluations]
 
 
 def get_input_args(_wildcards, input):

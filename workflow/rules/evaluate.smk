@@ -77,3 +77,35 @@ rule evaluate_trajectory:
         state=PLAN.state_path("evaluate/trajectory/{run}"),
     shell:
         EVALUATE_SHELL.replace("ptft evaluate", "ptft evaluate --trajectory")
+
+
+# What the LP-FT study measures of a fine-tuned classifier (a declared classification task): calibration
+# before and after temperature scaling on its validation split, feature change from its starting model.
+rule measure_classifier:
+    input:
+        unpack(get_eval_inputs),
+        model=get_eval_model,
+        start=get_start_input,
+        validation=get_validation_input,
+        summary=get_summary_input,
+    output:
+        measures=PLAN.classifier_measures_path("ft/{run}"),
+        reliability=PLAN.reliability_path("ft/{run}"),
+    log:
+        PLAN.log_path("measure_classifier/ft/{run}"),
+    conda:
+        "../../envs/ptft.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    params:
+        meta=get_model_meta,
+        evaluations=get_evaluations,
+        data_dir=get_data_dir,
+        max_length=get_max_length,
+    shell:
+        "ptft measure-classifier --model-dir {input.model} --start {input.start} --validation {input.validation} "
+        "--data-dir {params.data_dir} --model {params.meta:q} --evaluations {params.evaluations:q} "
+        "--summary {input.summary} --max-length {params.max_length} --out {output.measures} "
+        "--reliability {output.reliability} --threads {threads} > {log} 2>&1"

@@ -509,6 +509,71 @@ def plot_learning_dynamics_grid(table: pd.DataFrame, task: str, path: str | os.P
         _save(fig, path)
 
 
+def plot_method_accuracy(perf: pd.DataFrame, path: str | os.PathLike) -> None:
+    """The LP-FT study's accuracy figure: a panel per (checkpoint, eval set), a bar per method, the mean over
+    seeds of the eval set's primary metric with ± one standard deviation over seeds."""
+    rows = primary_metric_rows(perf)
+    groups = rows.groupby(["checkpoint", "eval_set", "method"], sort=False)["value"]
+    stats = groups.agg(["mean", "std", "count"]).reset_index()
+    panels = list(dict.fromkeys(zip(stats["checkpoint"], stats["eval_set"], strict=True)))
+    methods = list(dict.fromkeys(stats["method"]))
+    cycle = plt.get_cmap("tab10").colors
+    with _grid(len(panels)) as (fig, axes, _):
+        for i, ax in _panels(axes, len(panels)):
+            checkpoint, eval_set = panels[i]
+            part = stats[(stats["checkpoint"] == checkpoint) & (stats["eval_set"] == eval_set)].set_index("method")
+            means = [part["mean"].get(m, np.nan) for m in methods]
+            spread = [part["std"].get(m, np.nan) for m in methods]
+            ax.bar(range(len(methods)), means, yerr=np.nan_to_num(spread), capsize=3,
+                   color=[cycle[k % len(cycle)] for k in range(len(methods))])  # fmt: skip
+            ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right")
+            metric = rows.loc[rows["eval_set"] == eval_set, "metric"].iloc[0]
+            ax.set_title(f"{eval_set} · {checkpoint}")
+            ax.set_ylabel(metric)
+        _save(fig, path)
+
+
+def plot_feature_change(features: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Feature change against the head's norm when training began, a point per run and eval set, by method."""
+    wide = features.pivot_table(index=["checkpoint", "train_task", "method", "lr", "seed", "eval_set"],
+                                columns="metric", values="value").reset_index()  # fmt: skip
+    cycle = plt.get_cmap("tab10").colors
+    with _figure(figsize=PANEL_SIZE) as (fig, ax):
+        for k, (method, part) in enumerate(wide.groupby("method", sort=False)):
+            ax.scatter(part["head_norm_start"], part["feature_change"], s=18, color=cycle[k % len(cycle)],
+                       label=method)  # fmt: skip
+        ax.set_xlabel("head norm at the start of training (‖W‖_F)")
+        ax.set_ylabel("feature change (mean ‖f − f₀‖)")
+        ax.legend(frameon=False)
+        _save(fig, path)
+
+
+def plot_reliability(bins: pd.DataFrame, eval_set: str, path: str | os.PathLike) -> None:
+    """Reliability diagrams of one eval set: a panel per method, accuracy against confidence per bin, before and
+    after temperature scaling, the seeds' runs pooled (counts add up, accuracy and confidence count-weighted)."""
+    bins = bins.assign(correct=bins["accuracy"].fillna(0) * bins["count"],
+                       conf=bins["confidence"].fillna(0) * bins["count"])  # fmt: skip
+    pooled = bins.groupby(["method", "scaling", "bin_low", "bin_high"], sort=False)[["count", "correct", "conf"]].sum()
+    pooled = pooled.reset_index()
+    methods = list(dict.fromkeys(pooled["method"]))
+    with _grid(len(methods)) as (fig, axes, _):
+        for i, ax in _panels(axes, len(methods)):
+            part = pooled[pooled["method"] == methods[i]]
+            ax.plot([0, 1], [0, 1], color="0.6", linewidth=0.8, linestyle=":")
+            for scaling, style in (("before", "-o"), ("after", "--s")):
+                rows = part[(part["scaling"] == scaling) & (part["count"] > 0)]
+                ax.plot(rows["conf"] / rows["count"], rows["correct"] / rows["count"], style, markersize=3,
+                        label=f"{scaling} temperature scaling")  # fmt: skip
+            ax.set_title(f"{methods[i]} · {eval_set}")
+            ax.set_xlabel("confidence")
+            ax.set_ylabel("accuracy")
+            ax.set_xlim(0, 1)
+            ax.set_ylim(0, 1)
+        entries = _legend_entries(axes)
+        _legend_below(fig, list(entries.values()), list(entries))
+        _save(fig, path)
+
+
 def _draw_base_vs_finetuned(
     ax, perf: pd.DataFrame, eval_set: str, format: str, colors: dict, relation: str | None = None
 ) -> str:

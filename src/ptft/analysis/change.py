@@ -38,6 +38,8 @@ def _plot(inputs, settings, spec, out) -> None:
 register(
     Analysis(
         name="change",
+        # Changes are over the base checkpoint's rows: none where no base model is scored (classifier studies).
+        applies=lambda plan: plan.base_scored,
         category="Change after fine-tuning",
         tables=(
             Table(

@@ -107,6 +107,8 @@ def _plot(inputs, settings, spec, out) -> None:
 register(
     Analysis(
         name="transfer",
+        # Changes are over the base checkpoint's rows: none where no base model is scored (classifier studies).
+        applies=lambda plan: plan.base_scored,
         category="Transfer: OOD and cross-task",
         tables=(
             Table(

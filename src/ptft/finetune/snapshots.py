@@ -4,7 +4,10 @@
 the workflow's, which marks the folder temporary, and may be left out)::
 
     {"every": N or None, "steps": [..] or None, "per_epoch": bool, "start": bool, "keep": bool,
-     "select": "last" or "best_validation", "metric": "loss" or "score"}
+     "select": "last" or "best_validation", "metric": "loss" or "score", "trajectory": bool}
+
+(``trajectory`` false: the snapshots only choose the run's ``model/``, e.g. the best epoch of the
+LP-FT study, and are deleted at the end instead of published; the run config omits it when true.)
 
 :func:`snapshot_steps` turns it into the steps of one run. At each, :class:`Snapshotter` saves the
 model as the method saves it to ``<state_dir>/snapshots/step{N}`` and records its validation

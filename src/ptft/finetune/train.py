@@ -480,6 +480,8 @@ def finetune(
     resuming = state.usable(state_path, fingerprint)
     inputs = RunInputs(tokenizer, task, records, cfg, device, resuming, examples, val_examples, state_dir)
     model, method_stats = impl.prepare(model, inputs)
+    if not lm:  # the LP-FT study's head norm at the start of training (after linear probing, or random)
+        method_stats = {**method_stats, "head_norm_start": float(heads.head_layer(model).weight.detach().norm())}
 
     prober = None
     if cfg.get("probes"):
@@ -598,9 +600,11 @@ def finetune(
     summary = record.summary()
     io.write_json(out_dir / "summary.json", summary)
     state_path.unlink(missing_ok=True)
-    if snapshot_spec:
+    if snapshot_spec and snapshot_spec.get("trajectory", True):
         # After the state is gone: a re-run that resumes from the state needs the snapshots it records.
         snapshots.publish(snapshot_dir, out_dir / "snapshots")
+    elif snapshot_spec:  # they only chose model/ (the best epoch), which holds its copy
+        shutil.rmtree(snapshot_dir, ignore_errors=True)
     log.info("fine-tuned %s on %s (%s): %d steps, final loss %s, %.0f tokens/s",
              checkpoint, task_name, method, trained.steps, record.final_loss, record.tokens_per_s)  # fmt: skip
     return summary

@@ -55,8 +55,11 @@ class LPFT(Method):
         if run.task.kind == "sequence_classification":
             from ptft.finetune.methods.lp import LpConfig, fit_head
 
-            block = run.cfg["lpft"]  # folds and cs left out of a run config at their defaults (ptft.plan)
-            lp = {k: block.get(k, getattr(LpConfig, k)) for k in ("folds", "cs", "max_iter", "batch_size")}
+            # The head as lp fits it: its folds and cs (left out of a run config at their defaults, ptft.plan) and
+            # lp's iteration limit; l2 and max_iter are the label-word probe's.
+            block = run.cfg["lpft"]
+            lp = {k: block.get(k, getattr(LpConfig, k)) for k in ("folds", "cs", "batch_size")}
+            lp["max_iter"] = LpConfig.max_iter
             return model, ({} if run.resuming else fit_head(model, run, lp))
         if run.resuming:  # the fitted head is in the saved state, loaded over this one
             untie_head(unwrap(model))
