@@ -106,3 +106,18 @@ def job_counts(text: str) -> dict[str, int]:
             break
         counts[parts[0]] = int(parts[1])
     return counts
+
+
+@pytest.fixture
+def declared_registry(monkeypatch):
+    """The dataset and task-type registries restored after a test that declares datasets (ptft.data.declared)."""
+    from ptft.data import declared
+    from ptft.data.registry import DATASETS
+    from ptft.data.tasks import TASK_TYPES
+
+    datasets, tasks, names = dict(DATASETS), dict(TASK_TYPES), set(declared._DECLARED)
+    monkeypatch.delenv(declared.ENV, raising=False)
+    yield
+    DATASETS.clear(), DATASETS.update(datasets)
+    TASK_TYPES.clear(), TASK_TYPES.update(tasks)
+    declared._DECLARED.clear(), declared._DECLARED.update(names)

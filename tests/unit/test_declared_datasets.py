@@ -9,8 +9,7 @@ import pandas as pd
 import pytest
 
 from ptft.data import declared, prepare
-from ptft.data.registry import DATASETS, get_dataset
-from ptft.data.tasks import TASK_TYPES
+from ptft.data.registry import get_dataset
 
 WIC = {
     "labels": ["no", "yes"],
@@ -22,12 +21,8 @@ WIC = {
 
 
 @pytest.fixture(autouse=True)
-def clean_registry(monkeypatch):
-    datasets, tasks = dict(DATASETS), dict(TASK_TYPES)
-    monkeypatch.delenv(declared.ENV, raising=False)
+def clean_registry(declared_registry):
     yield
-    DATASETS.clear(), DATASETS.update(datasets)
-    TASK_TYPES.clear(), TASK_TYPES.update(tasks)
 
 
 def wic_rows(n: int, start: int = 0) -> pd.DataFrame:
@@ -119,3 +114,10 @@ def test_a_job_process_finds_the_study_s_datasets_in_its_environment():
     assert out.stdout.strip() == "('sentence1', 'sentence2', 'word')"
     declared.export(None)
     assert declared.ENV not in os.environ
+
+
+def test_a_later_study_s_declaration_of_a_name_replaces_an_earlier_one():
+    declared.declare({"wic": WIC})
+    declared.declare({"wic": {**WIC, "template": "{sentence1} / {sentence2} / {word}"}})
+    assert get_dataset("wic").task.fields == ("sentence1", "sentence2", "word")
+    assert get_dataset("wic").task.formats["default"] == "{sentence1} / {sentence2} / {word}"

@@ -12,8 +12,6 @@ import torch
 
 from helpers.tiny_classifiers import write_base
 from ptft.data import declared
-from ptft.data.registry import DATASETS
-from ptft.data.tasks import TASK_TYPES
 from ptft.finetune import heads
 from ptft.finetune.train import finetune
 
@@ -39,12 +37,8 @@ def sentence(rng: random.Random, label: int) -> str:
 
 
 @pytest.fixture(autouse=True)
-def sentiment_task():
-    datasets, tasks = dict(DATASETS), dict(TASK_TYPES)
+def sentiment_task(declared_registry):
     declared.declare({"sentiment": SENTIMENT})
-    yield
-    DATASETS.clear(), DATASETS.update(datasets)
-    TASK_TYPES.clear(), TASK_TYPES.update(tasks)
 
 
 @pytest.fixture(scope="module")

@@ -20,8 +20,7 @@ from ptft.config import validate_study
 from ptft.data import declared
 from ptft.data.prepare import eval_and_fewshot, subsample_train, validation_split
 from ptft.data.prompts import render_prompt
-from ptft.data.registry import DATASETS, get_dataset
-from ptft.data.tasks import TASK_TYPES
+from ptft.data.registry import get_dataset
 
 STUDY = ROOT / "workflow/studies/lpft-roberta-base.yaml"
 RAW = yaml.safe_load(STUDY.read_text())
@@ -62,12 +61,8 @@ TABLE = [(task, method, *values) for task, methods in PAPER.items() for method, 
 
 
 @pytest.fixture(autouse=True)
-def clean_registry(monkeypatch):
-    datasets, tasks = dict(DATASETS), dict(TASK_TYPES)
-    monkeypatch.delenv(declared.ENV, raising=False)
+def clean_registry(declared_registry):
     yield
-    DATASETS.clear(), DATASETS.update(datasets)
-    TASK_TYPES.clear(), TASK_TYPES.update(tasks)
 
 
 @pytest.fixture(scope="module")

@@ -40,6 +40,7 @@ METRICS = ("accuracy", "mcc")
 _SPEC_KEYS = ("hub_id", "hub_config", "revision", "train_split", "eval_split", "fewshot_split", "columns",
               "label_column", "generator", "validation_fraction", "data_dir", "converter")  # fmt: skip
 _KEYS = ("labels", "template", "source", "domain", "label_map", "metric", *_SPEC_KEYS)
+_DECLARED: set[str] = set()  # names this process declared (not built in)
 
 
 def template_fields(template: str, where: str) -> tuple[str, ...]:
@@ -102,17 +103,16 @@ def build(name: str, entry: dict) -> tuple[TaskType, DatasetSpec]:
 def declare(block: dict | None) -> list[str]:
     """Register every dataset of a study's ``datasets`` block; the names declared.
 
-    Declaring the same entry twice is harmless; a name of the built-in registry, or one declared
-    before with other settings, is an error naming it.
+    A name of the built-in registry is an error naming it; a name declared before (by another
+    study's plan in the same process) takes the new declaration.
     """
     names = []
     for name, entry in (block or {}).items():
         task, spec = build(name, entry)
-        known = DATASETS.get(name)
-        if known is not None and (known != spec or TASK_TYPES.get(name) != task):
-            what = "a built-in dataset" if known.task.kind != KIND else "declared before with other settings"
-            raise ValueError(f"datasets.{name}: {name!r} is {what}; give the declared dataset another name")
+        if name in DATASETS and name not in _DECLARED:
+            raise ValueError(f"datasets.{name}: {name!r} is a built-in dataset; give the declared dataset another name")
         TASK_TYPES[name], DATASETS[name] = task, spec
+        _DECLARED.add(name)
         names.append(name)
     return names
 
