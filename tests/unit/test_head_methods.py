@@ -111,3 +111,23 @@ def test_lp_reports_the_cross_validated_head_and_its_norm(bases, data, tmp_path)
 def test_a_label_word_task_cannot_take_the_head_methods(bases, data, tmp_path):
     with pytest.raises(ValueError, match="lp fits a classifier head"):
         finetune(bases["roberta"], data / "train.parquet", "toy_nli", CFG, 0.0, 0, tmp_path / "o", tmp_path / "s", "lp")
+
+
+def test_a_set_scored_by_matthews_correlation_gets_it_over_the_whole_set(bases, data, tmp_path):
+    """A declared dataset with ``metric: mcc`` (CoLA) is scored by the head and aggregated as one corpus value."""
+    from sklearn.metrics import matthews_corrcoef
+
+    from ptft.aggregate.performance import performance_table
+    from ptft.evaluate.run import evaluate_model
+
+    declared.declare({"sentiment_mcc": {**SENTIMENT, "metric": "mcc"}})
+    pd.read_parquet(data / "eval.parquet").to_parquet(data / "data" / "eval" / "sentiment_mcc.parquet")
+    run(bases["roberta"], data, tmp_path, "full")
+    meta = {"model": "ft/full", "checkpoint": "roberta", "train_task": "sentiment", "method": "full", "lr": 3e-3,
+            "seed": 0, "shots": 0}  # fmt: skip
+    evaluations = [{"eval_set": "sentiment_mcc", "relation": "in-domain", "formats": ["default"]}]
+    df = evaluate_model(tmp_path / "full" / "out" / "model", meta, evaluations, data / "data", {"batch_size": 16}, 0)
+    assert set(df["metric"]) == {"mcc"} and len(df) == 48
+    perf = performance_table(df, {"checkpoints": []}, "s", 200, 0.95, 0)
+    assert perf["value"].iloc[0] == pytest.approx(matthews_corrcoef(df["gold"], df["prediction"]))
+    assert perf["ci_low"].iloc[0] <= perf["value"].iloc[0] <= perf["ci_high"].iloc[0]

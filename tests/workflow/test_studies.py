@@ -248,3 +248,25 @@ def test_the_lpft_studies_dry_run_offline(tmp_path):
     assert counts == {**LPFT_JOBS, "download_checkpoint": 7, "download_dataset": 4, "prepare_eval": 4,
                       "prepare_train": 4, "prepare_validation": 4, "finetune": runs, "evaluate_finetuned": runs,
                       "measure_classifier": runs}  # fmt: skip
+
+
+def test_a_new_classification_dataset_is_one_study_file_entry(tmp_path):
+    """A classification dataset added to a study file as one entry of its datasets block (no code) is trained on,
+    scored by its head and measured: its own jobs appear in the dry run."""
+    import yaml
+
+    cfg = yaml.safe_load((ROOT / "workflow/studies/toy-lpft.yaml").read_text())
+    cfg["datasets"]["toy_para_cls"] = {"labels": ["no", "yes"], "template": "{sentence1} {sentence2}",
+                                       "source": "toy", "generator": "paraphrase", "domain": "home",
+                                       "eval_split": "test", "fewshot_split": "validation"}  # fmt: skip
+    cfg["train_tasks"].append("toy_para_cls")
+    cfg["relations"]["toy_para_cls"] = {"in-domain": ["toy_para_cls"]}
+    study = tmp_path / "toy-lpft.yaml"
+    study.write_text(yaml.safe_dump(cfg))
+    before, _ = dry_run(ROOT / "workflow/studies/toy-lpft.yaml", tmp_path / "before")
+    after, _ = dry_run(study, tmp_path / "after")
+    runs = 5 * 5  # the study's methods x seeds, on its one fine-tuned checkpoint
+    for rule in ("finetune", "evaluate_finetuned", "measure_classifier"):
+        assert after[rule] == before[rule] + runs, rule
+    for rule in ("toy_dataset", "prepare_train", "prepare_validation", "prepare_eval"):
+        assert after[rule] == before[rule] + 1, rule
