@@ -25,6 +25,8 @@ test: $(VENV)/.installed
 	snakemake --lint --configfile workflow/studies/learning-dynamics-pythia410m.yaml
 	snakemake --lint --configfile workflow/studies/toy-lpft.yaml
 	snakemake --lint --configfile workflow/studies/lpft-roberta-base.yaml
+	snakemake --lint --configfile workflow/studies/toy-mechanistic.yaml
+	snakemake --lint --configfile workflow/studies/mechanistic-pcfg.yaml
 	pytest -q --durations=10 -m "not slurm and not study"
 
 # SLURM and munge from Debian's packages when missing and we are root (CI is); the tests skip,

@@ -8,6 +8,7 @@ from snakemake.utils import min_version
 
 from ptft.config import validate_study
 from ptft.data.declared import export as export_datasets
+from ptft.data.declared import study_block as study_datasets
 
 min_version("9.0")
 
@@ -21,7 +22,7 @@ if not workflow.overwrite_configfiles:
 # One line naming the key on a bad study (Snakemake's validate prints the whole schema after it).
 validate_study(config)
 # The study's own datasets, declared for the plan here and, through the environment, for every job's command.
-export_datasets(config.get("datasets"))
+export_datasets(study_datasets(config))
 
 
 include: "workflow/rules/common.smk"
@@ -40,6 +41,11 @@ if PLAN.derive:
 if PLAN.probe_sets:
 
     include: "workflow/rules/probes.smk"
+
+
+if PLAN.mechanistic:
+
+    include: "workflow/rules/mechanistic.smk"
 
 
 rule all:

@@ -16,11 +16,13 @@ import sys
 STAGES = (
     "ptft.download",
     "ptft.checkpoints.cli",
+    "ptft.pcfg.cli",
     "ptft.data.cli",
     "ptft.derive.cli",
     "ptft.probes.cli",
     "ptft.finetune.cli",
     "ptft.evaluate.cli",
+    "ptft.interpret.cli",
     "ptft.aggregate.cli",
     "ptft.analysis.cli",
     "ptft.provenance",

@@ -92,7 +92,7 @@ def download_study(configfile: str | Path, results: str | Path = "results") -> N
         repo, _, revision = model.partition("@")
         log.info("probe_sets.%s.initial.model: fetching %s", name, model)
         snapshot_download(repo, revision=revision or None)
-    if plan.suite == "toy":
+    if plan.pretrained_here:
         return
     revisions = revisions_source(config, results)
     for entry in tqdm(plan.checkpoint_entries, desc="checkpoints"):

@@ -35,11 +35,13 @@ PROBE_DEFAULTS = {"every": 25, "examples": 32, "path": None, "set": None, "eos":
 # Settings added after studies had run: a run config leaves them out while they hold their default, so
 # that upgrading ptft re-runs (and invalidates the resumable state of) no existing run.
 LATER_DEFAULTS = {"warmup_steps": None, "schedule": "linear", "optimizer": "adamw", "max_prompt_length": None,
-                  "classifier_head": "linear", "classifier_dropout": 0.1}  # fmt: skip
+                  "min_lr_ratio": 0.0, "classifier_head": "linear", "classifier_dropout": 0.1}  # fmt: skip
 LATER_PROBE_DEFAULTS = {"set": None, "eos": False, "argmax_of": None}
 LATER_METHOD_DEFAULTS = {"lpft": {"folds": 5, "cs": 10}}  # a method's settings added since runs were made
 SNAPSHOT_DEFAULTS = {"every": None, "steps": None, "per_epoch": False, "start": True, "keep": False,
                      "select": "last", "metric": "loss", "trajectory": True}  # fmt: skip
+# The checkpoint of the PCFG suite's baseline run, pre-trained on the fine-tuning task (checkpoints.pcfg.baseline).
+PCFG_BASELINE = "scratch"
 # A run starts from the pre-training checkpoint unless its task's ``from`` names another run.
 FROM_CHECKPOINT = "checkpoint"
 # A name that becomes one folder of an output path: no separator, no "." or "..", no hidden folder.
@@ -181,6 +183,7 @@ class Plan:
     root: str = "results/study"  # results/<study>: every output of the study lies under it
     derive: bool = False  # the study derives controlled-variable text (a derive section)
     probe_sets: dict | None = None  # name -> its probe_sets block: the probe sets the study builds
+    mechanistic: dict | None = None  # the mechanistic section (layer probes, pruning, reverse fine-tuning)
 
     def probe_set_path(self, name: str) -> str:
         """A built probe set (its record of version and settings is the ``.json`` beside it)."""
@@ -191,11 +194,24 @@ class Plan:
         name = (self.finetune_configs[task].get("probes") or {}).get("set")
         return None if name is None else self.probe_set_path(name)
 
+    @property
+    def pretrained_here(self) -> bool:
+        """Whether the workflow pre-trains the suite (toy, pcfg) rather than pointing at one (hub, local)."""
+        return self.suite in ("toy", "pcfg")
+
+    def pretraining_checkpoints(self, run: str) -> tuple[str, ...]:
+        """The checkpoints one pre-training run of the PCFG suite writes (``pretrain`` or ``baseline``)."""
+        return tuple(e["name"] for e in self.checkpoint_entries if e.get("run") == run)
+
+    def pretraining_manifest_path(self, run: str) -> str:
+        """The manifest of one pre-training run of the PCFG suite (the suite's manifest joins them)."""
+        return f"{self.root}/checkpoints/{run}.json"
+
     # -- where things lie (each also takes Snakemake wildcard patterns, e.g. checkpoint="{checkpoint}")
     def checkpoint_path(self, checkpoint: str) -> str:
-        """A toy checkpoint's folder, or the pointer file that pins a hub or local checkpoint."""
+        """A pre-trained-here checkpoint's folder, or the pointer file that pins a hub or local checkpoint."""
         path = f"{self.root}/checkpoints/{checkpoint}"
-        return path if self.suite == "toy" else f"{path}.json"
+        return path if self.pretrained_here else f"{path}.json"
 
     @property
     def manifest_path(self) -> str:
@@ -258,6 +274,38 @@ class Plan:
     def classifier_runs(self) -> tuple[Model, ...]:
         """Evaluated fine-tuned models of declared classification tasks (a classifier head each)."""
         return tuple(m for m in self.finetune_runs if get_dataset(m.train_task).task.kind == declared.KIND)
+
+    def _mechanistic_models(self, part: str) -> tuple[Model, ...]:
+        block = (self.mechanistic or {}).get(part)
+        if block is None:
+            return ()
+        tasks = block.get("tasks")
+        runs = tuple(m for m in self.finetune_runs if tasks is None or m.train_task in tasks)
+        return (self.base_models if block.get("base") else ()) + runs
+
+    @property
+    def probed_models(self) -> tuple[Model, ...]:
+        """The models whose layers are probed (mechanistic.layer_probes): base checkpoints, then runs."""
+        return self._mechanistic_models("layer_probes")
+
+    @property
+    def pruned_models(self) -> tuple[Model, ...]:
+        """The fine-tuned models whose MLP neurons are pruned (mechanistic.pruning)."""
+        return self._mechanistic_models("pruning")
+
+    def layer_probes_path(self, model_id: str) -> str:
+        """A model's probe accuracy per layer and target (mechanistic.layer_probes)."""
+        return f"{self.root}/mechanistic/{model_id}/layer_probes.parquet"
+
+    def pruning_path(self, model_id: str) -> str:
+        """A model's scores on the pruning eval sets with its top-K neurons zeroed, per K (mechanistic.pruning)."""
+        return f"{self.root}/mechanistic/{model_id}/pruning.parquet"
+
+    def pruning_evaluations(self) -> list[dict]:
+        """What each K of a pruned model is scored on: the eval sets in their first format, zero-shot."""
+        block = self.mechanistic["pruning"]
+        sets = block.get("eval_sets") or [block["dataset"]]
+        return [{"eval_set": e, "relation": "pruning", "formats": [_first_format(e)]} for e in sets]
 
     def trajectory_path(self, model_id: str) -> str:
         """A run's snapshots scored like its final model (one predictions table, an ``ft_step`` each)."""
@@ -467,6 +515,18 @@ def checkpoint_entries(config: dict, results: str | Path = "results") -> tuple[d
         per_step = toy["batch_size"] * toy["seq_len"]
         steps = save_steps(toy["steps"], toy["n_checkpoints"], toy["first_step"])
         return tuple({"name": checkpoint_name(s), "step": s, "tokens": s * per_step} for s in steps)
+    if ck["suite"] == "pcfg":
+        pcfg = ck["pcfg"]
+        if pcfg.get("pretrain") is None:
+            raise ValueError("checkpoints.pcfg.pretrain: the suite's pre-training run needs its tasks and prior")
+        # Every sample has the same length: <sos> T O O' <sot>, the window's text, <eot> <art> answer <eos>.
+        per_step = pcfg["batch_size"] * (pcfg["world"]["window"] + 9)
+        steps = save_steps(pcfg["steps"], pcfg["n_checkpoints"], pcfg["first_step"])
+        entries = [{"name": checkpoint_name(s), "step": s, "tokens": s * per_step, "run": "pretrain"} for s in steps]
+        if pcfg.get("baseline") is not None:
+            entries.append({"name": PCFG_BASELINE, "step": pcfg["steps"], "tokens": pcfg["steps"] * per_step,
+                            "run": "baseline"})  # fmt: skip
+        return tuple(entries)
     if ck["suite"] == "hub":
         if "hub" not in ck:
             raise ValueError("checkpoints.hub: required when checkpoints.suite is 'hub'")
@@ -696,7 +756,7 @@ def build_plan(config: dict, results: str | Path = "results") -> Plan:
     """
     # Before the suite: a hub selection rule writes its manifest under results/<study>/.
     check_path_name("study", config["study"])
-    declared.declare(config.get("datasets"))
+    declared.declare(declared.study_block(config))
     entries = checkpoint_entries(config, results)
     train_tasks = tuple(config["train_tasks"])
     table = config.get("relations")
@@ -752,9 +812,15 @@ def build_plan(config: dict, results: str | Path = "results") -> Plan:
                              f"(finetune.per_task.<task>.per_method) and keep the best epoch with snapshots "
                              f"(select: best_validation)")  # fmt: skip
     runs, evaluated = [], []
-    checkpoints = names if tuned is None else [n for n in names if n in tuned]
     for t, m, starts in _starts(config, ft_configs, data_configs):
         ft = method_config(ft_configs[t], m)
+        # finetune.checkpoints, or the task's own (finetune.per_task.<task>.checkpoints)
+        tuned = ft_configs[t].get("checkpoints")
+        unknown = [c for c in tuned or [] if c not in names]
+        if unknown:
+            raise ValueError(f"finetune.per_task.{t}.checkpoints: {unknown} are not checkpoints of the suite "
+                             f"{list(names)}")  # fmt: skip
+        checkpoints = names if tuned is None else [n for n in names if n in tuned]
         evaluations = tuple(Evaluation(e, rel, formats[e]) for e, rel in pairs[t])
         shots = ev["finetuned_shots"] if _check_heads(t, [e.eval_set for e in evaluations]) else 0
         trajectory = bool(ft.get("snapshots")) and ft["snapshots"]["trajectory"]
@@ -794,6 +860,7 @@ def build_plan(config: dict, results: str | Path = "results") -> Plan:
             raise ValueError(f"dissect.train_task: {task!r} is not a plain-document corpus in train_tasks {corpora}")
         if not config.get("derive"):
             raise ValueError("dissect: needs a derive section (the variants it measures)")
+    _check_mechanistic(config.get("mechanistic"), train_tasks, eval_sets, evaluated)
     return Plan(
         study=config["study"],
         suite=config["checkpoints"]["suite"],
@@ -811,7 +878,44 @@ def build_plan(config: dict, results: str | Path = "results") -> Plan:
         root=f"{results}/{config['study']}",
         derive=bool(config.get("derive")),
         probe_sets=probe_sets,
+        mechanistic=config.get("mechanistic"),
     )
+
+
+def _first_format(eval_set: str) -> str:
+    return next(iter(get_dataset(eval_set).task.formats))
+
+
+def _check_mechanistic(block: dict | None, train_tasks: tuple[str, ...], eval_sets: tuple[str, ...],
+                       runs: list[Model]) -> None:  # fmt: skip
+    """The mechanistic section names datasets the study prepares and tasks it trains; raises naming the key."""
+    if not block:
+        return
+    for part in ("layer_probes", "pruning"):
+        sub = block.get(part)
+        if sub is None:
+            continue
+        where = f"mechanistic.{part}"
+        if sub["dataset"] not in train_tasks:
+            raise ValueError(f"{where}.dataset: {sub['dataset']!r} is not in train_tasks {list(train_tasks)} "
+                             "(its training split fits the probes or ranks the neurons)")  # fmt: skip
+        scored = [sub["dataset"]] if part == "layer_probes" else sub.get("eval_sets") or [sub["dataset"]]
+        for e in scored:
+            if e not in eval_sets:
+                raise ValueError(f"{where}: {e!r} is not an eval set of the study {list(eval_sets)}")
+        unknown = [t for t in sub.get("tasks") or [] if t not in train_tasks]
+        if unknown:
+            raise ValueError(f"{where}.tasks: {unknown} are not in train_tasks {list(train_tasks)}")
+        if get_dataset(sub["dataset"]).task.kind == declared.KIND:
+            raise ValueError(f"{where}.dataset: {sub['dataset']!r} is scored by a classifier head; the mechanistic "
+                             "analyses read a causal language model's answer")  # fmt: skip
+    reverse = block.get("reverse")
+    if reverse is not None:
+        if reverse["eval_set"] not in eval_sets:
+            raise ValueError(f"mechanistic.reverse.eval_set: {reverse['eval_set']!r} is not an eval set of the study")
+        if not any(m.parent is not None for m in runs):
+            raise ValueError("mechanistic.reverse: no run starts from another run (finetune.per_task.<task>.from), "
+                             "so there is no reverse fine-tuning to measure")  # fmt: skip
 
 
 def _check_heads(task: str, eval_sets: list[str]) -> bool:

@@ -56,8 +56,8 @@ def test_the_constant_schedule_warms_up_then_holds_and_warmup_steps_beat_the_rat
     params = [torch.nn.Parameter(torch.zeros(2))]
     assert isinstance(optim.make_optimizer(params, {"optimizer": "rmsprop", "weight_decay": 0.0}, 1e-3,
                                            torch.device("cpu")), torch.optim.RMSprop)  # fmt: skip
-    with pytest.raises(ValueError, match="finetune.schedule: unknown schedule 'cosine'"):
-        optim.lr_multiplier(0, 10, 1, {"schedule": "cosine"})
+    with pytest.raises(ValueError, match="finetune.schedule: unknown schedule 'step'"):
+        optim.lr_multiplier(0, 10, 1, {"schedule": "step"})
 
 
 @pytest.fixture(scope="module")

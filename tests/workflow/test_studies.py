@@ -270,3 +270,63 @@ def test_a_new_classification_dataset_is_one_study_file_entry(tmp_path):
         assert after[rule] == before[rule] + runs, rule
     for rule in ("toy_dataset", "prepare_train", "prepare_validation", "prepare_eval"):
         assert after[rule] == before[rule] + 1, rule
+
+
+MECHANISTIC_TOY = ROOT / "workflow/studies/toy-mechanistic.yaml"
+MECHANISTIC_PCFG = ROOT / "workflow/studies/mechanistic-pcfg.yaml"
+# Jobs every mechanistic study has whatever its size: the suite's two pre-training runs and their manifest,
+# the tables and their report pages.
+MECHANISTIC_JOBS = {
+    "pretrain_pcfg": 1,
+    "pretrain_pcfg_baseline": 1,
+    "pcfg_manifest": 1,
+    "performance_table": 1,
+    "trajectory_table": 1,
+    "analysis_change": 1,
+    "analysis_formats": 1,
+    "analysis_mechanistic": 1,
+    "analysis_performance": 1,
+    "analysis_seeds": 1,
+    "analysis_trajectory": 1,
+    "analysis_transfer": 1,
+    "report_table_performance": 1,
+    "report_table_trajectory": 2,
+    "report_table_change": 3,
+    "report_table_formats": 2,
+    "report_table_mechanistic": 3,
+    "report_table_seeds": 1,
+    "report_table_transfer": 1,
+    "all": 1,
+}
+
+
+def test_the_mechanistic_studies_dry_run_offline(tmp_path):
+    counts, _ = dry_run(MECHANISTIC_TOY, tmp_path / "toy")
+    # 3 seeds: count_b from step2000, count_a (reverse) from each count_b run, count_a_scratch from scratch;
+    # the base checkpoints (step1000, step2000, scratch) and the count_b runs are probed, the count_b runs pruned.
+    assert counts == {**MECHANISTIC_JOBS, "toy_dataset": 3, "prepare_train": 3, "prepare_eval": 2,
+                      "evaluate_base": 3, "finetune": 3, "finetune_snapshots": 6, "evaluate_finetuned": 9,
+                      "evaluate_trajectory": 6, "probe_layers_base": 3, "probe_layers_finetuned": 3,
+                      "prune_neurons": 3}  # fmt: skip
+    counts, _ = dry_run(MECHANISTIC_PCFG, tmp_path / "pcfg")
+    # 3 lrs x 3 seeds of count_b and of count_b_spurious; a reverse run from each spurious run, 3 scratch runs.
+    assert counts == {**MECHANISTIC_JOBS, "toy_dataset": 4, "prepare_train": 4, "prepare_eval": 3,
+                      "evaluate_base": 6, "finetune": 18, "finetune_snapshots": 12, "evaluate_finetuned": 30,
+                      "evaluate_trajectory": 12, "probe_layers_base": 6, "probe_layers_finetuned": 18,
+                      "prune_neurons": 18}  # fmt: skip
+
+
+def test_the_paper_scale_mechanistic_study_has_the_papers_settings(tmp_path):
+    plan = build_plan(load_study(MECHANISTIC_PCFG), tmp_path)
+    pcfg = load_study(MECHANISTIC_PCFG)["checkpoints"]["pcfg"]
+    assert pcfg["model"] == {"layers": 6, "heads": 6, "hidden_size": 192}
+    assert (pcfg["world"]["window"], pcfg["world"]["count_window"], pcfg["lr"], pcfg["warmup_ratio"]) == (
+        250, 40, 0.001, 0.2)  # fmt: skip
+    assert plan.checkpoints[-1] == "scratch"
+    cfg = plan.run_config("count_b", "full")
+    assert (cfg["batch_size"], cfg["max_steps"], cfg["schedule"], cfg["warmup_ratio"], cfg["min_lr_ratio"]) == (
+        96, 10000, "cosine", 0.2, 0.01)  # fmt: skip
+    assert sorted({m.lr for m in plan.training_runs if m.train_task == "count_b"}) == [1e-6, 1e-5, 1e-4]
+    reverse = [m for m in plan.training_runs if m.train_task == "count_a"]
+    assert len(reverse) == 9 and {m.parent.train_task for m in reverse} == {"count_b_spurious"}
+    assert {m.checkpoint for m in plan.training_runs if m.train_task == "count_a_scratch"} == {"scratch"}

@@ -9,6 +9,7 @@ from ptft.plan import build_plan
 
 PLAN = build_plan(config)
 TOY_SUITE = PLAN.suite == "toy"
+PCFG_SUITE = PLAN.suite == "pcfg"
 
 # Local checkpoint folders are the user's and exist before any job runs: an incomplete one stops the dry run.
 if PLAN.suite == "local":
@@ -37,7 +38,7 @@ def get_final_output():
 def get_download_output():
     """Everything `snakemake download` fetches: hub datasets and (non-toy) checkpoints."""
     out = [PLAN.raw_path(d) for d in PLAN.datasets if get_dataset(d).source == "hub"]
-    if not TOY_SUITE:
+    if not PLAN.pretrained_here:
         out += [PLAN.checkpoint_path(c) for c in PLAN.checkpoints]
     return out
 
@@ -319,3 +320,17 @@ def get_dissect_pairs(_wildcards):
 from ptft.provenance import CONFIG_ENV, config_sha256
 
 os.environ[CONFIG_ENV] = config_sha256(config)
+
+
+# The mechanistic section's per-model jobs (workflow/rules/mechanistic.smk).
+def get_probe_inputs(_wildcards):
+    dataset = config["mechanistic"]["layer_probes"]["dataset"]
+    return {"train": PLAN.data_path("train", dataset), "test": PLAN.data_path("eval", dataset)}
+
+
+def get_pruning_inputs(_wildcards):
+    sets = [e["eval_set"] for e in PLAN.pruning_evaluations()]
+    return {
+        "train": PLAN.data_path("train", config["mechanistic"]["pruning"]["dataset"]),
+        "eval": [PLAN.data_path("eval", s) for s in sets],
+    }

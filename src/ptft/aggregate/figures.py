@@ -574,6 +574,80 @@ def plot_reliability(bins: pd.DataFrame, eval_set: str, path: str | os.PathLike)
         _save(fig, path)
 
 
+def _model_label(row) -> str:
+    if row["method"] == "base" or pd.isna(row["train_task"]) or row["train_task"] == "none":
+        return f"base {row['checkpoint']}"
+    label = f"{row['train_task']} ({row['method']}, lr {row['lr']:g})"
+    return f"{label} ← {row['parent'].split('/')[1]}" if isinstance(row["parent"], str) else label
+
+
+def _seed_mean(rows: pd.DataFrame, x: str) -> pd.DataFrame:
+    """Per model group (the label) and ``x``: mean and standard deviation over seeds."""
+    rows = rows.assign(label=[_model_label(r) for _, r in rows.iterrows()])
+    return rows.groupby(["label", x], sort=False)["value"].agg(["mean", "std"]).reset_index()
+
+
+def _mean_lines(ax, stats: pd.DataFrame, x: str) -> None:
+    cycle = plt.get_cmap("tab10").colors
+    for k, (label, part) in enumerate(stats.groupby("label", sort=False)):
+        style = "--" if label.startswith("base ") else "-"
+        color = cycle[k % len(cycle)]
+        ax.plot(part[x], part["mean"], style, marker="o", markersize=3, color=color, label=label)
+        spread = part["std"].fillna(0)
+        ax.fill_between(part[x], part["mean"] - spread, part["mean"] + spread, color=color, alpha=0.15, linewidth=0)
+
+
+def plot_layer_probes(table: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Linear-probe accuracy against layer, a panel per target, a line per model group (mean ± sd over seeds)."""
+    targets = list(dict.fromkeys(table["target"]))
+    with _grid(len(targets)) as (fig, axes, _):
+        for i, ax in _panels(axes, len(targets)):
+            part = table[table["target"] == targets[i]]
+            _mean_lines(ax, _seed_mean(part, "layer"), "layer")
+            chance = part["chance"].dropna()
+            if len(chance):
+                ax.axhline(chance.iloc[0], color="0.6", linewidth=0.8, linestyle=":")
+            ax.set_title(f"probe target: {targets[i]}")
+            ax.set_xlabel("layer (0 = embeddings)")
+            ax.set_ylabel("probe accuracy")
+            ax.set_ylim(0, 1.02)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        entries = _legend_entries(axes)
+        _legend_below(fig, list(entries.values()), list(entries))
+        _save(fig, path)
+
+
+def plot_pruning(table: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Score against the number of pruned neurons K, a panel per eval set (primary metric, mean ± sd over seeds)."""
+    table = table.drop_duplicates(["model", "k", "eval_set"]) if "model" in table else table
+    sets = list(dict.fromkeys(table["eval_set"]))
+    with _grid(len(sets)) as (fig, axes, _):
+        for i, ax in _panels(axes, len(sets)):
+            part = table[table["eval_set"] == sets[i]]
+            part = part[part["metric"] == part["metric"].iloc[0]]
+            _mean_lines(ax, _seed_mean(part, "k"), "k")
+            ax.set_title(f"{sets[i]} with the top-K neurons zeroed")
+            ax.set_xlabel("pruned neurons K")
+            ax.set_ylabel(part["metric"].iloc[0])
+        entries = _legend_entries(axes)
+        _legend_below(fig, list(entries.values()), list(entries))
+        _save(fig, path)
+
+
+def plot_reverse(table: pd.DataFrame, path: str | os.PathLike) -> None:
+    """The pre-training task's score along reverse fine-tuning against the scratch + FT baseline."""
+    with _figure(figsize=PANEL_SIZE) as (fig, ax):
+        stats = _seed_mean(table.assign(method=table["role"] + " " + table["method"]), "ft_step")
+        _mean_lines(ax, stats, "ft_step")
+        if len(table):
+            ax.axhline(table["threshold"].iloc[0], color="0.6", linewidth=0.8, linestyle=":")
+            ax.set_title(f"{table['eval_set'].iloc[0]} along reverse fine-tuning")
+        ax.set_xlabel("fine-tuning steps")
+        ax.set_ylabel("score")
+        ax.legend(frameon=False, fontsize="small")
+        _save(fig, path)
+
+
 def _draw_base_vs_finetuned(
     ax, perf: pd.DataFrame, eval_set: str, format: str, colors: dict, relation: str | None = None
 ) -> str:

@@ -7,7 +7,18 @@ import importlib
 from ptft.analysis.registry import ANALYSES, Analysis, Table, get_analysis, register
 
 # The analysis modules, in the order of the report; each registers itself on import.
-MODULES = ("performance", "seeds", "change", "transfer", "formats", "dynamics", "trajectory", "dissect", "lpft")
+MODULES = (
+    "performance",
+    "seeds",
+    "change",
+    "transfer",
+    "formats",
+    "dynamics",
+    "trajectory",
+    "dissect",
+    "lpft",
+    "mechanistic",
+)
 for _name in MODULES:
     importlib.import_module(f"ptft.analysis.{_name}")
 

@@ -17,7 +17,13 @@ def cmd_pretrain_toy(a) -> None:
 def cmd_checkpoint_manifest(a) -> None:
     from ptft import io
 
-    io.write_json(a.out, {"suite": a.suite, "checkpoints": [io.read_json(p) for p in a.pointers]})
+    if a.manifests:
+        # The PCFG suite's runs: the first run's record (architecture, parameters) with every run's checkpoints.
+        parts = [io.read_json(p) for p in a.manifests]
+        manifest = {**parts[0], "suite": a.suite, "checkpoints": [c for part in parts for c in part["checkpoints"]]}
+    else:
+        manifest = {"suite": a.suite, "checkpoints": [io.read_json(p) for p in a.pointers]}
+    io.write_json(a.out, manifest)
 
 
 def add_commands(sub) -> None:
@@ -32,7 +38,9 @@ def add_commands(sub) -> None:
     s.set_defaults(func=cmd_pretrain_toy)
 
     s = sub.add_parser("checkpoint-manifest", help="the resolved suite: every checkpoint pointer in one file")
-    s.add_argument("--pointers", nargs="+", required=True)
+    given = s.add_mutually_exclusive_group(required=True)
+    given.add_argument("--pointers", nargs="+", help="one pointer file per checkpoint (hub, local)")
+    given.add_argument("--manifests", nargs="+", help="the manifests of the suite's pre-training runs (pcfg)")
     s.add_argument("--suite", required=True)
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_checkpoint_manifest)

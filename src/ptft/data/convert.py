@@ -173,7 +173,7 @@ def required_columns(spec: DatasetSpec) -> list[str]:
         cols.append(spec.label_column)
     elif task.kind in ("generation", "text"):
         cols.append(spec.columns.get(task.target, task.target))
-    return cols
+    return cols + list(spec.extra_columns)
 
 
 def _label_index(spec: DatasetSpec, value) -> int:
@@ -222,6 +222,7 @@ def _canonical_record(spec: DatasetSpec, split: str, idx: int, r: dict) -> dict:
     convert = CONVERTERS[spec.converter] if spec.converter else None
     try:
         c = convert(r) if convert else _renamed(spec, r)
+        c.update({k: r[k] for k in spec.extra_columns})
     except KeyError as e:
         raise DataError(f"{_where(spec, split, idx)}: field {e.args[0]!r} missing or invalid") from None
     except BadRecord as e:

@@ -19,6 +19,18 @@ The template's ``{fields}`` are the task's input fields; ``columns`` maps a fiel
 another name. The label column holds an index into ``labels`` unless ``label_map`` maps its raw
 values onto label names. ``metric`` is ``accuracy`` or ``mcc`` (CoLA).
 
+A dataset of the PCFG world (Jain et al.; ``checkpoints.suite: pcfg``) is one (task, operand) of
+the suite's grammar, with the fraction of its records that carry the spurious correlation
+count(b) = count(a) + 1::
+
+    datasets:
+      count_b: {source: pcfg, task: count, operand: b, spurious: 1.0}
+
+Its records are generated from ``checkpoints.pcfg.world`` (:func:`study_block` copies the world into
+each entry), its labels are every answer word of the world, so a model fine-tuned on one task is
+scored on another with the same labels, and two entries of the same (task, operand, spurious) hold
+the same records.
+
 Every ptft command runs in its own process (a Snakemake job, maybe on another node), so the
 declarations travel with the job: the Snakefile puts the study's block into the environment
 variable ``PTFT_DATASETS`` (JSON), and :func:`ptft.data.registry.get_dataset` declares them from
@@ -40,6 +52,9 @@ METRICS = ("accuracy", "mcc")
 _SPEC_KEYS = ("hub_id", "hub_config", "revision", "train_split", "eval_split", "fewshot_split", "columns",
               "label_column", "generator", "validation_fraction", "data_dir", "converter")  # fmt: skip
 _KEYS = ("labels", "template", "source", "domain", "label_map", "metric", *_SPEC_KEYS)
+PCFG_KEYS = ("source", "task", "operand", "spurious", "world")
+# A PCFG record's answer for each operand on its text (label indices): what the layer probes read out.
+PCFG_COLUMNS = ("answer_a", "answer_b", "answer_c", "spurious")
 _DECLARED: set[str] = set()  # names this process declared (not built in)
 
 
@@ -57,11 +72,50 @@ def template_fields(template: str, where: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
+def study_block(config: dict) -> dict:
+    """The study's ``datasets`` block, each PCFG entry with the suite's world (what the jobs declare)."""
+    block = dict(config.get("datasets") or {})
+    for name, entry in block.items():
+        if isinstance(entry, dict) and entry.get("source") == "pcfg":
+            if "world" in entry:
+                raise ValueError(f"datasets.{name}.world: set by the suite (checkpoints.pcfg.world), not per dataset")
+            if config.get("checkpoints", {}).get("suite") != "pcfg":
+                raise ValueError(f"datasets.{name}: a pcfg dataset needs checkpoints.suite: pcfg (its grammar)")
+            block[name] = {**entry, "world": config["checkpoints"]["pcfg"]["world"]}
+    return block
+
+
+def _pcfg(name: str, entry: dict, where: str) -> tuple[TaskType, DatasetSpec]:
+    from ptft.pcfg.world import TASKS, World, answer_words
+
+    unknown = sorted(set(entry) - set(PCFG_KEYS))
+    if unknown:
+        raise ValueError(f"{where}.{unknown[0]}: unknown key of a pcfg dataset; allowed: {', '.join(PCFG_KEYS)}")
+    if entry.get("task") not in TASKS:
+        raise ValueError(f"{where}.task: {entry.get('task')!r} is not one of {', '.join(TASKS)}")
+    if entry.get("operand") not in ("a", "b", "c"):
+        raise ValueError(f"{where}.operand: {entry.get('operand')!r} is not one of a, b, c")
+    spurious = entry.get("spurious", 0.0)
+    if not (isinstance(spurious, int | float) and 0 <= spurious <= 1):
+        raise ValueError(f"{where}.spurious: expected a fraction in [0, 1], got {spurious!r}")
+    if "world" not in entry:
+        raise ValueError(f"{where}: a pcfg dataset needs checkpoints.suite: pcfg (its grammar)")
+    world = World.from_config(entry["world"])
+    task = TaskType(name=name, kind="classification", fields=("prompt",), formats={"default": "{prompt}"},
+                    labels=answer_words(world), target_index="label")  # fmt: skip
+    pcfg = {"world": entry["world"], "task": entry["task"], "operand": entry["operand"], "spurious": float(spurious)}
+    spec = DatasetSpec(name=name, task_type=name, domain="pcfg", source="toy", generator="pcfg", pcfg=pcfg,
+                       extra_columns=PCFG_COLUMNS)  # fmt: skip
+    return task, spec
+
+
 def build(name: str, entry: dict) -> tuple[TaskType, DatasetSpec]:
     """The task type and the registry entry of declared dataset ``name``; raises naming the key."""
     where = f"datasets.{name}"
     if not isinstance(entry, dict):
         raise ValueError(f"{where}: expected a mapping, got {entry!r}")
+    if entry.get("source") == "pcfg":
+        return _pcfg(name, entry, where)
     unknown = sorted(set(entry) - set(_KEYS))
     if unknown:
         raise ValueError(f"{where}.{unknown[0]}: unknown key; allowed: {', '.join(_KEYS)}")

@@ -47,6 +47,12 @@ def write_toy_dataset(
     from ptft.toy.generate import generate_splits, held_out_keys
 
     wanted = {s: sizes[s] for s in ("train", "validation", "test") if s != "train" or spec.train_split}
+    if spec.generator == "pcfg":
+        from ptft.pcfg.world import World, write_dataset
+
+        drawn = {k: v for k, v in spec.pcfg.items() if k != "world"}
+        write_dataset(World.from_config(spec.pcfg["world"]), drawn, wanted, seed, Path(out_dir))
+        return
     for split, records in generate_splits(spec, wanted, seed, held_out_keys(held_out_dirs)).items():
         io.write_parquet(Path(out_dir) / f"{split}.parquet", pd.DataFrame(records))
 

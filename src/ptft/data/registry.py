@@ -48,6 +48,11 @@ class DatasetSpec:
     # The paper's split rule of the LP-FT study: the last fraction of the training split (unshuffled) is the
     # validation split and the training examples come from the rest; None: validation follows the training ones.
     validation_fraction: float | None = None
+    # A PCFG dataset (generator "pcfg"): the world, task, operand and spurious fraction it is drawn with.
+    pcfg: dict | None = None
+    # Columns carried unchanged into the prepared records, beside the task's fields (e.g. a PCFG record's
+    # answer for each operand: the targets of the mechanistic study's layer probes).
+    extra_columns: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.prompt_keep not in PROMPT_KEEP:

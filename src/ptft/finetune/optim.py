@@ -1,29 +1,41 @@
 """The optimizers and learning-rate schedules a run can name (``finetune.optimizer``, ``finetune.schedule``).
 
-A schedule is a function ``(step, total, warmup) -> multiplier of the peak lr`` at optimizer step
-``step`` (from 0); adding one is one entry in :data:`SCHEDULES` and its name in the schema's enum.
+A schedule is a function ``(step, total, warmup, floor) -> multiplier of the peak lr`` at optimizer
+step ``step`` (from 0); ``floor`` is ``finetune.min_lr_ratio``, the multiplier a decaying schedule
+ends at. Adding one is one entry in :data:`SCHEDULES` and its name in the schema's enum.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
-def linear(step: int, total: int, warmup: int) -> float:
-    """Linear warmup over ``warmup`` steps, then linear decay to 0. Unlike ``transformers``'
-    ``get_linear_schedule_with_warmup``, the first step already trains (at ``1 / warmup`` of the
-    peak) instead of running at lr 0."""
+def linear(step: int, total: int, warmup: int, floor: float = 0.0) -> float:
+    """Linear warmup over ``warmup`` steps, then linear decay to ``floor`` (0: to 0 at the last step).
+    Unlike ``transformers``' ``get_linear_schedule_with_warmup``, the first step already trains (at
+    ``1 / warmup`` of the peak) instead of running at lr 0."""
     if step < warmup:
         return (step + 1) / warmup
-    return max(0.0, (total - step) / max(1, total - warmup))
+    return floor + (1 - floor) * max(0.0, (total - step) / max(1, total - warmup))
 
 
-def constant(step: int, total: int, warmup: int) -> float:
+def constant(step: int, total: int, warmup: int, floor: float = 0.0) -> float:
     """Linear warmup over ``warmup`` steps, then the peak lr to the end (Ren & Sutherland's release)."""
     return min(1.0, (step + 1) / warmup) if warmup else 1.0
 
 
-SCHEDULES = {"linear": linear, "constant": constant}
+def cosine(step: int, total: int, warmup: int, floor: float = 0.0) -> float:
+    """Linear warmup over ``warmup`` steps, then a half cosine from the peak down to ``floor`` at the
+    last step (Jain et al.: 20 % warmup, floor 0.01 = "100 x lower than the maximum")."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+SCHEDULES = {"linear": linear, "constant": constant, "cosine": cosine}
 
 
 def warmup_steps(total: int, cfg: dict) -> int:
@@ -50,4 +62,4 @@ def lr_multiplier(step: int, total: int, warmup: int, cfg: dict) -> float:
     name = cfg.get("schedule", "linear")
     if name not in SCHEDULES:
         raise ValueError(f"finetune.schedule: unknown schedule {name!r}; allowed: {', '.join(SCHEDULES)}")
-    return SCHEDULES[name](step, total, warmup)
+    return SCHEDULES[name](step, total, warmup, cfg.get("min_lr_ratio", 0.0))
