@@ -900,9 +900,10 @@ def _check_mechanistic(block: dict | None, train_tasks: tuple[str, ...], eval_se
             raise ValueError(f"{where}.dataset: {sub['dataset']!r} is not in train_tasks {list(train_tasks)} "
                              "(its training split fits the probes or ranks the neurons)")  # fmt: skip
         scored = [sub["dataset"]] if part == "layer_probes" else sub.get("eval_sets") or [sub["dataset"]]
+        key = f"{where}.dataset" if part == "layer_probes" or not sub.get("eval_sets") else f"{where}.eval_sets"
         for e in scored:
             if e not in eval_sets:
-                raise ValueError(f"{where}: {e!r} is not an eval set of the study {list(eval_sets)}")
+                raise ValueError(f"{key}: {e!r} is not an eval set of the study {list(eval_sets)}")
         unknown = [t for t in sub.get("tasks") or [] if t not in train_tasks]
         if unknown:
             raise ValueError(f"{where}.tasks: {unknown} are not in train_tasks {list(train_tasks)}")

@@ -155,12 +155,10 @@ def reverse_finetuning(trajectory: pd.DataFrame, settings: dict, reverse: dict, 
                                                                "baseline"))  # fmt: skip
     run = [k for k in ("checkpoint", "train_task", "method", "lr", "seed", "train_size", "parent", "format")
            if k in rows]  # fmt: skip
-    first = {}
-    for key, group in rows.groupby(run, dropna=False, sort=False):
-        reached = group[group["value"] >= reverse["threshold"]]
-        first[key] = reached["ft_step"].min() if len(reached) else pd.NA
-    steps = [first[tuple(r)] for r in rows[run].itertuples(index=False)]
-    rows = rows.assign(threshold=float(reverse["threshold"]), steps_to_threshold=pd.array(steps, dtype="Int64"))
+    # Per run, the smallest step whose value reaches the threshold (NA where none does).
+    reached = rows["ft_step"].astype("Float64").where(rows["value"] >= reverse["threshold"])
+    steps = reached.groupby([rows[k] for k in run], dropna=False, sort=False).transform("min")
+    rows = rows.assign(threshold=float(reverse["threshold"]), steps_to_threshold=steps.astype("Int64"))
     table = rows.reindex(columns=REVERSE_COLUMNS)
     return _ordered(table, ["role", "ft_step"]).astype(_DTYPES)
 

@@ -86,7 +86,7 @@ def study_block(config: dict) -> dict:
 
 
 def _pcfg(name: str, entry: dict, where: str) -> tuple[TaskType, DatasetSpec]:
-    from ptft.pcfg.world import TASKS, World, answer_words
+    from ptft.pcfg.world import TASKS, World, answer_words, check_spec
 
     unknown = sorted(set(entry) - set(PCFG_KEYS))
     if unknown:
@@ -101,6 +101,7 @@ def _pcfg(name: str, entry: dict, where: str) -> tuple[TaskType, DatasetSpec]:
     if "world" not in entry:
         raise ValueError(f"{where}: a pcfg dataset needs checkpoints.suite: pcfg (its grammar)")
     world = World.from_config(entry["world"])
+    check_spec(world, {k: entry[k] for k in ("task", "operand", "spurious") if k in entry}, where)
     task = TaskType(name=name, kind="classification", fields=("prompt",), formats={"default": "{prompt}"},
                     labels=answer_words(world), target_index="label")  # fmt: skip
     pcfg = {"world": entry["world"], "task": entry["task"], "operand": entry["operand"], "spurious": float(spurious)}
