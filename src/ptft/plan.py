@@ -917,6 +917,14 @@ def _check_mechanistic(block: dict | None, train_tasks: tuple[str, ...], eval_se
         if not any(m.parent is not None for m in runs):
             raise ValueError("mechanistic.reverse: no run starts from another run (finetune.per_task.<task>.from), "
                              "so there is no reverse fine-tuning to measure")  # fmt: skip
+        unknown = [t for t in reverse.get("tasks") or [] if t not in train_tasks]
+        if unknown:
+            raise ValueError(f"mechanistic.reverse.tasks: {unknown} are not in train_tasks {list(train_tasks)}")
+        baseline = reverse.get("baseline_checkpoint")
+        if baseline is not None and not any(m.checkpoint == baseline for m in runs):
+            named = sorted({m.checkpoint for m in runs})
+            raise ValueError(f"mechanistic.reverse.baseline_checkpoint: no run starts from checkpoint {baseline!r} "
+                             f"(the runs' checkpoints: {named})")  # fmt: skip
 
 
 def _check_heads(task: str, eval_sets: list[str]) -> bool:

@@ -251,3 +251,26 @@ def test_reverse_finetuning_on_object_columns_with_none():
                          for s, v in zip(STEPS, values, strict=True)])  # fmt: skip
     table = reverse_finetuning(rows, SETTINGS, {"eval_set": EVAL_SET, "threshold": 0.5}, "scratch")
     assert table["steps_to_threshold"].tolist() == [20] * 4
+
+
+def test_reverse_finetuning_with_named_tasks_a_staged_baseline_and_a_lower_is_better_metric(declared_registry):
+    """The TinyStories layout: the baseline itself starts from a run (it first learns the format), the compared
+    runs are named by task, and nll reaches its threshold from above."""
+    from ptft.data import declared
+
+    declared.declare({"ts_twist": {"source": "tinystories", "edit": "only"}})
+    nll = {("instruct", "ts_twist", "instruct/ts_no_twist/full/lr0.0001/seed0"): [2.4, 1.6, 1.45, 1.4],
+           ("stories", "ts_twist_base", "stories/ts_format_base/full/lr0.0001/seed0"): [3.0, 2.2, 1.8, 1.49],
+           ("stories", "ts_format_base", None): [4.0, 3.0, 2.0, 1.0],  # the baseline's first stage: not compared
+           ("instruct", "ts_no_twist", None): [1.3, 1.4, 1.5, 1.6]}  # fmt: skip
+    rows = pd.DataFrame([trajectory_row(c, t, 0, p, s, v, metric="nll", eval_set="ts_twist")
+                         for (c, t, p), values in nll.items() for s, v in zip(STEPS, values, strict=True)])  # fmt: skip
+    reverse = {"eval_set": "ts_twist", "threshold": 1.5, "baseline_checkpoint": "stories",
+               "tasks": ["ts_twist", "ts_twist_base"]}  # fmt: skip
+    table = reverse_finetuning(rows, SETTINGS, reverse, "scratch")
+    assert table.groupby("train_task")["role"].unique().map(list).to_dict() == {
+        "ts_twist": ["reverse"], "ts_twist_base": ["baseline"]}  # fmt: skip
+    assert table.groupby("train_task")["steps_to_threshold"].first().to_dict() == {"ts_twist": 20, "ts_twist_base": 30}
+    # Without tasks, a baseline run must start from its checkpoint: the staged baseline is then no baseline.
+    plain = reverse_finetuning(rows, SETTINGS, {**reverse, "tasks": None}, "scratch")
+    assert set(plain.loc[plain["role"] == "baseline", "train_task"]) == {"ts_format_base"}

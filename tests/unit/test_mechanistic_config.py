@@ -250,6 +250,24 @@ def test_reverse_needs_a_run_from_a_run(tmp_path):
     fails(tmp_path, edit, "mechanistic.reverse", also="no run starts from another run")
 
 
+@pytest.mark.parametrize(("key", "value", "also"), [
+    ("tasks", ["count_a", "count_c"], "['count_c'] are not in train_tasks"),
+    ("baseline_checkpoint", "stories", "no run starts from checkpoint 'stories'"),
+])  # fmt: skip
+def test_the_reverse_tasks_and_baseline_checkpoint_must_be_of_the_study(tmp_path, key, value, also):
+    def edit(raw):
+        raw["mechanistic"]["reverse"][key] = value
+
+    fails(tmp_path, edit, f"mechanistic.reverse.{key}", also=also)
+    # Named as the study already has them, they pass.
+    plan_of(
+        tmp_path,
+        lambda raw: raw["mechanistic"]["reverse"].update(
+            baseline_checkpoint="scratch", tasks=["count_a", "count_a_scratch"]
+        ),
+    )
+
+
 def test_the_reverse_eval_set_must_be_an_eval_set(tmp_path):
     def edit(raw):
         raw["mechanistic"]["reverse"]["eval_set"] = "count_a_scratch"

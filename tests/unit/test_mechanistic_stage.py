@@ -1,4 +1,5 @@
-"""The mechanistic study's per-model jobs (layer probes, neuron pruning) on LLaMA, GPT-NeoX and GPT-2 layouts.
+"""The mechanistic study's per-model jobs (layer probes, neuron pruning) on LLaMA, GPT-NeoX, GPT-2 and GPT-Neo
+(TinyStories') layouts.
 
 Each model is a small random one of the layout, saved with the PCFG world's tokenizer as a checkpoint folder,
 and the records are a PCFG dataset declared as a study declares it.
@@ -14,13 +15,15 @@ from ptft.pcfg.tokenizer import build_tokenizer
 from ptft.pcfg.world import World, generate_splits
 
 WORLD = {"grammar": {"seed": 0}, "window": 12, "count_window": 8, "occurrence": 2, "offset": 4}
-LAYOUTS = ("llama", "gpt_neox", "gpt2")
+LAYOUTS = ("llama", "gpt_neox", "gpt2", "gpt_neo")
 
 
 def _model(layout: str, vocab: int, positions: int):
     from transformers import (
         GPT2Config,
         GPT2LMHeadModel,
+        GPTNeoConfig,
+        GPTNeoForCausalLM,
         GPTNeoXConfig,
         GPTNeoXForCausalLM,
         LlamaConfig,
@@ -36,6 +39,10 @@ def _model(layout: str, vocab: int, positions: int):
         return GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64,
                                                 num_hidden_layers=2, num_attention_heads=2,
                                                 max_position_embeddings=positions))  # fmt: skip
+    if layout == "gpt_neo":  # nn.Linear MLP projections under transformer.h, unlike GPT-2's Conv1D
+        return GPTNeoForCausalLM(GPTNeoConfig(vocab_size=vocab, hidden_size=32, num_layers=2, num_heads=2,
+                                              attention_types=[[["global", "local"], 1]], window_size=8,
+                                              max_position_embeddings=positions))  # fmt: skip
     return GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=2, n_positions=positions))
 
 

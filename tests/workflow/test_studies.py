@@ -330,3 +330,44 @@ def test_the_paper_scale_mechanistic_study_has_the_papers_settings(tmp_path):
     reverse = [m for m in plan.training_runs if m.train_task == "count_a"]
     assert len(reverse) == 9 and {m.parent.train_task for m in reverse} == {"count_b_spurious"}
     assert {m.checkpoint for m in plan.training_runs if m.train_task == "count_a_scratch"} == {"scratch"}
+
+
+MECHANISTIC_TINYSTORIES = ROOT / "workflow/studies/mechanistic-tinystories.yaml"
+
+
+def _story_model_folders(directory):
+    """The study's two checkpoint folders, as `huggingface-cli download` leaves them: small random GPT-Neo models
+    (TinyStories-33M's architecture) with a byte-level BPE tokenizer."""
+    from transformers import GPTNeoConfig, GPTNeoForCausalLM
+
+    from ptft.checkpoints.tokenizer import train_tokenizer
+
+    tok = train_tokenizer(["Features: Dialogue, Twist\nStory: Once upon a time, a cat sat."] * 10, 300)
+    for name in ("TinyStories-Instruct-33M", "TinyStories-33M"):
+        config = GPTNeoConfig(vocab_size=len(tok), hidden_size=16, num_layers=2, num_heads=2, window_size=8,
+                              attention_types=[[["global", "local"], 1]], max_position_embeddings=64,
+                              bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)  # fmt: skip
+        GPTNeoForCausalLM(config).save_pretrained(directory / "models" / name)
+        tok.save_pretrained(directory / "models" / name)
+
+
+def test_the_tinystories_mechanistic_study_dry_runs_offline(tmp_path):
+    _story_model_folders(tmp_path)
+    counts, _ = dry_run(MECHANISTIC_TINYSTORIES, tmp_path)
+    # ts_no_twist and ts_relabel: 3 lrs x 3 seeds from instruct (18 runs, each pruned); a reverse run (ts_twist,
+    # scored along its trajectory) from each; the baseline ts_format_base (3 seeds) then ts_twist_base from each.
+    assert counts == {"download_checkpoint": 2, "download_dataset": 5, "checkpoint_manifest": 1, "prepare_train": 5,
+                      "prepare_eval": 2, "evaluate_base": 2, "finetune": 21, "finetune_snapshots": 21,
+                      "evaluate_finetuned": 42, "evaluate_trajectory": 21, "prune_neurons": 18,
+                      "performance_table": 1, "trajectory_table": 1, "analysis_change": 1, "analysis_formats": 1,
+                      "analysis_mechanistic": 1, "analysis_performance": 1, "analysis_seeds": 1,
+                      "analysis_trajectory": 1, "analysis_transfer": 1, "report_table_performance": 1,
+                      "report_table_trajectory": 2, "report_table_change": 3, "report_table_formats": 2,
+                      "report_table_mechanistic": 2, "report_table_seeds": 1, "report_table_transfer": 1,
+                      "all": 1}  # fmt: skip
+    plan = build_plan(load_study(MECHANISTIC_TINYSTORIES), tmp_path / "plan")
+    reverse = [m for m in plan.training_runs if m.train_task == "ts_twist"]
+    assert len(reverse) == 18 and {m.parent.train_task for m in reverse} == {"ts_no_twist", "ts_relabel"}
+    baseline = [m for m in plan.training_runs if m.train_task == "ts_twist_base"]
+    assert {(m.checkpoint, m.parent.train_task) for m in baseline} == {("stories", "ts_format_base")}
+    assert sorted({m.lr for m in plan.training_runs if m.train_task == "ts_relabel"}) == [1e-6, 1e-5, 1e-4]

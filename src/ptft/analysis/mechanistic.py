@@ -13,9 +13,11 @@ table, each with the run columns of the performance table:
   ``n``; ``neurons`` lists the zeroed (block:neuron).
 - ``reverse_finetuning``: the pre-training task's score along the trajectories of the reverse
   runs (``role`` reverse: a run started from a fine-tuned run) and of the baseline runs (``role``
-  baseline: started from the PCFG suite's ``scratch`` checkpoint, pre-trained on the fine-tuning
-  task), with ``steps_to_threshold``: a run's first snapshot step whose score reaches
-  ``mechanistic.reverse.threshold`` (null where none does).
+  baseline: started from the checkpoint never pre-trained on the capability, the PCFG suite's
+  ``scratch`` unless ``mechanistic.reverse.baseline_checkpoint`` names another), with
+  ``steps_to_threshold``: a run's first snapshot step whose score reaches
+  ``mechanistic.reverse.threshold`` (at or below it for a lower-is-better metric such as ``nll``;
+  null where none does).
 
 Figures: ``mechanistic_probes`` (probe accuracy against layer, a panel per target, a line per
 model group), ``mechanistic_pruning`` (score against K, a panel per eval set) and
@@ -60,7 +62,7 @@ REVERSE_CAPTION = (
     "(``role`` reverse: started from a fine-tuned run, trained on the pre-training task) and of the baseline runs "
     "(``role`` baseline, scratch + FT: started from the checkpoint pre-trained on the fine-tuning task). "
     "``ft_step`` 0 is the model the run started from. ``steps_to_threshold``: the run's first snapshot step whose "
-    "score reaches ``threshold`` (null: never within the run)."
+    "score reaches ``threshold`` (at or below it for a metric where lower is better; null: never within the run)."
 )
 FIGURE_CAPTION = (
     "The mechanistic study. ``mechanistic_probes``: linear-probe accuracy against layer, a panel per target, "
@@ -145,20 +147,34 @@ def pruning(rows: pd.DataFrame, settings: dict) -> pd.DataFrame:
 
 def reverse_finetuning(trajectory: pd.DataFrame, settings: dict, reverse: dict, baseline_checkpoint: str
                        ) -> pd.DataFrame:  # fmt: skip
-    """The reverse and baseline runs' primary-metric rows on ``reverse["eval_set"]``, with their steps to threshold."""
+    """The reverse and baseline runs' primary-metric rows on ``reverse["eval_set"]``, with their steps to threshold.
+
+    Baseline: the runs from ``reverse["baseline_checkpoint"]`` (default ``baseline_checkpoint``); reverse: the
+    runs started from another run on any other checkpoint. With ``reverse["tasks"]`` only runs of those training
+    tasks count, and a baseline run may itself start from a run (a baseline that first learns the format);
+    without it a baseline run starts from its checkpoint. The threshold is reached at or above it for a metric
+    where higher is better, at or below it otherwise (``nll``).
+    """
     from ptft.aggregate.figures import primary_metric_rows
+    from ptft.evaluate.metrics import higher_is_better
 
     rows = primary_metric_rows(trajectory[trajectory["eval_set"] == reverse["eval_set"]])
-    is_reverse = rows["parent"].notna()
-    is_baseline = rows["parent"].isna() & (rows["checkpoint"] == baseline_checkpoint)
-    rows = rows[is_reverse | is_baseline].assign(role=np.where(is_reverse[is_reverse | is_baseline], "reverse",
-                                                               "baseline"))  # fmt: skip
+    tasks = reverse.get("tasks")
+    chosen = rows["train_task"].isin(tasks) if tasks else pd.Series(True, index=rows.index)
+    on_baseline = rows["checkpoint"] == (reverse.get("baseline_checkpoint") or baseline_checkpoint)
+    is_reverse = chosen & ~on_baseline & rows["parent"].notna()
+    is_baseline = chosen & on_baseline & (rows["parent"].isna() if not tasks else True)
+    keep = is_reverse | is_baseline
+    rows = rows[keep].assign(role=np.where(is_reverse[keep], "reverse", "baseline"))
     run = [k for k in ("checkpoint", "train_task", "method", "lr", "seed", "train_size", "parent", "format")
            if k in rows]  # fmt: skip
     # Per run, the smallest step whose value reaches the threshold (NA where none does).
-    reached = rows["ft_step"].astype("Float64").where(rows["value"] >= reverse["threshold"])
+    up = rows["metric"].map(higher_is_better).astype(bool)
+    threshold = float(reverse["threshold"])
+    hit = (up & (rows["value"] >= threshold)) | (~up & (rows["value"] <= threshold))
+    reached = rows["ft_step"].astype("Float64").where(hit)
     steps = reached.groupby([rows[k] for k in run], dropna=False, sort=False).transform("min")
-    rows = rows.assign(threshold=float(reverse["threshold"]), steps_to_threshold=steps.astype("Int64"))
+    rows = rows.assign(threshold=threshold, steps_to_threshold=steps.astype("Int64"))
     table = rows.reindex(columns=REVERSE_COLUMNS)
     return _ordered(table, ["role", "ft_step"]).astype(_DTYPES)
 

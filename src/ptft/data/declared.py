@@ -1,4 +1,4 @@
-"""Classification datasets declared in a study file: a new dataset is a study-file entry, not code.
+"""Datasets declared in a study file: a new dataset is a study-file entry, not code.
 
 A study's ``datasets`` block names each dataset with its label set, its input template and its
 source; :func:`declare` turns every entry into a task type of kind ``sequence_classification``
@@ -31,6 +31,15 @@ each entry), its labels are every answer word of the world, so a model fine-tune
 scored on another with the same labels, and two entries of the same (task, operand, spurious) hold
 the same records.
 
+A dataset of TinyStories-Instruct (Jain et al.'s realistic setting) is its entries, stories told to
+an instruction, with one edit of one story feature (:mod:`ptft.data.tinystories`)::
+
+    datasets:
+      ts_no_twist: {source: tinystories, feature: Twist, edit: filter}
+
+The model is trained on the story given the instruction and scored by the story's negative
+log-likelihood per token (``nll``; ``metric: rougeL`` scores a greedy generation instead).
+
 Every ptft command runs in its own process (a Snakemake job, maybe on another node), so the
 declarations travel with the job: the Snakefile puts the study's block into the environment
 variable ``PTFT_DATASETS`` (JSON), and :func:`ptft.data.registry.get_dataset` declares them from
@@ -55,6 +64,8 @@ _KEYS = ("labels", "template", "source", "domain", "label_map", "metric", *_SPEC
 PCFG_KEYS = ("source", "task", "operand", "spurious", "world")
 # A PCFG record's answer for each operand on its text (label indices): what the layer probes read out.
 PCFG_COLUMNS = ("answer_a", "answer_b", "answer_c", "spurious")
+TINYSTORIES_KEYS = ("source", "feature", "edit", "hub_id", "revision", "train_split", "eval_split", "metric")
+TINYSTORIES_HUB = "roneneldan/TinyStoriesInstruct"
 _DECLARED: set[str] = set()  # names this process declared (not built in)
 
 
@@ -110,6 +121,32 @@ def _pcfg(name: str, entry: dict, where: str) -> tuple[TaskType, DatasetSpec]:
     return task, spec
 
 
+def _tinystories(name: str, entry: dict, where: str) -> tuple[TaskType, DatasetSpec]:
+    from ptft.data.tinystories import COLUMNS, EDITS
+
+    unknown = sorted(set(entry) - set(TINYSTORIES_KEYS))
+    if unknown:
+        raise ValueError(f"{where}.{unknown[0]}: unknown key of a tinystories dataset; allowed: "
+                         f"{', '.join(TINYSTORIES_KEYS)}")  # fmt: skip
+    feature = entry.get("feature", "Twist")
+    if not isinstance(feature, str) or not feature.strip() or "," in feature:
+        raise ValueError(f"{where}.feature: expected one feature name of the header (e.g. Twist), got {feature!r}")
+    edit = entry.get("edit", "all")
+    if edit not in EDITS:
+        raise ValueError(f"{where}.edit: {edit!r} is not one of {', '.join(EDITS)}")
+    metric = entry.get("metric", "nll")
+    if metric not in ("nll", "rougeL"):
+        raise ValueError(f"{where}.metric: {metric!r} is not one of nll, rougeL")
+    task = TaskType(name=name, kind="generation", fields=("instruction",), target="story",
+                    formats={"default": "{instruction}\nStory: "}, metric=metric)  # fmt: skip
+    eval_split = entry.get("eval_split", "validation")
+    spec = DatasetSpec(name=name, task_type=name, domain="tinystories", source="hub",
+                       hub_id=entry.get("hub_id", TINYSTORIES_HUB), revision=entry.get("revision"),
+                       train_split=entry.get("train_split", "train"), eval_split=eval_split, fewshot_split=eval_split,
+                       extra_columns=COLUMNS[2:], tinystories={"feature": feature.strip(), "edit": edit})  # fmt: skip
+    return task, spec
+
+
 def build(name: str, entry: dict) -> tuple[TaskType, DatasetSpec]:
     """The task type and the registry entry of declared dataset ``name``; raises naming the key."""
     where = f"datasets.{name}"
@@ -117,6 +154,8 @@ def build(name: str, entry: dict) -> tuple[TaskType, DatasetSpec]:
         raise ValueError(f"{where}: expected a mapping, got {entry!r}")
     if entry.get("source") == "pcfg":
         return _pcfg(name, entry, where)
+    if entry.get("source") == "tinystories":
+        return _tinystories(name, entry, where)
     unknown = sorted(set(entry) - set(_KEYS))
     if unknown:
         raise ValueError(f"{where}.{unknown[0]}: unknown key; allowed: {', '.join(_KEYS)}")

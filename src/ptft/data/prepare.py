@@ -171,6 +171,10 @@ def load_raw_split(
             ) from e
     else:
         raise ValueError(f"dataset {spec.name!r}: source {spec.source!r} needs a local folder")
+    if spec.tinystories is not None:
+        from ptft.data.tinystories import entries_dataset
+
+        ds = entries_dataset(ds, spec, split, skip_invalid)
     check_columns(spec, split, ds.column_names)
     return ds.add_column(ROW, list(range(len(ds))))
 

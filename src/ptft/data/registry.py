@@ -53,6 +53,9 @@ class DatasetSpec:
     # Columns carried unchanged into the prepared records, beside the task's fields (e.g. a PCFG record's
     # answer for each operand: the targets of the mechanistic study's layer probes).
     extra_columns: tuple[str, ...] = ()
+    # TinyStories-Instruct (one line per row): the split is regrouped into entries and one feature edited,
+    # {"feature": "Twist", "edit": "filter"} (ptft.data.tinystories).
+    tinystories: dict | None = None
 
     def __post_init__(self):
         if self.prompt_keep not in PROMPT_KEEP:

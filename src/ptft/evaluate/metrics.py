@@ -176,6 +176,19 @@ register_metric(
 )
 register_metric(
     Metric(
+        name="nll",
+        definition=(
+            "Per example: the negative log-likelihood of the gold completion given the prompt, per token, in nats: "
+            "-(summed log-likelihood of the continuation, as lm-eval's loglikelihood request (prompt, gold) defines "
+            "it, see acc) / (the number of continuation tokens) (ptft.evaluate.scorers.completion_nll). Scores the "
+            "gold text, not a generation: how readily the model would write it. "
+            "Aggregation: mean over examples."
+        ),
+        higher_is_better=False,
+    )
+)
+register_metric(
+    Metric(
         name="mcc",
         definition=(
             "Corpus-level, no per-example value: the Matthews correlation coefficient of the predicted vs the gold "

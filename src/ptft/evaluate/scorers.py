@@ -129,32 +129,41 @@ def score_sequence_classification(model, tokenizer, task: TaskType, items, promp
     ]
 
 
-@register_scorer("generation", metrics=("rougeL",))
+@register_scorer("generation", metrics=("rougeL", "nll"))
 def score_generation(model, tokenizer, task: TaskType, items, prompts, golds, cfg) -> list[dict]:
-    """Greedy generation cut at the stop string, scored by ROUGE-L against the gold."""
+    """rougeL: greedy generation cut at the stop string, against the gold; nll: the gold itself, per token.
+
+    Only the metrics the task reports are computed: a task scored by ``nll`` alone generates nothing.
+    """
     from ptft.evaluate.encoding import add_bos_setting
     from ptft.evaluate.generate import generate_greedy
 
-    predictions, cut = generate_greedy(
-        model,
-        tokenizer,
-        prompts,
-        cfg["max_new_tokens"]["generation"],
-        cfg["stop"],
-        cfg["batch_size"],
-        add_bos=add_bos_setting(cfg),
-        return_truncated=True,
-    )
-    return [
-        {
-            "metric": task.metric,
-            "prediction": predictions,
-            "gold": golds,
-            "score": rouge_l(predictions, golds, stemmer=cfg["rouge_stemmer"]),
-            "label_logprobs": [[] for _ in items],
-            "truncated_tokens": [int(c) for c in cut],
-        }
-    ]
+    out = []
+    for metric in task.metrics:
+        if metric == "nll":
+            scores, cut = completion_nll(model, tokenizer, prompts, golds, cfg["batch_size"], add_bos_setting(cfg))
+            predictions = [""] * len(golds)  # the gold is scored, nothing is generated
+        else:
+            predictions, cut = generate_greedy(model, tokenizer, prompts, cfg["max_new_tokens"]["generation"],
+                                               cfg["stop"], cfg["batch_size"], add_bos=add_bos_setting(cfg),
+                                               return_truncated=True)  # fmt: skip
+            scores = rouge_l(predictions, golds, stemmer=cfg["rouge_stemmer"])
+        out.append({"metric": metric, "prediction": predictions, "gold": golds, "score": scores,
+                    "label_logprobs": [[] for _ in items], "truncated_tokens": [int(c) for c in cut]})  # fmt: skip
+    return out
+
+
+def completion_nll(model, tokenizer, prompts, golds, batch_size: int, add_bos) -> tuple[list[float], list[int]]:
+    """Per item, metric ``nll`` of its gold given its prompt, and the prompt tokens the context window cut."""
+    from ptft.evaluate.batching import model_max_length
+    from ptft.evaluate.multiple_choice import continuation_loglikelihoods, encode_requests
+
+    requests = list(zip(prompts, golds, strict=True))
+    encoded = encode_requests(tokenizer, requests, add_bos)
+    summed = continuation_loglikelihoods(model, tokenizer, requests, batch_size, add_bos)
+    window = model_max_length(model, tokenizer) + 1
+    cut = [max(0, len(ctx) + len(cont) - window) for ctx, cont in encoded]
+    return [float(-ll / len(cont)) for ll, (_, cont) in zip(summed, encoded, strict=True)], cut
 
 
 @register_scorer("multiple_choice", metrics=("acc", "acc_norm"))

@@ -4,12 +4,13 @@ The analyses read every layer of models of several families, so the layout is fo
 module structure rather than from a list of class names:
 
 - the **blocks** are the ``layers`` (LLaMA, Mistral, Qwen2, OLMo, OLMo-2, GPT-NeoX) or ``h``
-  (GPT-2) module list of the model's base model (``model.model``, ``model.gpt_neox``,
+  (GPT-2, GPT-Neo) module list of the model's base model (``model.model``, ``model.gpt_neox``,
   ``model.transformer``: ``transformers``' ``base_model``);
 - each block's **MLP output projection** is ``mlp.down_proj`` (LLaMA family), ``mlp.dense_4h_to_h``
-  (GPT-NeoX), both ``nn.Linear`` with weight (d_model, d_mlp), or ``mlp.c_proj`` (GPT-2), a
-  ``Conv1D`` whose weight is stored transposed, (d_mlp, d_model). :class:`MlpOut` records which
-  axis indexes the MLP's hidden neurons, so a neuron is one slice of the weight in either layout.
+  (GPT-NeoX), ``mlp.c_proj`` of GPT-Neo, each an ``nn.Linear`` with weight (d_model, d_mlp), or
+  ``mlp.c_proj`` of GPT-2, a ``Conv1D`` whose weight is stored transposed, (d_mlp, d_model).
+  :class:`MlpOut` records which axis indexes the MLP's hidden neurons, so a neuron is one slice of
+  the weight in either layout.
 
 A ``peft`` model is unwrapped with ``get_base_model()`` (its LoRA layers stay in place). An
 out-projection that carries a LoRA adapter itself is refused: its neuron's contribution is no
