@@ -13,7 +13,11 @@ XSum-like prompts, 60 new tokens, stop at a newline). Paths, each after a warm-u
   the output is cut there anyway);
 - ``static``: ``generate`` with ``cache_implementation="static"`` (transformers compiles the decode step)
   and ``stop_strings``;
-- ``static_token_stop``: both.
+- ``static_token_stop``: both;
+- ``loop_graph``: a greedy decode loop of our own over one ``StaticCache`` per batch size, reset between
+  batches, whose decode step (forward of one token, argmax) is ``torch.compile``'d with
+  ``mode="reduce-overhead"`` (CUDA graphs) on a GPU; the prompt runs once, eagerly. The stop is a tensor
+  check, read back every 8 steps.
 
 ``same_as_today`` counts the items whose text equals the ``today`` path's. A random-init model's logits
 are nearly flat, so greedy choices are near-ties that another kernel's bf16 rounding flips; the count is
@@ -36,7 +40,7 @@ from ptft.evaluate.encoding import encode_prompts, fit_to_window
 from ptft.evaluate.generate import cut_at_stop, generate_greedy
 from ptft.finetune.batching import IGNORE
 
-PATHS = ("today", "token_stop", "static", "static_token_stop")
+PATHS = ("today", "token_stop", "static", "static_token_stop", "loop_graph")
 
 
 class TokenStop(StoppingCriteria):
@@ -49,6 +53,50 @@ class TokenStop(StoppingCriteria):
         return torch.isin(input_ids[:, -1], self.ids)
 
 
+class GraphLoop:
+    """Greedy decoding over a static KV cache with a compiled decode step (the ``loop_graph`` path)."""
+
+    def __init__(self, model):
+        self.model, self.caches = model, {}
+
+        def step(token, position, cache_position, mask, cache):
+            logits = model(input_ids=token, position_ids=position, cache_position=cache_position,
+                           attention_mask=mask, past_key_values=cache, use_cache=True).logits  # fmt: skip
+            return logits[:, -1].argmax(-1)
+
+        self.step = torch.compile(step, mode="reduce-overhead") if model.device.type == "cuda" else step
+
+    def __call__(self, ids, attn, max_new: int, length: int, stops: torch.Tensor) -> torch.Tensor:
+        from transformers import StaticCache
+
+        rows, width = ids.shape
+        # One cache length for every batch (the window plus the new tokens), so one captured graph.
+        if rows not in self.caches:
+            self.caches[rows] = StaticCache(config=self.model.config, max_cache_len=length)
+        cache = self.caches[rows]
+        cache.reset()
+        # Left padding stays masked; later positions are open (causality hides those not yet written).
+        mask = torch.ones(rows, length, dtype=attn.dtype, device=ids.device)
+        mask[:, :width] = attn
+        position = (attn.cumsum(-1) - 1).clamp(min=0)
+        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=position, past_key_values=cache,
+                            cache_position=torch.arange(width, device=ids.device), use_cache=True).logits  # fmt: skip
+        token = logits[:, -1].argmax(-1)
+        last, out, done = position[:, -1:], [token], torch.isin(token, stops)
+        for t in range(1, max_new):
+            last = last + 1
+            cache_position = torch.tensor([width + t - 1], device=ids.device)
+            token = self.step(token[:, None], last, cache_position, mask, cache).clone()
+            out.append(token)
+            done |= torch.isin(token, stops)
+            if t % 8 == 0 and bool(done.all()):
+                break
+        return torch.stack(out, 1)
+
+
+LOOPS: dict[int, GraphLoop] = {}
+
+
 def generate(model, tok, prompts, max_new: int, stop: str, batch_size: int, path: str) -> list[str]:
     if path == "today":
         return generate_greedy(model, tok, prompts, max_new, stop, batch_size)
@@ -59,6 +107,13 @@ def generate(model, tok, prompts, max_new: int, stop: str, batch_size: int, path
     for batch in length_sorted_batches([len(e) for e in encoded], batch_size):
         inputs = left_pad([encoded[i] for i in batch], tok.pad_token_id, model.device)
         inputs.pop("position_ids")
+        if path == "loop_graph":
+            loop = LOOPS.setdefault(id(model), GraphLoop(model))
+            stop_or_eos = torch.cat([stops, torch.tensor([tok.eos_token_id], device=model.device)])
+            new = loop(inputs["input_ids"], inputs["attention_mask"], max_new, window + max_new, stop_or_eos)
+            for row, i in enumerate(batch):
+                out[i] = cut_at_stop(tok.decode(new[row], skip_special_tokens=True), stop)
+            continue
         kw = {"max_new_tokens": max_new, "do_sample": False, "eos_token_id": tok.eos_token_id,
               "pad_token_id": tok.pad_token_id}  # fmt: skip
         if path.startswith("static"):
