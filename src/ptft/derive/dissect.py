@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from ptft.aggregate.bootstrap import percentile_ci
-from ptft.evaluate.multiple_choice import continuation_loglikelihoods, encode_requests
+from ptft.evaluate.multiple_choice import encode_requests, encoded_loglikelihoods
 
 ORIGINAL = "original"
 COMPONENTS = ("facts", "topic", "style", "other")
@@ -43,9 +43,8 @@ def texts_frame(corpus: pd.DataFrame, variants: pd.DataFrame) -> pd.DataFrame:
 
 def text_logliks(model, tokenizer, texts: list[str], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     """(summed log-probability, number of tokens) of each text, conditioned on EOS."""
-    requests = [("", t) for t in texts]
-    n_tokens = np.array([len(cont) for _, cont in encode_requests(tokenizer, requests)])
-    return continuation_loglikelihoods(model, tokenizer, requests, batch_size), n_tokens
+    encoded = encode_requests(tokenizer, [("", t) for t in texts])
+    return encoded_loglikelihoods(model, tokenizer, encoded, batch_size), np.array([len(c) for _, c in encoded])
 
 
 def per_document_change(base: pd.DataFrame, ft: pd.DataFrame) -> pd.DataFrame:

@@ -151,21 +151,28 @@ def _summed_logprobs(logits: torch.Tensor, starts: list[int], targets: list[list
     return sums.index_add_(0, rows.to(logits.device), token_lp.double())
 
 
-@torch.no_grad()
 def continuation_loglikelihoods(
     model, tokenizer, requests: Sequence[tuple[str, str]], batch_size: int, add_bos: str | bool = "auto"
 ) -> np.ndarray:
     """Summed log-likelihood of each request's continuation given its context (float64, request order)."""
+    return encoded_loglikelihoods(model, tokenizer, encode_requests(tokenizer, requests, add_bos), batch_size)
+
+
+@torch.no_grad()
+def encoded_loglikelihoods(
+    model, tokenizer, encoded: Sequence[tuple[list[int], list[int]]], batch_size: int
+) -> np.ndarray:
+    """:func:`continuation_loglikelihoods` of requests already encoded by :func:`encode_requests`, for a caller
+    that needs the tokens too (their count, their truncation) without encoding every request twice."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    encoded = encode_requests(tokenizer, requests, add_bos)
     max_length = model_max_length(model, tokenizer)
     windows = [_model_window(ctx, cont, max_length) for ctx, cont in encoded]
     conts = [cont for _, cont in encoded]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     keep_ok = _accepts_logits_to_keep(model)
 
-    out = np.zeros(len(requests), dtype=np.float64)
+    out = np.zeros(len(encoded), dtype=np.float64)
     for batch in length_sorted_batches([len(w) for w in windows], batch_size):
         out[batch] = _batch_loglikelihoods(
             model, [windows[i] for i in batch], [conts[i] for i in batch], pad_id, keep_ok

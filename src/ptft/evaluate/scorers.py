@@ -156,11 +156,10 @@ def score_generation(model, tokenizer, task: TaskType, items, prompts, golds, cf
 def completion_nll(model, tokenizer, prompts, golds, batch_size: int, add_bos) -> tuple[list[float], list[int]]:
     """Per item, metric ``nll`` of its gold given its prompt, and the prompt tokens the context window cut."""
     from ptft.evaluate.batching import model_max_length
-    from ptft.evaluate.multiple_choice import continuation_loglikelihoods, encode_requests
+    from ptft.evaluate.multiple_choice import encode_requests, encoded_loglikelihoods
 
-    requests = list(zip(prompts, golds, strict=True))
-    encoded = encode_requests(tokenizer, requests, add_bos)
-    summed = continuation_loglikelihoods(model, tokenizer, requests, batch_size, add_bos)
+    encoded = encode_requests(tokenizer, list(zip(prompts, golds, strict=True)), add_bos)
+    summed = encoded_loglikelihoods(model, tokenizer, encoded, batch_size)
     window = model_max_length(model, tokenizer) + 1
     cut = [max(0, len(ctx) + len(cont) - window) for ctx, cont in encoded]
     return [float(-ll / len(cont)) for ll, (_, cont) in zip(summed, encoded, strict=True)], cut
