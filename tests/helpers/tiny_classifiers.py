@@ -6,6 +6,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from transformers import (
     GPT2Config,
     GPT2LMHeadModel,
+    GPTNeoConfig,
+    GPTNeoForCausalLM,
     GPTNeoXConfig,
     GPTNeoXForCausalLM,
     LlamaConfig,
@@ -69,6 +71,11 @@ def base_model(family: str, vocab: int):
         config = LlamaConfig(vocab_size=vocab, max_position_embeddings=MAX_LEN, num_key_value_heads=2,
                              bos_token_id=1, eos_token_id=2, **small)  # fmt: skip
         return LlamaForCausalLM(config)
+    if family == "gpt_neo":  # TinyStories' layout: nn.Linear MLP projections under transformer.h, unlike GPT-2
+        config = GPTNeoConfig(vocab_size=vocab, hidden_size=32, num_layers=2, num_heads=2, window_size=8,
+                              attention_types=[[["global", "local"], 1]], max_position_embeddings=MAX_LEN,
+                              bos_token_id=0, eos_token_id=0)  # fmt: skip
+        return GPTNeoForCausalLM(config)
     return GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_positions=MAX_LEN, n_embd=32, n_layer=2, n_head=2))
 
 

@@ -265,12 +265,11 @@ def test_reverse_finetuning_with_named_tasks_a_staged_baseline_and_a_lower_is_be
            ("instruct", "ts_no_twist", None): [1.3, 1.4, 1.5, 1.6]}  # fmt: skip
     rows = pd.DataFrame([trajectory_row(c, t, 0, p, s, v, metric="nll", eval_set="ts_twist")
                          for (c, t, p), values in nll.items() for s, v in zip(STEPS, values, strict=True)])  # fmt: skip
-    reverse = {"eval_set": "ts_twist", "threshold": 1.5, "baseline_checkpoint": "stories",
-               "tasks": ["ts_twist", "ts_twist_base"]}  # fmt: skip
-    table = reverse_finetuning(rows, SETTINGS, reverse, "scratch")
+    reverse = {"eval_set": "ts_twist", "threshold": 1.5, "tasks": ["ts_twist", "ts_twist_base"]}
+    table = reverse_finetuning(rows, SETTINGS, reverse, "stories")
     assert table.groupby("train_task")["role"].unique().map(list).to_dict() == {
         "ts_twist": ["reverse"], "ts_twist_base": ["baseline"]}  # fmt: skip
     assert table.groupby("train_task")["steps_to_threshold"].first().to_dict() == {"ts_twist": 20, "ts_twist_base": 30}
     # Without tasks, a baseline run must start from its checkpoint: the staged baseline is then no baseline.
-    plain = reverse_finetuning(rows, SETTINGS, {**reverse, "tasks": None}, "scratch")
+    plain = reverse_finetuning(rows, SETTINGS, {**reverse, "tasks": None}, "stories")
     assert set(plain.loc[plain["role"] == "baseline", "train_task"]) == {"ts_format_base"}

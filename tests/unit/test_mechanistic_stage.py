@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+from helpers.tiny_classifiers import MAX_LEN, base_model
 from ptft.config import complete
 from ptft.data import declared
 from ptft.pcfg.tokenizer import build_tokenizer
@@ -16,34 +17,6 @@ from ptft.pcfg.world import World, generate_splits
 
 WORLD = {"grammar": {"seed": 0}, "window": 12, "count_window": 8, "occurrence": 2, "offset": 4}
 LAYOUTS = ("llama", "gpt_neox", "gpt2", "gpt_neo")
-
-
-def _model(layout: str, vocab: int, positions: int):
-    from transformers import (
-        GPT2Config,
-        GPT2LMHeadModel,
-        GPTNeoConfig,
-        GPTNeoForCausalLM,
-        GPTNeoXConfig,
-        GPTNeoXForCausalLM,
-        LlamaConfig,
-        LlamaForCausalLM,
-    )
-
-    torch.manual_seed(0)
-    if layout == "llama":
-        return LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64,
-                                            num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
-                                            max_position_embeddings=positions))  # fmt: skip
-    if layout == "gpt_neox":
-        return GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64,
-                                                num_hidden_layers=2, num_attention_heads=2,
-                                                max_position_embeddings=positions))  # fmt: skip
-    if layout == "gpt_neo":  # nn.Linear MLP projections under transformer.h, unlike GPT-2's Conv1D
-        return GPTNeoForCausalLM(GPTNeoConfig(vocab_size=vocab, hidden_size=32, num_layers=2, num_heads=2,
-                                              attention_types=[[["global", "local"], 1]], window_size=8,
-                                              max_position_embeddings=positions))  # fmt: skip
-    return GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=2, n_positions=positions))
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +43,9 @@ def model_dir(request, tmp_path_factory):
     world = World.from_config(WORLD)
     tokenizer = build_tokenizer(world)
     folder = tmp_path_factory.mktemp(request.param)
-    _model(request.param, len(tokenizer), world.sample_length + 4).save_pretrained(folder)
+    assert world.sample_length < MAX_LEN
+    torch.manual_seed(0)
+    base_model(request.param, len(tokenizer)).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 

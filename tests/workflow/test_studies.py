@@ -5,6 +5,7 @@ import copy
 import pytest
 
 from conftest import ROOT, dry_run
+from ptft.analysis.registry import get_analysis
 from ptft.config import load_study
 from ptft.plan import build_plan
 
@@ -338,17 +339,10 @@ MECHANISTIC_TINYSTORIES = ROOT / "workflow/studies/mechanistic-tinystories.yaml"
 def _story_model_folders(directory):
     """The study's two checkpoint folders, as `huggingface-cli download` leaves them: small random GPT-Neo models
     (TinyStories-33M's architecture) with a byte-level BPE tokenizer."""
-    from transformers import GPTNeoConfig, GPTNeoForCausalLM
+    from helpers.tiny_classifiers import write_base
 
-    from ptft.checkpoints.tokenizer import train_tokenizer
-
-    tok = train_tokenizer(["Features: Dialogue, Twist\nStory: Once upon a time, a cat sat."] * 10, 300)
     for name in ("TinyStories-Instruct-33M", "TinyStories-33M"):
-        config = GPTNeoConfig(vocab_size=len(tok), hidden_size=16, num_layers=2, num_heads=2, window_size=8,
-                              attention_types=[[["global", "local"], 1]], max_position_embeddings=64,
-                              bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)  # fmt: skip
-        GPTNeoForCausalLM(config).save_pretrained(directory / "models" / name)
-        tok.save_pretrained(directory / "models" / name)
+        write_base("gpt_neo", directory / "models" / name)
 
 
 def test_the_tinystories_mechanistic_study_dry_runs_offline(tmp_path):
@@ -371,3 +365,5 @@ def test_the_tinystories_mechanistic_study_dry_runs_offline(tmp_path):
     baseline = [m for m in plan.training_runs if m.train_task == "ts_twist_base"]
     assert {(m.checkpoint, m.parent.train_task) for m in baseline} == {("stories", "ts_format_base")}
     assert sorted({m.lr for m in plan.training_runs if m.train_task == "ts_relabel"}) == [1e-6, 1e-5, 1e-4]
+    # The reverse table's baseline is the study's named checkpoint, not the PCFG suite's scratch.
+    assert get_analysis("mechanistic").spec(plan)["baseline_checkpoint"] == "stories"

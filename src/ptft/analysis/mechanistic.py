@@ -149,8 +149,8 @@ def reverse_finetuning(trajectory: pd.DataFrame, settings: dict, reverse: dict, 
                        ) -> pd.DataFrame:  # fmt: skip
     """The reverse and baseline runs' primary-metric rows on ``reverse["eval_set"]``, with their steps to threshold.
 
-    Baseline: the runs from ``reverse["baseline_checkpoint"]`` (default ``baseline_checkpoint``); reverse: the
-    runs started from another run on any other checkpoint. With ``reverse["tasks"]`` only runs of those training
+    Baseline: the runs from ``baseline_checkpoint``; reverse: the runs started from another run on any other
+    checkpoint. With ``reverse["tasks"]`` only runs of those training
     tasks count, and a baseline run may itself start from a run (a baseline that first learns the format);
     without it a baseline run starts from its checkpoint. The threshold is reached at or above it for a metric
     where higher is better, at or below it otherwise (``nll``).
@@ -161,7 +161,7 @@ def reverse_finetuning(trajectory: pd.DataFrame, settings: dict, reverse: dict, 
     rows = primary_metric_rows(trajectory[trajectory["eval_set"] == reverse["eval_set"]])
     tasks = reverse.get("tasks")
     chosen = rows["train_task"].isin(tasks) if tasks else pd.Series(True, index=rows.index)
-    on_baseline = rows["checkpoint"] == (reverse.get("baseline_checkpoint") or baseline_checkpoint)
+    on_baseline = rows["checkpoint"] == baseline_checkpoint
     is_reverse = chosen & ~on_baseline & rows["parent"].notna()
     is_baseline = chosen & on_baseline & (rows["parent"].isna() if not tasks else True)
     keep = is_reverse | is_baseline
@@ -204,8 +204,9 @@ def _inputs(plan) -> dict[str, list[str]]:
 def _spec(plan) -> dict:
     from ptft.plan import PCFG_BASELINE
 
-    return {"study": plan.study, "layer_probes": _block(plan, "layer_probes"), "reverse": _block(plan, "reverse"),
-            "baseline_checkpoint": PCFG_BASELINE}  # fmt: skip
+    reverse = _block(plan, "reverse")
+    return {"study": plan.study, "layer_probes": _block(plan, "layer_probes"), "reverse": reverse,
+            "baseline_checkpoint": (reverse or {}).get("baseline_checkpoint") or PCFG_BASELINE}  # fmt: skip
 
 
 def _build_probes(rows: pd.DataFrame, settings: dict) -> pd.DataFrame:
