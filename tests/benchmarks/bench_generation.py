@@ -14,10 +14,10 @@ XSum-like prompts, 60 new tokens, stop at a newline). Paths, each after a warm-u
 - ``static``: ``generate`` with ``cache_implementation="static"`` (transformers compiles the decode step)
   and ``stop_strings``;
 - ``static_token_stop``: both;
-- ``loop_graph``: a greedy decode loop of our own over one ``StaticCache`` per batch size, reset between
-  batches, whose decode step (forward of one token, argmax) is ``torch.compile``'d with
-  ``mode="reduce-overhead"`` (CUDA graphs) on a GPU; the prompt runs once, eagerly. The stop is a tensor
-  check, read back every 8 steps.
+- ``static_decoder``: ptft's ``evaluate.decoder: static``
+  (:class:`ptft.evaluate.generate.StaticDecoder`): our greedy loop over a static KV cache sized to the
+  batch, the prompt run once eagerly, the one-token decode step ``torch.compile``'d with
+  ``mode="reduce-overhead"`` (CUDA graphs), the stop a tensor check read back every 8 steps.
 
 ``same_as_today`` counts the items whose text equals the ``today`` path's. A random-init model's logits
 are nearly flat, so greedy choices are near-ties that another kernel's bf16 rounding flips; the count is
@@ -40,7 +40,7 @@ from ptft.evaluate.encoding import encode_prompts, fit_to_window
 from ptft.evaluate.generate import cut_at_stop, generate_greedy
 from ptft.finetune.batching import IGNORE
 
-PATHS = ("today", "token_stop", "static", "static_token_stop", "loop_graph")
+PATHS = ("today", "token_stop", "static", "static_token_stop", "static_decoder")
 
 
 class TokenStop(StoppingCriteria):
@@ -53,53 +53,11 @@ class TokenStop(StoppingCriteria):
         return torch.isin(input_ids[:, -1], self.ids)
 
 
-class GraphLoop:
-    """Greedy decoding over a static KV cache with a compiled decode step (the ``loop_graph`` path)."""
-
-    def __init__(self, model):
-        self.model, self.caches = model, {}
-
-        def step(token, position, cache_position, mask, cache):
-            logits = model(input_ids=token, position_ids=position, cache_position=cache_position,
-                           attention_mask=mask, past_key_values=cache, use_cache=True).logits  # fmt: skip
-            return logits[:, -1].argmax(-1)
-
-        self.step = torch.compile(step, mode="reduce-overhead") if model.device.type == "cuda" else step
-
-    def __call__(self, ids, attn, max_new: int, length: int, stops: torch.Tensor) -> torch.Tensor:
-        from transformers import StaticCache
-
-        rows, width = ids.shape
-        # One cache length for every batch (the window plus the new tokens), so one captured graph.
-        if rows not in self.caches:
-            self.caches[rows] = StaticCache(config=self.model.config, max_cache_len=length)
-        cache = self.caches[rows]
-        cache.reset()
-        # Left padding stays masked; later positions are open (causality hides those not yet written).
-        mask = torch.ones(rows, length, dtype=attn.dtype, device=ids.device)
-        mask[:, :width] = attn
-        position = (attn.cumsum(-1) - 1).clamp(min=0)
-        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=position, past_key_values=cache,
-                            cache_position=torch.arange(width, device=ids.device), use_cache=True).logits  # fmt: skip
-        token = logits[:, -1].argmax(-1)
-        last, out, done = position[:, -1:], [token], torch.isin(token, stops)
-        for t in range(1, max_new):
-            last = last + 1
-            cache_position = torch.tensor([width + t - 1], device=ids.device)
-            token = self.step(token[:, None], last, cache_position, mask, cache).clone()
-            out.append(token)
-            done |= torch.isin(token, stops)
-            if t % 8 == 0 and bool(done.all()):
-                break
-        return torch.stack(out, 1)
-
-
-LOOPS: dict[int, GraphLoop] = {}
-
-
 def generate(model, tok, prompts, max_new: int, stop: str, batch_size: int, path: str) -> list[str]:
     if path == "today":
-        return generate_greedy(model, tok, prompts, max_new, stop, batch_size)
+        return generate_greedy(model, tok, prompts, max_new, stop, batch_size, decoder="generate")
+    if path == "static_decoder":
+        return generate_greedy(model, tok, prompts, max_new, stop, batch_size, decoder="static")
     window = context_limit(model, max_new)
     encoded, _ = fit_to_window(tok, prompts, encode_prompts(tok, prompts, "auto"), window, "auto")
     stops = torch.tensor([i for i in range(len(tok)) if stop in tok.decode([i])], device=model.device)
@@ -107,13 +65,6 @@ def generate(model, tok, prompts, max_new: int, stop: str, batch_size: int, path
     for batch in length_sorted_batches([len(e) for e in encoded], batch_size):
         inputs = left_pad([encoded[i] for i in batch], tok.pad_token_id, model.device)
         inputs.pop("position_ids")
-        if path == "loop_graph":
-            loop = LOOPS.setdefault(id(model), GraphLoop(model))
-            stop_or_eos = torch.cat([stops, torch.tensor([tok.eos_token_id], device=model.device)])
-            new = loop(inputs["input_ids"], inputs["attention_mask"], max_new, window + max_new, stop_or_eos)
-            for row, i in enumerate(batch):
-                out[i] = cut_at_stop(tok.decode(new[row], skip_special_tokens=True), stop)
-            continue
         kw = {"max_new_tokens": max_new, "do_sample": False, "eos_token_id": tok.eos_token_id,
               "pad_token_id": tok.pad_token_id}  # fmt: skip
         if path.startswith("static"):
@@ -133,6 +84,14 @@ def main() -> None:
     p.add_argument("--size", default="olmo-1b")
     p.add_argument("--items", type=int, default=512)
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--paths", default=",".join(PATHS), help="comma-separated; today is always run (the reference)")
+    p.add_argument(
+        "--check-fp32",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also run today's path and static_decoder in fp32 on the first N prompts and count equal texts",
+    )
     p.add_argument("--out")
     args = p.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -151,7 +110,7 @@ def main() -> None:
               "mean_prompt_tokens": float(np.mean([min(len(x.split()), 2048 - 60) for x in prompts]))}  # fmt: skip
     texts = {}
     with torch.no_grad():
-        for path in PATHS:
+        for path in ["today", *[p for p in args.paths.split(",") if p != "today"]]:
             start = time.time()
             generate(model, tok, prompts[: args.batch_size], 60, "\n", args.batch_size, path)
             warm = time.time() - start
@@ -165,6 +124,15 @@ def main() -> None:
             same = sum(a == b for a, b in zip(texts[path], texts["today"], strict=True))
             result[path] = {"seconds": seconds, "items_per_s": args.items / seconds, "warmup_s": warm,
                             "same_as_today": same}  # fmt: skip
+        if args.check_fp32:
+            # In fp32 a rounding difference rarely flips a greedy choice, even on a random model's flat
+            # logits: equal texts here check the decoder itself, not bf16's near-ties.
+            del model
+            model = build_model(args.size, 0).to(device, torch.float32).eval()
+            few = prompts[: args.check_fp32]
+            ref = generate(model, tok, few, 60, "\n", args.batch_size, "today")
+            got = generate(model, tok, few, 60, "\n", args.batch_size, "static_decoder")
+            result["fp32_check"] = {"items": len(few), "same": sum(a == b for a, b in zip(ref, got, strict=True))}
     emit(result, args.out)
 
 

@@ -86,7 +86,8 @@ def classify(
         predictions = [labels[i] for i in pred_idx]
     elif method == "free":
         texts, cut = generate_greedy(model, tokenizer, prompts, cfg["max_new_tokens"]["classification"], cfg["stop"],
-                                     cfg["batch_size"], add_bos=add_bos, return_truncated=True)  # fmt: skip
+                                     cfg["batch_size"], add_bos=add_bos, return_truncated=True,
+                                     decoder=cfg.get("decoder", "auto"))  # fmt: skip
         predictions = [match_label(t, labels) for t in texts]
     else:
         sequences = label_sequences(tokenizer, labels)

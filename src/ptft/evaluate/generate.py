@@ -1,19 +1,55 @@
-"""Greedy generation: batched, left-padded, with the KV cache, stopping at EOS or a stop string."""
+"""Greedy generation: batched, left-padded, with the KV cache, stopping at EOS or a stop string.
+
+Two ways to decode, the same greedy texts (``evaluate.decoder``):
+
+- ``generate``: transformers' ``generate`` with a dynamic KV cache. Used on a CPU, for constrained
+  decoding (``allowed``) and for models that cannot be compiled whole.
+- ``static``: :class:`StaticDecoder`, our own loop over a static KV cache whose one-token decode
+  step is compiled with CUDA graphs (``torch.compile(mode="reduce-overhead")``). On a GPU the
+  eager step is launch-bound: a 1B model's step issues hundreds of small kernels, and ``generate``
+  adds Python work per step (its stop-string matcher). Here the stop is a tensor check (the row's
+  token is EOS or a token whose text holds the stop string), read back every few steps; text past
+  the stop is cut anyway, so a stop string that spans two tokens only costs the steps to
+  ``max_new_tokens``, never a different text.
+
+``auto`` is ``static`` on a GPU for a model transformers can compile whole, else ``generate``.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 
 import torch
 
-from ptft.evaluate.batching import context_limit, left_pad, length_sorted_batches
+from ptft.evaluate.batching import context_limit, left_pad, length_sorted_batches, model_max_length
 from ptft.evaluate.encoding import encode_prompts, fit_to_window
+
+log = logging.getLogger(__name__)
+
+DECODERS = ("auto", "generate", "static")
+# Static caches are sized to a multiple of this: few shapes, so few compiled graphs, and little
+# attention over unwritten positions for short prompts.
+CACHE_BUCKET = 256
+# How often (decode steps) the loop reads back whether every row has stopped: each read is a sync.
+CHECK_EVERY = 8
 
 
 def cut_at_stop(text: str, stop: str) -> str:
     if stop and stop in text:
         text = text[: text.index(stop)]
     return text.strip()
+
+
+def resolve_decoder(model, decoder: str = "auto", constrained: bool = False) -> str:
+    if decoder not in DECODERS:
+        raise ValueError(f"evaluate.decoder: {decoder!r} is not one of {DECODERS}")
+    if decoder == "auto":
+        compilable = bool(getattr(model, "_can_compile_fullgraph", False))
+        decoder = "static" if model.device.type == "cuda" and compilable else "generate"
+    if decoder == "static" and constrained:
+        return "generate"  # prefix_allowed_tokens_fn needs generate's logits processors
+    return decoder
 
 
 @torch.no_grad()
@@ -27,13 +63,14 @@ def generate_greedy(
     allowed: Callable[[list[int]], list[int]] | None = None,
     add_bos: str | bool = "auto",
     return_truncated: bool = False,
+    decoder: str = "auto",
 ):
     """The greedy continuation of each prompt, cut at the first ``stop`` and stripped.
 
     ``allowed(generated_ids)``, if given, lists the tokens the next step may choose from. Prompts
     are encoded and cut to the window (less ``max_new_tokens``) as in
     :func:`ptft.evaluate.tokenprob.score_token_prob`; with ``return_truncated`` the result is
-    (texts, prompt tokens each lost).
+    (texts, prompt tokens each lost). ``decoder``: see the module's docstring.
     """
     prompts = list(prompts)
     encoded, cut = fit_to_window(
@@ -43,25 +80,141 @@ def generate_greedy(
         context_limit(model, max_new_tokens),
         add_bos,
     )
+    decoder = resolve_decoder(model, decoder, constrained=allowed is not None)
+    static = StaticDecoder.of(model, tokenizer, stop) if decoder == "static" else None
     outputs: list[str] = [""] * len(prompts)
     for batch in length_sorted_batches([len(e) for e in encoded], batch_size):
         inputs = left_pad([encoded[i] for i in batch], tokenizer.pad_token_id, model.device)
-        inputs.pop("position_ids")  # generate() derives them from the attention mask
-        width = inputs["input_ids"].shape[1]
-        constraint = None
-        if allowed is not None:
-            constraint = lambda _, ids, width=width: allowed(ids[width:].tolist())  # noqa: E731
-        generated = model.generate(
-            **inputs,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            stop_strings=[stop] if stop else None,
-            tokenizer=tokenizer if stop else None,
-            prefix_allowed_tokens_fn=constraint,
-        )
-        new_tokens = generated[:, inputs["input_ids"].shape[1] :]
+        if static is not None:
+            new_tokens = static(inputs["input_ids"], inputs["attention_mask"], inputs["position_ids"], max_new_tokens)
+        else:
+            new_tokens = _generate(model, tokenizer, inputs, max_new_tokens, stop, allowed)
         for row, i in enumerate(batch):
             outputs[i] = cut_at_stop(tokenizer.decode(new_tokens[row], skip_special_tokens=True), stop)
     return (outputs, cut) if return_truncated else outputs
+
+
+def _generate(model, tokenizer, inputs: dict, max_new_tokens: int, stop: str, allowed) -> torch.Tensor:
+    inputs.pop("position_ids")  # generate() derives them from the attention mask
+    width = inputs["input_ids"].shape[1]
+    constraint = None
+    if allowed is not None:
+        constraint = lambda _, ids: allowed(ids[width:].tolist())  # noqa: E731
+    generated = model.generate(
+        **inputs,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        stop_strings=[stop] if stop else None,
+        tokenizer=tokenizer if stop else None,
+        prefix_allowed_tokens_fn=constraint,
+    )
+    return generated[:, width:]
+
+
+def stop_token_ids(tokenizer, stop: str) -> list[int]:
+    """EOS and every token whose text holds ``stop``: a row that emits one has finished."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    if stop:
+        vocab = range(len(tokenizer))
+        ids |= {i for i, text in zip(vocab, tokenizer.batch_decode([[i] for i in vocab]), strict=True) if stop in text}
+    return sorted(ids)
+
+
+class StaticDecoder:
+    """Greedy decoding over a static KV cache, the decode step compiled (CUDA graphs) on a GPU.
+
+    One decoder per (model, tokenizer, stop) in a process (:meth:`of`), so its compiled step and
+    its graphs are reused across batches and eval sets. One cache is held at a time, sized
+    ``rows × bucket(prompt width + max_new_tokens)``: batches come longest first, so each size is
+    built once.
+    """
+
+    _made: dict = {}
+
+    @classmethod
+    def of(cls, model, tokenizer, stop: str) -> StaticDecoder:
+        key = (id(model), id(tokenizer), stop)
+        if key not in cls._made:
+            cls._made.clear()  # one model per process at a time: free the previous one's cache
+            cls._made[key] = cls(model, stop_token_ids(tokenizer, stop), tokenizer.pad_token_id)
+        return cls._made[key]
+
+    def __init__(self, model, stops: Sequence[int], pad_id: int | None):
+        self.model = model
+        self.stops = torch.tensor(list(stops), dtype=torch.long, device=model.device)
+        self.pad_id = pad_id if pad_id is not None else 0
+        self.cache, self.shape = None, None
+        self.step, self.prefill = self._step, self._prefill
+        if model.device.type == "cuda":
+            # A graph per (rows, cache bucket): more than dynamo's default of 8 in one evaluation.
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+            self.step = torch.compile(self._step, mode="reduce-overhead", dynamic=False)
+            # The prompt's forward is mostly elementwise work eagerly (norms, rotary, activations in
+            # separate kernels); compiled, one graph serves every batch shape.
+            self.prefill = torch.compile(self._prefill, dynamic=True)
+
+    def _prefill(self, input_ids, attention_mask, position_ids):
+        """The prompt's forward into a dynamic cache: its attention is causal over the prompt alone (a
+        static cache's would run over the whole cache length with a mask, at a third of the speed)."""
+        from transformers import DynamicCache
+
+        past = DynamicCache(config=self.model.config)
+        kwargs = {"logits_to_keep": 1} if _keeps_logits(self.model) else {}
+        logits = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                            past_key_values=past, use_cache=True, **kwargs).logits  # fmt: skip
+        return logits[:, -1].argmax(-1), past
+
+    def _step(self, token, position, cache_position, mask, cache):
+        logits = self.model(input_ids=token, position_ids=position, cache_position=cache_position,
+                            attention_mask=mask, past_key_values=cache, use_cache=True).logits  # fmt: skip
+        return logits[:, -1].argmax(-1)
+
+    def _cache(self, rows: int, length: int):
+        from transformers import StaticCache
+
+        if self.shape != (rows, length):
+            self.cache = None  # free the old one first: a cache is gigabytes at a large batch
+            self.cache = StaticCache(config=self.model.config, max_cache_len=length)
+            self.shape = (rows, length)
+        else:
+            self.cache.reset()
+        return self.cache
+
+    def __call__(self, input_ids, attention_mask, position_ids, max_new_tokens: int) -> torch.Tensor:
+        """The new tokens of each row (rows × at most ``max_new_tokens``), pad after a row's stop."""
+        rows, width = input_ids.shape
+        device = input_ids.device
+        # Never longer than the model's window (a longer static cache trips a device assert on CUDA).
+        length = max(min(-(-(width + max_new_tokens) // CACHE_BUCKET) * CACHE_BUCKET, model_max_length(self.model)),
+                     width + max_new_tokens)  # fmt: skip
+        cache = self._cache(rows, length)
+        # Left padding stays masked; the positions after the prompt are open, and causality (the
+        # cache position) hides those not written yet.
+        mask = torch.ones(rows, length, dtype=attention_mask.dtype, device=device)
+        mask[:, :width] = attention_mask
+        token, past = self.prefill(input_ids, attention_mask, position_ids)
+        for index, layer in enumerate(past.layers):  # the static cache fills from its start (reset above)
+            cache.update(layer.keys, layer.values, index, {"cache_position": torch.arange(width, device=device)})
+        del past
+        position = position_ids[:, -1:]
+        out = [token]
+        done = torch.isin(token, self.stops)
+        for t in range(1, max_new_tokens):
+            if t % CHECK_EVERY == 0 and bool(done.all()):
+                break
+            position = position + 1
+            cache_position = torch.full((1,), width + t - 1, dtype=torch.long, device=device)
+            # clone: a CUDA graph's output is overwritten by its next replay
+            token = self.step(token[:, None], position, cache_position, mask, cache).clone()
+            token = torch.where(done, self.pad_id, token)
+            out.append(token)
+            done |= torch.isin(token, self.stops)
+        return torch.stack(out, 1)
+
+
+def _keeps_logits(model) -> bool:
+    import inspect
+
+    return "logits_to_keep" in inspect.signature(model.forward).parameters

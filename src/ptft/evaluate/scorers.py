@@ -146,7 +146,7 @@ def score_generation(model, tokenizer, task: TaskType, items, prompts, golds, cf
         else:
             predictions, cut = generate_greedy(model, tokenizer, prompts, cfg["max_new_tokens"]["generation"],
                                                cfg["stop"], cfg["batch_size"], add_bos=add_bos_setting(cfg),
-                                               return_truncated=True)  # fmt: skip
+                                               return_truncated=True, decoder=cfg.get("decoder", "auto"))  # fmt: skip
             scores = rouge_l(predictions, golds, stemmer=cfg["rouge_stemmer"])
         out.append({"metric": metric, "prediction": predictions, "gold": golds, "score": scores,
                     "label_logprobs": [[] for _ in items], "truncated_tokens": [int(c) for c in cut]})  # fmt: skip

@@ -1,0 +1,81 @@
+"""The static-cache decoder (evaluate.decoder: static) gives generate()'s greedy texts.
+
+On a GPU the static decoder's step is compiled with CUDA graphs; here (CPU, fp32) it runs eagerly,
+which checks everything but the compilation: the cache, the masks and positions of left-padded
+rows, the stop and EOS handling, and the batches' cache sizes.
+"""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from ptft.evaluate.batching import left_pad
+from ptft.evaluate.generate import CACHE_BUCKET, StaticDecoder, generate_greedy, resolve_decoder, stop_token_ids
+
+PROMPTS = [
+    "### Input_1: anna has a big cup in the hall .\n ### Input_2: the cup is big .\n ### Inference:",
+    "x",
+    "the fox is quick . the owl",
+    "Consider the following texts: Text 1: ben has a hat . Text 2: the hat is not red . The relation is",
+    "the cup is",
+]
+
+
+@pytest.fixture(scope="module")
+def peaked(tiny_model_dir):
+    """The tiny model with a wide init, so greedy choices are not near-ties a rounding flips."""
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(3.0)
+    return model, AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+@pytest.mark.parametrize("stop", ["\n", ".", ""])
+@pytest.mark.parametrize("batch_size", [2, 16])
+def test_static_decoder_gives_generates_texts(peaked, stop, batch_size):
+    model, tok = peaked
+    kwargs = {"max_new_tokens": 12, "stop": stop, "batch_size": batch_size, "return_truncated": True}
+    ref, ref_cut = generate_greedy(model, tok, PROMPTS, decoder="generate", **kwargs)
+    got, cut = generate_greedy(model, tok, PROMPTS, decoder="static", **kwargs)
+    assert got == ref and cut == ref_cut
+    assert len({t for t in ref if t}) >= 3  # the texts differ: the rows are not all the same
+
+
+def test_rows_after_a_stop_are_padding_and_the_loop_ends_early(peaked):
+    model, tok = peaked
+    batch = left_pad([tok.encode("the fox is quick . the owl"), tok.encode("anna has")], tok.pad_token_id)
+    args = (batch["input_ids"], batch["attention_mask"], batch["position_ids"])
+    free = StaticDecoder(model, [], tok.pad_token_id)(*args, max_new_tokens=40)
+    assert free.shape[1] == 40  # nothing stops it
+    # Stop at the first row's third token: that row is padding after it, the other runs on.
+    target = free[0, 2].item()
+    decoder = StaticDecoder(model, [target], tok.pad_token_id)
+    new = decoder(*args, max_new_tokens=40)
+    assert new[0, :3].tolist() == free[0, :3].tolist() and (new[0, 3:] == tok.pad_token_id).all()
+    hit = (free[1] == target).nonzero()
+    end = int(hit[0]) if len(hit) else 40
+    assert new[1, : end + 1].tolist() == free[1, : end + 1].tolist()
+    # All rows stopped: the loop ends at its next read-back (every 8 steps), not at 40.
+    assert new.shape[1] == (-(-(end + 1) // 8) * 8 + 1 if end < 32 else 40)
+    assert decoder.shape == (2, CACHE_BUCKET)
+
+
+def test_stop_tokens_are_eos_and_every_token_holding_the_stop(peaked):
+    _, tok = peaked
+    ids = stop_token_ids(tok, "\n")
+    assert tok.eos_token_id in ids
+    assert all("\n" in tok.decode([i]) for i in ids if i != tok.eos_token_id)
+    others = [i for i in range(len(tok)) if i not in ids]
+    assert not any("\n" in tok.decode([i]) for i in others)
+    assert stop_token_ids(tok, "") == [tok.eos_token_id]
+
+
+def test_decoder_choice(peaked):
+    model, _ = peaked
+    assert resolve_decoder(model, "auto") == "generate"  # a CPU: nothing to gain from graphs
+    assert resolve_decoder(model, "static") == "static"
+    assert resolve_decoder(model, "static", constrained=True) == "generate"
+    with pytest.raises(ValueError, match="evaluate.decoder"):
+        resolve_decoder(model, "fast")
