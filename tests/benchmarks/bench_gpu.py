@@ -234,6 +234,10 @@ def timed(fn) -> float:
 
 
 def eval_throughput(base, device: str, n: int, vocab: int, seed: int, batch_size: int) -> dict:
+    from unittest import mock
+
+    from ptft.evaluate import tokenprob as tokenprob_module
+    from ptft.evaluate.forward import set_compile
     from ptft.evaluate.generate import generate_greedy
     from ptft.evaluate.multiple_choice import score_multiple_choice
     from ptft.evaluate.tokenprob import score_token_prob
@@ -255,26 +259,55 @@ def eval_throughput(base, device: str, n: int, vocab: int, seed: int, batch_size
     labels = ["t5", "t6", "t7"]
 
     out = {"items": n, "batch_size": batch_size, "dtype": str(next(model.parameters()).dtype)}
-    with torch.no_grad():
-        # Warm-up of each path on a few items.
-        score_token_prob(model, tok, cls_prompts[:4], labels, batch_size)
-        generate_greedy(model, tok, gen_prompts[:2], 4, "\n", batch_size)
-        score_multiple_choice(model, tok, mc_contexts[:4], mc_choices[:4], batch_size)
-        release()
+    gen_mean = float(np.mean([min(len(p.split()), 2048 - 60) for p in gen_prompts]))
 
-        s = timed(lambda: score_token_prob(model, tok, cls_prompts, labels, batch_size))
-        out["tokenprob"] = {"seconds": s, "items_per_s": n / s,
-                            "mean_prompt_tokens": float(np.mean([len(p.split()) for p in cls_prompts]))}  # fmt: skip
-        texts: list[str] = []
-        s = timed(lambda: texts.extend(generate_greedy(model, tok, gen_prompts, 60, "\n", batch_size)))
-        generated = sum(len(t.split()) for t in texts)
-        out["generation"] = {"seconds": s, "items_per_s": n / s, "generated_tokens": generated,
-                             "generated_tokens_per_s": generated / s, "max_new_tokens": 60,
-                             "mean_prompt_tokens": float(np.mean([min(len(p.split()), 2048 - 60)
-                                                                  for p in gen_prompts]))}  # fmt: skip
-        s = timed(lambda: score_multiple_choice(model, tok, mc_contexts, mc_choices, batch_size))
-        out["multiple_choice"] = {"seconds": s, "items_per_s": n / s, "choices": 4}
-        out["peak_memory_gib"] = peak_memory_gib()
+    def tokenprob():
+        return score_token_prob(model, tok, cls_prompts, labels, batch_size)[0].tolist()
+
+    def generation():
+        return generate_greedy(model, tok, gen_prompts, 60, "\n", batch_size, decoder=decoder)
+
+    def choices():
+        return [int(np.argmax(s)) for s in score_multiple_choice(model, tok, mc_contexts, mc_choices, batch_size)]
+
+    # Each path as it ran before issue 27 (today: eager, TokenProb's vocabulary projection at every
+    # position, generate()), then eager with the last position's logits only, then compiled
+    # (evaluate.compile, evaluate.decoder: static); each after a warm-up on a few of its items
+    # (a compilation happens there).
+    with torch.no_grad():
+        for mode in ("today", "eager", "compiled"):
+            set_compile(model, mode == "compiled")
+            decoder = "static" if mode == "compiled" else "generate"
+            paths = {"tokenprob": tokenprob, "multiple_choice": choices, "generation": generation}
+            if mode == "eager":
+                paths.pop("generation")  # eager generation is today's
+            keep = mock.patch.object(tokenprob_module, "keeps_logits", lambda m: False) if mode == "today" else \
+                contextlib.nullcontext()  # fmt: skip
+            with keep:
+                warm = {"tokenprob": lambda: score_token_prob(model, tok, cls_prompts[:batch_size], labels, batch_size),
+                        "multiple_choice": lambda: score_multiple_choice(model, tok, mc_contexts[:batch_size],
+                                                                         mc_choices[:batch_size], batch_size),
+                        "generation": lambda d=decoder: generate_greedy(model, tok, gen_prompts[:batch_size], 60,
+                                                                        "\n", batch_size, decoder=d)}  # fmt: skip
+                for name, fn in paths.items():
+                    warm_s = timed(warm[name])
+                    got: list = []
+                    s = timed(lambda fn=fn, got=got: got.extend(fn()))
+                    row = {"seconds": s, "items_per_s": n / s, "warmup_s": warm_s}
+                    if mode != "today":
+                        row["same_as_today"] = sum(a == b for a, b in zip(got, out["today"][name]["predictions"],
+                                                                          strict=True))  # fmt: skip
+                    row["predictions"] = got
+                    out.setdefault(mode, {})[name] = row
+                    release()
+    for mode in out:
+        if isinstance(out[mode], dict):
+            for row in out[mode].values():
+                if isinstance(row, dict):
+                    row.pop("predictions", None)
+    out["tokenprob_mean_prompt_tokens"] = float(np.mean([len(p.split()) for p in cls_prompts]))
+    out["generation_mean_prompt_tokens"] = gen_mean
+    out["peak_memory_gib"] = peak_memory_gib()
     return out
 
 
@@ -295,9 +328,9 @@ def summary_lines(result: dict) -> list[str]:
                      f"{r['speedup']:7.2f}x {pct(o['mfu']):>9} {pct(t['mfu']):>12} {gib(o['peak_memory_gib']):>9} "
                      f"{gib(t['peak_memory_gib']):>12}")  # fmt: skip
     for e in result.get("evaluate", []):
-        lines.append(f"eval batch {e['batch_size']}: TokenProb {e['tokenprob']['items_per_s']:.1f} items/s; generation "
-                     f"{e['generation']['generated_tokens_per_s']:.0f} tokens/s ({e['generation']['items_per_s']:.2f} "
-                     f"items/s); multiple choice {e['multiple_choice']['items_per_s']:.1f} items/s")  # fmt: skip
+        for mode in ("today", "eager", "compiled"):
+            paths = ", ".join(f"{k} {v['items_per_s']:.1f}" for k, v in e[mode].items())
+            lines.append(f"eval batch {e['batch_size']}, {mode}: items/s {paths}")
     return lines
 
 
@@ -334,7 +367,7 @@ def main() -> None:
     result["packed_check"] = packed_check(base, device, vocab, a.seed)
     release()
     print("packed rows against padded batches:", result["packed_check"], flush=True)
-    for profile in a.profiles.split(","):
+    for profile in filter(None, a.profiles.split(",")):
         for method in a.methods.split(","):
             lr = a.lr * (100 if method == "lora" else 1)
             r = finetune_pair(base, profile, method, a.steps, a.warmup_steps, lr, a.seed, device, vocab)

@@ -24,6 +24,7 @@ import torch
 
 from ptft.evaluate.batching import context_limit, left_pad, length_sorted_batches, model_max_length
 from ptft.evaluate.encoding import encode_prompts, fit_to_window
+from ptft.evaluate.forward import compile_fn, compiling, keeps_logits
 
 log = logging.getLogger(__name__)
 
@@ -147,13 +148,13 @@ class StaticDecoder:
         self.pad_id = pad_id if pad_id is not None else 0
         self.cache, self.shape = None, None
         self.step, self.prefill = self._step, self._prefill
-        if model.device.type == "cuda":
+        if compiling(model):
             # A graph per (rows, cache bucket): more than dynamo's default of 8 in one evaluation.
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-            self.step = torch.compile(self._step, mode="reduce-overhead", dynamic=False)
+            self.step = compile_fn(self._step, dynamic=False, graphs=True)
             # The prompt's forward is mostly elementwise work eagerly (norms, rotary, activations in
             # separate kernels); compiled, one graph serves every batch shape.
-            self.prefill = torch.compile(self._prefill, dynamic=True)
+            self.prefill = compile_fn(self._prefill, dynamic=True)
 
     def _prefill(self, input_ids, attention_mask, position_ids):
         """The prompt's forward into a dynamic cache: its attention is causal over the prompt alone (a
@@ -161,7 +162,7 @@ class StaticDecoder:
         from transformers import DynamicCache
 
         past = DynamicCache(config=self.model.config)
-        kwargs = {"logits_to_keep": 1} if _keeps_logits(self.model) else {}
+        kwargs = {"logits_to_keep": 1} if keeps_logits(self.model) else {}
         logits = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                             past_key_values=past, use_cache=True, **kwargs).logits  # fmt: skip
         return logits[:, -1].argmax(-1), past
@@ -212,9 +213,3 @@ class StaticDecoder:
             out.append(token)
             done |= torch.isin(token, self.stops)
         return torch.stack(out, 1)
-
-
-def _keeps_logits(model) -> bool:
-    import inspect
-
-    return "logits_to_keep" in inspect.signature(model.forward).parameters

@@ -48,7 +48,6 @@ Metrics (``process_results``)
 from __future__ import annotations
 
 import copy
-import inspect
 from collections.abc import Sequence
 from itertools import chain
 
@@ -57,6 +56,7 @@ import torch
 
 from ptft.evaluate.batching import left_pad, length_sorted_batches, model_max_length
 from ptft.evaluate.encoding import bos_prefix_length, empty_context_split, encode_prompts, encode_texts
+from ptft.evaluate.forward import forward, keeps_logits
 
 
 def _split_trailing_whitespace(context: str, continuation: str) -> tuple[str, str]:
@@ -111,13 +111,6 @@ def _right_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor
     return ids, mask.long()
 
 
-def _accepts_logits_to_keep(model) -> bool:
-    try:
-        return "logits_to_keep" in inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 def _batch_loglikelihoods(model, windows: list[list[int]], conts: list[list[int]], pad_id: int, keep_ok: bool):
     """Summed continuation log-probabilities (float64, CPU) of one right-padded batch."""
     ids, mask = _right_pad(windows, pad_id)
@@ -132,7 +125,7 @@ def _batch_loglikelihoods(model, windows: list[list[int]], conts: list[list[int]
         # skip it for positions that only ever precede context tokens.
         offset = min(starts)
         kwargs["logits_to_keep"] = width - offset
-    logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device), **kwargs).logits
+    logits = forward(model)(input_ids=ids.to(model.device), attention_mask=mask.to(model.device), **kwargs).logits
 
     return _summed_logprobs(logits, [s - offset for s in starts], conts).cpu().numpy()
 
@@ -170,7 +163,7 @@ def encoded_loglikelihoods(
     windows = [_model_window(ctx, cont, max_length) for ctx, cont in encoded]
     conts = [cont for _, cont in encoded]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    keep_ok = _accepts_logits_to_keep(model)
+    keep_ok = keeps_logits(model)
 
     out = np.zeros(len(encoded), dtype=np.float64)
     for batch in length_sorted_batches([len(w) for w in windows], batch_size):
@@ -228,7 +221,7 @@ def _shared_context_loglikelihoods(model, items: list[tuple[list[int], list[list
     """
     device = model.device
     batch = left_pad([ctx for ctx, _ in items], pad_id, device)
-    out = model(**batch, use_cache=True, **({"logits_to_keep": 1} if keep_ok else {}))
+    out = forward(model)(**batch, use_cache=True, **({"logits_to_keep": 1} if keep_ok else {}))
     first_lp = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
     conts = [cont for _, item_conts in items for cont in item_conts]
     item_of_row = torch.tensor([i for i, (_, item_conts) in enumerate(items) for _ in item_conts], device=device)
@@ -295,7 +288,7 @@ def score_multiple_choice(
         for (ctx, conts), same in zip(items, shared_ctx, strict=True)
     ]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    keep_ok = _accepts_logits_to_keep(model)
+    keep_ok = keeps_logits(model)
 
     out: list[np.ndarray] = [np.zeros(len(item)) for item in choices]
     shared = [i for i, ok in enumerate(fits) if ok]

@@ -33,6 +33,7 @@ from tqdm import tqdm
 from ptft import io
 from ptft.checkpoints.load import load_pretrained
 from ptft.data.registry import get_dataset
+from ptft.evaluate.forward import set_compile
 from ptft.evaluate.metrics import get_metric
 from ptft.evaluate.scoring import build_prompts, score_items
 from ptft.provenance import checkpoint_identity, file_digest, sha256_text
@@ -189,6 +190,7 @@ def evaluate_model(
             else:
                 model, tokenizer = load_pretrained(model_dir, dtype=dtype, device=device)
             model.eval()
+            set_compile(model, cfg.get("compile", "auto"))
         part = score_part(model, tokenizer, meta, ev, fmt, data_dir, cfg, seed)
         if path is not None:
             io.write_parquet(path, part)

@@ -20,6 +20,7 @@ import torch
 
 from ptft.evaluate.batching import context_limit, left_pad, length_sorted_batches
 from ptft.evaluate.encoding import encode_prompts, fit_to_window
+from ptft.evaluate.forward import forward, keeps_logits
 
 
 def label_token_sets(tokenizer, labels: Sequence[str]) -> list[list[int]]:
@@ -54,9 +55,10 @@ def score_token_prob(
         tokenizer, prompts, encode_prompts(tokenizer, prompts, add_bos), context_limit(model), add_bos
     )
     scores = np.zeros((len(prompts), len(labels)), dtype=np.float64)
+    keep = {"logits_to_keep": 1} if keeps_logits(model) else {}  # the last position's logits only
     for batch in length_sorted_batches([len(e) for e in encoded], batch_size):
         inputs = left_pad([encoded[i] for i in batch], tokenizer.pad_token_id, model.device)
-        logits = model(**inputs).logits[:, -1, :].float()
+        logits = forward(model)(**inputs, **keep).logits[:, -1, :].float()
         logp = torch.log_softmax(logits, dim=-1)
         per_label = torch.stack([logp[:, ids].max(dim=-1).values for ids in sets], dim=-1)
         scores[batch] = per_label.double().cpu().numpy()
