@@ -56,7 +56,7 @@ import torch
 
 from ptft.evaluate.batching import left_pad, length_sorted_batches, model_max_length
 from ptft.evaluate.encoding import bos_prefix_length, empty_context_split, encode_prompts, encode_texts
-from ptft.evaluate.forward import forward, keeps_logits
+from ptft.evaluate.forward import keeps_logits
 
 
 def _split_trailing_whitespace(context: str, continuation: str) -> tuple[str, str]:
@@ -125,7 +125,7 @@ def _batch_loglikelihoods(model, windows: list[list[int]], conts: list[list[int]
         # skip it for positions that only ever precede context tokens.
         offset = min(starts)
         kwargs["logits_to_keep"] = width - offset
-    logits = forward(model)(input_ids=ids.to(model.device), attention_mask=mask.to(model.device), **kwargs).logits
+    logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device), **kwargs).logits
 
     return _summed_logprobs(logits, [s - offset for s in starts], conts).cpu().numpy()
 
@@ -221,7 +221,7 @@ def _shared_context_loglikelihoods(model, items: list[tuple[list[int], list[list
     """
     device = model.device
     batch = left_pad([ctx for ctx, _ in items], pad_id, device)
-    out = forward(model)(**batch, use_cache=True, **({"logits_to_keep": 1} if keep_ok else {}))
+    out = model(**batch, use_cache=True, **({"logits_to_keep": 1} if keep_ok else {}))
     first_lp = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
     conts = [cont for _, item_conts in items for cont in item_conts]
     item_of_row = torch.tensor([i for i, (_, item_conts) in enumerate(items) for _ in item_conts], device=device)

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ptft.evaluate.batching import context_limit, left_pad, length_sorted_batches
+from ptft.evaluate.batching import context_limit, length_sorted_batches
 from ptft.evaluate.encoding import encode_prompts, fit_to_window
 from ptft.evaluate.forward import forward, keeps_logits
 
@@ -55,13 +55,32 @@ def score_token_prob(
         tokenizer, prompts, encode_prompts(tokenizer, prompts, add_bos), context_limit(model), add_bos
     )
     scores = np.zeros((len(prompts), len(labels)), dtype=np.float64)
-    keep = {"logits_to_keep": 1} if keeps_logits(model) else {}  # the last position's logits only
     for batch in length_sorted_batches([len(e) for e in encoded], batch_size):
-        inputs = left_pad([encoded[i] for i in batch], tokenizer.pad_token_id, model.device)
-        logits = forward(model)(**inputs, **keep).logits[:, -1, :].float()
+        logits = last_logits(model, [encoded[i] for i in batch], tokenizer.pad_token_id).float()
         logp = torch.log_softmax(logits, dim=-1)
         per_label = torch.stack([logp[:, ids].max(dim=-1).values for ids in sets], dim=-1)
         scores[batch] = per_label.double().cpu().numpy()
     if return_truncated:
         return scores.argmax(axis=1), scores, cut
     return scores.argmax(axis=1), scores
+
+
+def last_logits(model, seqs: Sequence[Sequence[int]], pad_id: int | None) -> torch.Tensor:
+    """The next-token logits after each sequence (rows × vocabulary).
+
+    The rows are right-padded and no attention mask is passed: causal attention keeps every real
+    token from the padding after it, and without a mask the attention runs its fused causal kernel.
+    The vocabulary projection runs at the rows' last positions only (``logits_to_keep`` takes the
+    positions, shared by the rows; at most one per row).
+    """
+    lengths = torch.tensor([len(s) for s in seqs])
+    ids = torch.full((len(seqs), int(lengths.max())), pad_id if pad_id is not None else 0, dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+    last = (lengths - 1).to(model.device)
+    rows = torch.arange(len(seqs), device=model.device)
+    if not keeps_logits(model):
+        return model(input_ids=ids.to(model.device)).logits[rows, last]
+    keep = torch.unique(last)  # sorted
+    logits = forward(model)(input_ids=ids.to(model.device), logits_to_keep=keep).logits
+    return logits[rows, torch.searchsorted(keep, last)]
