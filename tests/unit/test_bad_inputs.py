@@ -255,6 +255,8 @@ def test_more_shots_than_the_fewshot_pool_is_refused_at_plan_time(config, key):
         (lambda c: c.update(study=".."), r"study: '..' does not match"),
         (lambda c: c["checkpoints"].update(local=[{"name": "a"}]), r"checkpoints.local\[0\]: 'path' is a required"),
         (lambda c: c["data"].update(invalid_records="ignore"), r"data.invalid_records: 'ignore' is not one of"),
+        (lambda c: c["evaluate"].update(generation_batch_size="big"), r"evaluate.generation_batch_size: 'big' is not"),
+        (lambda c: c["evaluate"].update(decoder="fast"), r"evaluate.decoder: 'fast' is not one of"),
     ],
 )
 def test_a_schema_error_is_one_short_line_naming_the_key(edit, key):
@@ -276,6 +278,9 @@ def test_the_schema_fills_defaults_as_snakemake_did():
         validate(expected, str(ROOT / "workflow/schemas/config.schema.yaml"), set_default=True)
         assert validate_study(raw) == expected, path
     assert json.dumps(validate_study({"study": "s", "train_tasks": ["toy_nli"]}))  # defaults are plain data
+    for size in ("auto", 48, None):
+        raw = {"study": "s", "train_tasks": ["toy_nli"], "evaluate": {"generation_batch_size": size}}
+        assert validate_study(raw)["evaluate"]["generation_batch_size"] == size
 
 
 def test_names_the_code_declares_are_folder_names():

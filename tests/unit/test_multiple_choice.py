@@ -143,6 +143,33 @@ def test_delimiter_is_prepended_to_each_choice(model, tokenizer):
     np.testing.assert_allclose(lls, expected, atol=1e-5)
 
 
+@pytest.fixture
+def packed(monkeypatch):
+    """The packed rows on a CPU too (by default a GPU's path)."""
+    monkeypatch.setattr("ptft.evaluate.multiple_choice.PACKED_DEVICES", ("cuda", "cpu"))
+
+
+def test_packed_choices_run_in_one_call_and_match_the_reference(model, tokenizer, packed):
+    seen = []
+    hook = model.register_forward_pre_hook(lambda _, args, kwargs: seen.append(kwargs), with_kwargs=True)
+    try:
+        per_item = score_multiple_choice(model, tokenizer, CONTEXTS, CHOICES, batch_size=16)
+    finally:
+        hook.remove()
+    split = [
+        eos_encode_pair(tokenizer, ctx, " " + c) for ctx, item in zip(CONTEXTS, CHOICES, strict=True) for c in item
+    ]
+    # One call; its rows hold each context once and every choice but its last token, nothing else.
+    [kwargs] = seen
+    assert kwargs["attention_mask"].ndim == 4 and kwargs["input_ids"].shape[0] == len(CONTEXTS)
+    ctx_tokens = sum(len(eos_encode_pair(tokenizer, ctx, " x")[0]) for ctx in CONTEXTS)
+    real = int((kwargs["input_ids"] != tokenizer.pad_token_id).sum())
+    assert real == ctx_tokens + sum(len(c) - 1 for _, c in split)
+    flat = np.concatenate(per_item)
+    expected = [reference_loglikelihood(model, ctx_ids, cont_ids) for ctx_ids, cont_ids in split]
+    np.testing.assert_allclose(flat, expected, atol=1e-4)
+
+
 def test_shared_context_runs_once_per_item_and_matches_the_reference(model, tokenizer):
     seen = []
     hook = model.register_forward_pre_hook(lambda _, args, kwargs: seen.append(kwargs["attention_mask"].clone()),
@@ -164,7 +191,10 @@ def test_shared_context_runs_once_per_item_and_matches_the_reference(model, toke
     np.testing.assert_allclose(flat, expected, atol=1e-4)
 
 
-def test_multiple_choice_is_independent_of_batch_size(model, tokenizer):
+@pytest.mark.parametrize("rows", ["cached", "packed"])
+def test_multiple_choice_is_independent_of_batch_size(model, tokenizer, rows, monkeypatch):
+    if rows == "packed":
+        monkeypatch.setattr("ptft.evaluate.multiple_choice.PACKED_DEVICES", ("cuda", "cpu"))
     one = score_multiple_choice(model, tokenizer, CONTEXTS, CHOICES, batch_size=1)
     sixteen = score_multiple_choice(model, tokenizer, CONTEXTS, CHOICES, batch_size=16)
     for a, b in zip(one, sixteen, strict=True):
@@ -201,3 +231,16 @@ def test_ties_go_to_the_first_choice():
     assert mc_metrics(np.array([-3.0, -3.0, -5.0]), ["aa", "bb", "cc"], gold=1) == {"acc": 0.0, "acc_norm": 0.0}
     # Equal per-character scores (-1.0 each) from different totals.
     assert mc_metrics(np.array([-4.0, -2.0]), ["abcd", "ab"], gold=0) == {"acc": 0.0, "acc_norm": 1.0}
+
+
+def test_packed_choices_keep_absolute_positions(tokenizer, packed):
+    # GPT-2 adds a learned embedding per position: a choice must sit where it would after its context.
+    from helpers.tiny_models import tiny_gpt2
+
+    model = tiny_gpt2(len(tokenizer), n_positions=128)
+    per_item = score_multiple_choice(model, tokenizer, CONTEXTS, CHOICES, batch_size=4)
+    split = [
+        eos_encode_pair(tokenizer, ctx, " " + c) for ctx, item in zip(CONTEXTS, CHOICES, strict=True) for c in item
+    ]
+    expected = [reference_loglikelihood(model, ctx_ids, cont_ids) for ctx_ids, cont_ids in split]
+    np.testing.assert_allclose(np.concatenate(per_item), expected, atol=1e-4)

@@ -10,7 +10,16 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ptft.evaluate.batching import left_pad
-from ptft.evaluate.generate import CACHE_BUCKET, StaticDecoder, generate_greedy, resolve_decoder, stop_token_ids
+from ptft.evaluate.generate import (
+    CACHE_BUCKET,
+    StaticDecoder,
+    auto_batch_size,
+    generate_greedy,
+    generation_batch_size,
+    in_halves_on_oom,
+    resolve_decoder,
+    stop_token_ids,
+)
 
 PROMPTS = [
     "### Input_1: anna has a big cup in the hall .\n ### Input_2: the cup is big .\n ### Inference:",
@@ -79,3 +88,43 @@ def test_decoder_choice(peaked):
     assert resolve_decoder(model, "static", constrained=True) == "generate"
     with pytest.raises(ValueError, match="evaluate.decoder"):
         resolve_decoder(model, "fast")
+
+
+def test_auto_batch_size_fills_the_free_memory_it_counts(peaked, monkeypatch):
+    model, _ = peaked
+    free = {"bytes": 10**9}
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free["bytes"], 2 * free["bytes"]))
+    cfg = model.config
+    # Per row, at least the static cache's keys and values: 2 x layers x width x positions x 4 bytes.
+    cache_row = 2 * cfg.num_hidden_layers * cfg.hidden_size * CACHE_BUCKET * 4
+    rows = auto_batch_size(model, 100, 20, limit=10**6)
+    assert 1 <= rows <= 0.8 * free["bytes"] / cache_row
+    free["bytes"] *= 4
+    assert auto_batch_size(model, 100, 20, limit=10**6) in range(4 * rows, 4 * rows + 4)
+    assert auto_batch_size(model, 900, 20, limit=10**6) < auto_batch_size(model, 100, 20, limit=10**6)
+    assert auto_batch_size(model, 100, 20, limit=7) == 7
+    free["bytes"] = 0
+    assert auto_batch_size(model, 100, 20) == 1
+
+
+def test_a_batch_out_of_memory_runs_in_halves():
+    done = []
+
+    def run(batch):
+        if len(batch) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        done.append(list(batch))
+
+    in_halves_on_oom(run, list(range(7)))
+    assert sorted(sum(done, [])) == list(range(7))  # every row once, in batches that fit
+    assert all(len(b) <= 2 for b in done)
+    with pytest.raises(torch.OutOfMemoryError):
+        in_halves_on_oom(lambda batch: run(batch * 3), [0])
+
+
+def test_auto_batch_on_a_cpu_gives_the_same_texts(peaked):
+    model, tok = peaked
+    ref = generate_greedy(model, tok, PROMPTS, 8, "\n", 2, decoder="generate")
+    assert generate_greedy(model, tok, PROMPTS, 8, "\n", "auto", decoder="generate") == ref
+    assert generation_batch_size({"batch_size": 16, "generation_batch_size": None}) == 16
+    assert generation_batch_size({"batch_size": 16, "generation_batch_size": "auto"}) == "auto"

@@ -22,7 +22,7 @@ import re
 from collections.abc import Sequence
 
 from ptft.evaluate.encoding import add_bos_setting
-from ptft.evaluate.generate import generate_greedy
+from ptft.evaluate.generate import generate_greedy, generation_batch_size
 from ptft.evaluate.tokenprob import score_token_prob
 
 METHODS = ("tokenprob", "constrained", "free")
@@ -86,7 +86,7 @@ def classify(
         predictions = [labels[i] for i in pred_idx]
     elif method == "free":
         texts, cut = generate_greedy(model, tokenizer, prompts, cfg["max_new_tokens"]["classification"], cfg["stop"],
-                                     cfg["batch_size"], add_bos=add_bos, return_truncated=True,
+                                     generation_batch_size(cfg), add_bos=add_bos, return_truncated=True,
                                      decoder=cfg.get("decoder", "auto"))  # fmt: skip
         predictions = [match_label(t, labels) for t in texts]
     else:

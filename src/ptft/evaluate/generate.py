@@ -60,7 +60,7 @@ def generate_greedy(
     prompts: Sequence[str],
     max_new_tokens: int,
     stop: str,
-    batch_size: int,
+    batch_size: int | str,
     allowed: Callable[[list[int]], list[int]] | None = None,
     add_bos: str | bool = "auto",
     return_truncated: bool = False,
@@ -72,6 +72,10 @@ def generate_greedy(
     are encoded and cut to the window (less ``max_new_tokens``) as in
     :func:`ptft.evaluate.tokenprob.score_token_prob`; with ``return_truncated`` the result is
     (texts, prompt tokens each lost). ``decoder``: see the module's docstring.
+
+    ``batch_size`` ``"auto"`` (``evaluate.generation_batch_size``) is, with the static decoder on a
+    GPU, the most rows whose caches fit in the free memory (:func:`auto_batch_size`); elsewhere
+    :data:`AUTO_FALLBACK`. A batch that runs out of GPU memory anyway is split in halves.
     """
     prompts = list(prompts)
     encoded, cut = fit_to_window(
@@ -83,8 +87,13 @@ def generate_greedy(
     )
     decoder = resolve_decoder(model, decoder, constrained=allowed is not None)
     static = StaticDecoder.of(model, tokenizer, stop) if decoder == "static" else None
+    if batch_size == "auto":
+        longest = max(map(len, encoded), default=1)
+        batch_size = auto_batch_size(model, longest, max_new_tokens) if static is not None else AUTO_FALLBACK
+        log.info("generation batch size (auto): %d rows for prompts of up to %d tokens", batch_size, longest)
     outputs: list[str] = [""] * len(prompts)
-    for batch in length_sorted_batches([len(e) for e in encoded], batch_size):
+
+    def run(batch: list[int]) -> None:
         inputs = left_pad([encoded[i] for i in batch], tokenizer.pad_token_id, model.device)
         if static is not None:
             new_tokens = static(inputs["input_ids"], inputs["attention_mask"], inputs["position_ids"], max_new_tokens)
@@ -92,7 +101,58 @@ def generate_greedy(
             new_tokens = _generate(model, tokenizer, inputs, max_new_tokens, stop, allowed)
         for row, i in enumerate(batch):
             outputs[i] = cut_at_stop(tokenizer.decode(new_tokens[row], skip_special_tokens=True), stop)
+
+    for batch in length_sorted_batches([len(e) for e in encoded], batch_size):
+        in_halves_on_oom(run, batch)
     return (outputs, cut) if return_truncated else outputs
+
+
+def generation_batch_size(cfg: dict) -> int | str:
+    """``evaluate.generation_batch_size``, where null means ``evaluate.batch_size``."""
+    return cfg.get("generation_batch_size") or cfg["batch_size"]
+
+
+# What "auto" means where no memory is measured (a CPU, or generate()).
+AUTO_FALLBACK = 32
+# The share of the free GPU memory auto_batch_size plans to fill: the rest is for what it does not
+# count (the compiled graphs' pools, the allocator's fragmentation).
+AUTO_MEMORY_SHARE = 0.8
+
+
+def auto_batch_size(model, prompt_tokens: int, max_new_tokens: int, limit: int = 1024) -> int:
+    """The most rows of ``prompt_tokens`` the static decoder can run in the GPU's free memory.
+
+    Like lm-evaluation-harness's ``batch_size: auto``, the largest batch that fits; computed, not
+    found by trial: per row, the static cache (keys and values of every layer over the cache
+    length), the prompt's dynamic cache copied into it, and the prompt forward's largest
+    activations (the MLP's intermediate width at every prompt position, the vocabulary at one).
+    """
+    free, _ = torch.cuda.mem_get_info(model.device)
+    cfg = model.config
+    heads = cfg.num_attention_heads
+    kv_width = getattr(cfg, "num_key_value_heads", None) or heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    size = next(model.parameters()).element_size()
+    per_position = 2 * cfg.num_hidden_layers * kv_width * head_dim * size
+    length = -(-(prompt_tokens + max_new_tokens) // CACHE_BUCKET) * CACHE_BUCKET
+    intermediate = getattr(cfg, "intermediate_size", None) or 4 * cfg.hidden_size
+    activations = prompt_tokens * (3 * intermediate + 4 * cfg.hidden_size) * size + cfg.vocab_size * 4
+    per_row = per_position * (length + prompt_tokens) + activations
+    return max(1, min(limit, int(AUTO_MEMORY_SHARE * free // per_row)))
+
+
+def in_halves_on_oom(run: Callable[[list[int]], None], batch: list[int]) -> None:
+    """``run(batch)``; if the GPU runs out of memory, the two halves one after the other (recursively)."""
+    try:
+        run(batch)
+    except torch.OutOfMemoryError:
+        if len(batch) == 1:
+            raise
+        log.warning("out of GPU memory at %d rows: running the batch in halves", len(batch))
+        torch.cuda.empty_cache()
+        half = len(batch) // 2
+        in_halves_on_oom(run, batch[:half])
+        in_halves_on_oom(run, batch[half:])
 
 
 def _generate(model, tokenizer, inputs: dict, max_new_tokens: int, stop: str, allowed) -> torch.Tensor:

@@ -32,12 +32,13 @@ Log-likelihood (``_loglikelihood_tokens``)
     tokens, of the log-softmax probability of each token given everything
     before it. ``max_length`` is the model config's ``n_positions``, ``max_position_embeddings`` or
     ``n_ctx`` (first present), else the tokenizer's ``model_max_length`` unless unset, else 2048.
-    How it is computed differs from lm-eval: an item's context runs once, left-padded with
-    position ids counting real tokens, and its choices continue from its KV cache
-    (:func:`score_multiple_choice`); a request-by-request path, right-padded, serves items that
-    the window truncates. Both give lm-eval's values up to float32 rounding. Unlike lm-eval, the
-    log-softmax is taken in float32 even for bf16/fp16 models,
-    so low-precision runs can differ from lm-eval at the rounding level.
+    How it is computed differs from lm-eval: an item's context runs once, and its choices are
+    packed after it in the same row under a mask that lets each choice see the context and itself
+    only (:func:`_packed_loglikelihoods`, on a GPU; on a CPU, or with an attention implementation
+    that takes no 4D mask, the choices continue from the context's KV cache instead); a request-by-request path,
+    right-padded, serves items that the window truncates. Both give lm-eval's values up to float32
+    rounding. Unlike lm-eval, the log-softmax is taken in float32 even for bf16/fp16 models, so
+    low-precision runs can differ from lm-eval at the rounding level.
 
 Metrics (``process_results``)
     ``acc`` is 1 when ``argmax_i ll_i`` is the gold index; ``acc_norm`` is 1 when
@@ -49,6 +50,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from functools import partial
 from itertools import chain
 
 import numpy as np
@@ -251,6 +253,70 @@ def _shared_context_loglikelihoods(model, items: list[tuple[list[int], list[list
     return np.split(row_lp, bounds)
 
 
+# Attention implementations that take a 4D mask as given; the packed rows need one.
+PACKED_ATTENTION = ("sdpa", "eager")
+# Where the packed rows are used. On a GPU they save the KV cache's copies and the forward calls
+# per group of choice lengths; on a CPU neither costs much, while a dense mask over a row's
+# context and all its choices does, so the CPU keeps the cached path it was measured with.
+PACKED_DEVICES = ("cuda",)
+
+
+def _packed_loglikelihoods(model, items: list[tuple[list[int], list[list[int]]]], pad_id: int, keep_ok: bool):
+    """:func:`_shared_context_loglikelihoods` in one forward: an item's choices packed after its context.
+
+    A row is ``[padding][context][choice 1 less its last token]...[choice k ...][padding]``, the
+    contexts ending in one column. A 4D mask lets each choice's tokens see the context and that
+    choice's earlier tokens only, and each sits at the position it has after the context alone, so
+    the conditional probabilities are those of ``context + continuation``. Against a KV cache
+    copied per choice, this saves the copies (a batch's context cache once per choice) and one
+    forward call per group of choice lengths.
+    """
+    device = model.device
+    width_ctx = max(len(ctx) for ctx, _ in items)
+    width = width_ctx + max(sum(len(c) - 1 for c in conts) for _, conts in items)
+    ids, pos, seg = [], [], []  # seg: -1 padding, 0 context, j + 1 the item's choice j
+    cols, targets = [], []  # per scored token: the column whose logits predict it, and the token
+    for ctx, conts in items:
+        row_ids, row_pos, row_seg = [pad_id] * (width_ctx - len(ctx)) + ctx, [0] * (width_ctx - len(ctx)), []
+        row_pos += list(range(len(ctx)))
+        row_seg = [-1] * (width_ctx - len(ctx)) + [0] * len(ctx)
+        for j, cont in enumerate(conts):
+            start = len(row_ids)
+            row_ids += cont[:-1]
+            row_pos += range(len(ctx), len(ctx) + len(cont) - 1)
+            row_seg += [j + 1] * (len(cont) - 1)
+            # The first token is predicted by the context's last column, token m by the choice's m - 1.
+            cols.append([width_ctx - 1] + list(range(start, start + len(cont) - 1)))
+            targets.append(cont)
+        fill = width - len(row_ids)
+        ids.append(row_ids + [pad_id] * fill)
+        pos.append(row_pos + [0] * fill)
+        seg.append(row_seg + [-1] * fill)
+    seg = torch.tensor(seg, device=device)
+    order = torch.arange(width, device=device)
+    same = (seg[:, None, :] == 0) | (seg[:, None, :] == seg[:, :, None])
+    real = seg >= 0
+    visible = same & (order[None, :] <= order[:, None]) & real[:, None, :] & real[:, :, None]
+    visible |= torch.eye(width, dtype=torch.bool, device=device)  # padding sees itself: no empty softmax
+    dtype = next(model.parameters()).dtype
+    mask = torch.zeros(visible.shape, dtype=dtype, device=device).masked_fill_(~visible, torch.finfo(dtype).min)
+    first = width_ctx - 1
+    kwargs = {"logits_to_keep": width - first} if keep_ok else {}
+    logits = model(input_ids=torch.tensor(ids, device=device), attention_mask=mask[:, None],
+                   position_ids=torch.tensor(pos, device=device), **kwargs).logits  # fmt: skip
+    offset = first if keep_ok else 0
+    n_conts = [len(conts) for _, conts in items]
+    row_of = torch.repeat_interleave(torch.arange(len(items)), torch.tensor(n_conts))
+    lens = torch.tensor([len(t) for t in targets])
+    rows = torch.repeat_interleave(row_of, lens).to(device)
+    flat_cols = torch.tensor(list(chain.from_iterable(cols)), device=device) - offset
+    flat_targets = torch.tensor(list(chain.from_iterable(targets)), device=device)
+    token_lp = torch.log_softmax(logits[rows, flat_cols].float(), dim=-1).gather(-1, flat_targets[:, None])[:, 0]
+    owner = torch.repeat_interleave(torch.arange(len(targets)), lens).to(device)
+    sums = torch.zeros(len(targets), dtype=torch.float64, device=device).index_add_(0, owner, token_lp.double())
+    return np.split(sums.cpu().numpy(), np.cumsum(n_conts)[:-1])
+
+
 @torch.no_grad()
 def score_multiple_choice(
     model,
@@ -291,10 +357,13 @@ def score_multiple_choice(
     keep_ok = keeps_logits(model)
 
     out: list[np.ndarray] = [np.zeros(len(item)) for item in choices]
-    shared = [i for i, ok in enumerate(fits) if ok]
-    for batch in length_sorted_batches([len(items[i][0]) for i in shared], batch_size):
-        picked = [shared[j] for j in batch]
-        scored = _shared_context_loglikelihoods(model, [items[i] for i in picked], pad_id, keep_ok)
+    packed = (getattr(model.config, "_attn_implementation", None) in PACKED_ATTENTION
+              and model.device.type in PACKED_DEVICES)  # fmt: skip
+    shared = partial(_packed_loglikelihoods if packed else _shared_context_loglikelihoods, model)
+    fitting = [i for i, ok in enumerate(fits) if ok]
+    for batch in length_sorted_batches([len(items[i][0]) for i in fitting], batch_size):
+        picked = [fitting[j] for j in batch]
+        scored = shared([items[i] for i in picked], pad_id, keep_ok)
         for i, lls in zip(picked, scored, strict=True):
             out[i] = lls
     long = [i for i, ok in enumerate(fits) if not ok and choices[i]]

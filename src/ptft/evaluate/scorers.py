@@ -136,7 +136,7 @@ def score_generation(model, tokenizer, task: TaskType, items, prompts, golds, cf
     Only the metrics the task reports are computed: a task scored by ``nll`` alone generates nothing.
     """
     from ptft.evaluate.encoding import add_bos_setting
-    from ptft.evaluate.generate import generate_greedy
+    from ptft.evaluate.generate import generate_greedy, generation_batch_size
 
     out = []
     for metric in task.metrics:
@@ -145,7 +145,7 @@ def score_generation(model, tokenizer, task: TaskType, items, prompts, golds, cf
             predictions = [""] * len(golds)  # the gold is scored, nothing is generated
         else:
             predictions, cut = generate_greedy(model, tokenizer, prompts, cfg["max_new_tokens"]["generation"],
-                                               cfg["stop"], cfg["batch_size"], add_bos=add_bos_setting(cfg),
+                                               cfg["stop"], generation_batch_size(cfg), add_bos=add_bos_setting(cfg),
                                                return_truncated=True, decoder=cfg.get("decoder", "auto"))  # fmt: skip
             scores = rouge_l(predictions, golds, stemmer=cfg["rouge_stemmer"])
         out.append({"metric": metric, "prediction": predictions, "gold": golds, "score": scores,
