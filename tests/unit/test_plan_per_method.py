@@ -23,7 +23,7 @@ def ld_config():
 def test_dpo_starts_from_each_sft_run_of_its_own_task_with_its_own_settings():
     plan = build_plan(ld_config())
     runs = plan.training_runs
-    assert len(runs) == 3 * 2 * 4  # fine-tuned checkpoints × seeds × (full, extend, dpo ← full, dpo ← extend)
+    assert len(runs) == 2 * 2 * 4  # fine-tuned checkpoints × seeds × (full, extend, dpo ← full, dpo ← extend)
     dpo = [m for m in runs if m.method == "dpo"]
     assert {(m.parent.method, m.parent.lr) for m in dpo} == {("full", 3e-4), ("extend", 3e-4)}
     assert {m.lr for m in dpo} == {3e-5}

@@ -70,7 +70,7 @@ def test_the_table_holds_every_response_type_by_name_for_every_run(study):
     _, table = study
     assert set(table["response_type"]) == set(TYPES)
     runs = table.groupby(["checkpoint", "method", "parent", "seed"], dropna=False)
-    assert runs.ngroups == 3 * 4 * 2  # checkpoints x (full, extend, dpo <- full, dpo <- extend) x seeds
+    assert runs.ngroups == 2 * 4 * 2  # checkpoints x (full, extend, dpo <- full, dpo <- extend) x seeds
     for _, rows in runs:
         assert rows.groupby("ft_step")["response_type"].nunique().eq(len(TYPES)).all()
         assert (
