@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from itertools import chain
 
 import torch
 
@@ -50,3 +51,14 @@ def left_pad(seqs: Sequence[Sequence[int]], pad_id: int, device="cpu") -> dict[s
         mask[row, width - len(seq) :] = 1
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "position_ids": positions.to(device)}
+
+
+def right_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """input_ids and attention_mask of right-padded sequences (on the CPU)."""
+    lengths = torch.tensor([len(s) for s in seqs])
+    mask = torch.arange(int(lengths.max()))[None, :] < lengths[:, None]
+    ids = torch.full(mask.shape, pad_id, dtype=torch.long)
+    # Boolean-mask assignment fills row by row, i.e. in the order of the concatenated sequences;
+    # one tensor for the whole batch instead of one per row keeps the host ahead of the GPU.
+    ids[mask] = torch.tensor(list(chain.from_iterable(seqs)), dtype=torch.long)
+    return ids, mask.long()

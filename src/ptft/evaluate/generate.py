@@ -134,11 +134,18 @@ def auto_batch_size(model, prompt_tokens: int, max_new_tokens: int, limit: int =
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
     size = next(model.parameters()).element_size()
     per_position = 2 * cfg.num_hidden_layers * kv_width * head_dim * size
-    length = -(-(prompt_tokens + max_new_tokens) // CACHE_BUCKET) * CACHE_BUCKET
+    length = cache_length(model, prompt_tokens, max_new_tokens)
     intermediate = getattr(cfg, "intermediate_size", None) or 4 * cfg.hidden_size
     activations = prompt_tokens * (3 * intermediate + 4 * cfg.hidden_size) * size + cfg.vocab_size * 4
     per_row = per_position * (length + prompt_tokens) + activations
     return max(1, min(limit, int(AUTO_MEMORY_SHARE * free // per_row)))
+
+
+def cache_length(model, prompt_tokens: int, max_new_tokens: int) -> int:
+    """The static cache's length for a batch: its prompt width and new tokens, rounded up to
+    :data:`CACHE_BUCKET` but never past the model's window (a longer cache trips a device assert on CUDA)."""
+    needed = prompt_tokens + max_new_tokens
+    return max(min(-(-needed // CACHE_BUCKET) * CACHE_BUCKET, model_max_length(model)), needed)
 
 
 def in_halves_on_oom(run: Callable[[list[int]], None], batch: list[int]) -> None:
@@ -207,6 +214,7 @@ class StaticDecoder:
         self.stops = torch.tensor(list(stops), dtype=torch.long, device=model.device)
         self.pad_id = pad_id if pad_id is not None else 0
         self.cache, self.shape = None, None
+        self.keep = {"logits_to_keep": 1} if keeps_logits(model) else {}
         self.step, self.prefill = self._step, self._prefill
         if compiling(model):
             # A graph per (rows, cache bucket): more than dynamo's default of 8 in one evaluation.
@@ -222,9 +230,8 @@ class StaticDecoder:
         from transformers import DynamicCache
 
         past = DynamicCache(config=self.model.config)
-        kwargs = {"logits_to_keep": 1} if keeps_logits(self.model) else {}
         logits = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                            past_key_values=past, use_cache=True, **kwargs).logits  # fmt: skip
+                            past_key_values=past, use_cache=True, **self.keep).logits  # fmt: skip
         return logits[:, -1].argmax(-1), past
 
     def _step(self, token, position, cache_position, mask, cache):
@@ -247,9 +254,7 @@ class StaticDecoder:
         """The new tokens of each row (rows × at most ``max_new_tokens``), pad after a row's stop."""
         rows, width = input_ids.shape
         device = input_ids.device
-        # Never longer than the model's window (a longer static cache trips a device assert on CUDA).
-        length = max(min(-(-(width + max_new_tokens) // CACHE_BUCKET) * CACHE_BUCKET, model_max_length(self.model)),
-                     width + max_new_tokens)  # fmt: skip
+        length = cache_length(self.model, width, max_new_tokens)
         cache = self._cache(rows, length)
         # Left padding stays masked; the positions after the prompt are open, and causality (the
         # cache position) hides those not written yet.

@@ -56,7 +56,7 @@ from itertools import chain
 import numpy as np
 import torch
 
-from ptft.evaluate.batching import left_pad, length_sorted_batches, model_max_length
+from ptft.evaluate.batching import left_pad, length_sorted_batches, model_max_length, right_pad
 from ptft.evaluate.encoding import bos_prefix_length, empty_context_split, encode_prompts, encode_texts
 from ptft.evaluate.forward import keeps_logits
 
@@ -103,19 +103,9 @@ def _model_window(context_ids: list[int], continuation_ids: list[int], max_lengt
     return (context_ids + continuation_ids)[-(max_length + 1) :][:-1]
 
 
-def _right_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    lengths = torch.tensor([len(s) for s in seqs])
-    mask = torch.arange(int(lengths.max()))[None, :] < lengths[:, None]
-    ids = torch.full(mask.shape, pad_id, dtype=torch.long)
-    # Boolean-mask assignment fills row by row, i.e. in the order of the concatenated sequences;
-    # one tensor for the whole batch instead of one per row keeps the host ahead of the GPU.
-    ids[mask] = torch.tensor(list(chain.from_iterable(seqs)), dtype=torch.long)
-    return ids, mask.long()
-
-
 def _batch_loglikelihoods(model, windows: list[list[int]], conts: list[list[int]], pad_id: int, keep_ok: bool):
     """Summed continuation log-probabilities (float64, CPU) of one right-padded batch."""
-    ids, mask = _right_pad(windows, pad_id)
+    ids, mask = right_pad(windows, pad_id)
     width = ids.shape[1]
     # Continuation token j of a row sits at input position len(window) - len(cont) + j; its
     # prediction is read one position earlier, i.e. positions [len - k, len) predict the k tokens.
@@ -237,7 +227,7 @@ def _shared_context_loglikelihoods(model, items: list[tuple[list[int], list[list
     for group in _length_groups([len(conts[r]) - 1 for r in rows]):
         picked = [rows[j] for j in group]
         owner = item_of_row[picked]
-        inputs, mask = _right_pad([conts[r][:-1] for r in picked], pad_id)
+        inputs, mask = right_pad([conts[r][:-1] for r in picked], pad_id)
         inputs, mask = inputs.to(device), mask.to(device)
         logits = model(
             input_ids=inputs,
@@ -277,9 +267,8 @@ def _packed_loglikelihoods(model, items: list[tuple[list[int], list[list[int]]]]
     ids, pos, seg = [], [], []  # seg: -1 padding, 0 context, j + 1 the item's choice j
     cols, targets = [], []  # per scored token: the column whose logits predict it, and the token
     for ctx, conts in items:
-        row_ids, row_pos, row_seg = [pad_id] * (width_ctx - len(ctx)) + ctx, [0] * (width_ctx - len(ctx)), []
-        row_pos += list(range(len(ctx)))
-        row_seg = [-1] * (width_ctx - len(ctx)) + [0] * len(ctx)
+        pad = width_ctx - len(ctx)
+        row_ids, row_pos, row_seg = [pad_id] * pad + ctx, [0] * pad + list(range(len(ctx))), [-1] * pad + [0] * len(ctx)
         for j, cont in enumerate(conts):
             start = len(row_ids)
             row_ids += cont[:-1]

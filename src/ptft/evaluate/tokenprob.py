@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ptft.evaluate.batching import context_limit, length_sorted_batches
+from ptft.evaluate.batching import context_limit, length_sorted_batches, right_pad
 from ptft.evaluate.encoding import encode_prompts, fit_to_window
 from ptft.evaluate.forward import forward, keeps_logits
 
@@ -73,11 +73,8 @@ def last_logits(model, seqs: Sequence[Sequence[int]], pad_id: int | None) -> tor
     The vocabulary projection runs at the rows' last positions only (``logits_to_keep`` takes the
     positions, shared by the rows; at most one per row).
     """
-    lengths = torch.tensor([len(s) for s in seqs])
-    ids = torch.full((len(seqs), int(lengths.max())), pad_id if pad_id is not None else 0, dtype=torch.long)
-    for row, seq in enumerate(seqs):
-        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-    last = (lengths - 1).to(model.device)
+    ids, mask = right_pad(seqs, pad_id if pad_id is not None else 0)
+    last = (mask.sum(-1) - 1).to(model.device)
     rows = torch.arange(len(seqs), device=model.device)
     if not keeps_logits(model):
         return model(input_ids=ids.to(model.device)).logits[rows, last]
