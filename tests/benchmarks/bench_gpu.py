@@ -39,7 +39,11 @@ batch size 16 (the Amuro & Char study's) and 64, 4-shot contexts as the study sc
   the window as the evaluator cuts them, greedy, 60 new tokens, stop at a newline; generated
   tokens/s and items/s;
 - multiple choice (:func:`ptft.evaluate.multiple_choice.score_multiple_choice`): a context of
-  about 250 tokens, 4 choices of about 25 tokens (HellaSwag-like); items/s.
+  about 250 tokens, 4 choices of about 25 tokens (HellaSwag-like); items/s;
+- fixed shots (``evaluate.fewshot: fixed``, paths ``tokenprob_fixed`` and ``generation_fixed``):
+  the same four demonstrations before every item's own prompt, compiled, scored as whole
+  prompts and then from the shared prefix's KV cache (:mod:`ptft.evaluate.prefix`); items/s,
+  the speed-up, and how many predictions are the same.
 
 Prompts are words ``t<id>`` of a word-level tokenizer over the model's vocabulary, so that the
 evaluation functions run unchanged from text. Results go to ``--out`` as JSON; the last lines
@@ -62,6 +66,7 @@ import torch
 from bench_finetune import BATCH, EOS, PAD, mnli_like, run_hf_trainer, run_ours, synchronize
 from report import emit
 
+from ptft.data.prompts import Prompt
 from ptft.finetune import methods
 from ptft.finetune.batching import IGNORE
 from ptft.finetune.train import peak_flops, validation_loss
@@ -254,8 +259,17 @@ def eval_throughput(base, device: str, n: int, vocab: int, seed: int, batch_size
         ids = [t for x, _ in demos[:SHOTS] for t in x] + [t for t, y in zip(*demos[SHOTS], strict=True) if y == IGNORE]
         return as_text(ids)
 
+    def fixed_shots(make) -> list[Prompt]:
+        # evaluate.fewshot: fixed: the same four demonstrations before every item's prompt.
+        demos = [as_text(x) for x, _ in make(SHOTS, vocab, seed + 999)]
+        starts = list(np.cumsum([0] + [len(d) + 1 for d in demos]))
+        queries = [make(1, vocab, seed + 2000 + i)[0] for i in range(n)]
+        return [Prompt(" ".join([*demos, as_text([t for t, y in zip(*q, strict=True) if y == IGNORE])]), starts)
+                for q in queries]  # fmt: skip
+
     cls_prompts = [shots(mnli_like, i) for i in range(n)]
     gen_prompts = [shots(xsum_like, i) for i in range(n)]
+    fixed_prompts = {"tokenprob": fixed_shots(mnli_like), "generation": fixed_shots(xsum_like)}
     mc_contexts = [as_text(rng.integers(10, vocab, int(rng.integers(200, 300)))) for _ in range(n)]
     mc_choices = [[as_text(rng.integers(10, vocab, int(rng.integers(15, 35)))) for _ in range(4)] for _ in range(n)]
     labels = ["t5", "t6", "t7"]
@@ -272,6 +286,12 @@ def eval_throughput(base, device: str, n: int, vocab: int, seed: int, batch_size
     def choices():
         return [int(np.argmax(s)) for s in score_multiple_choice(model, tok, mc_contexts, mc_choices, batch_size)]
 
+    def fixed(kind: str, shared: bool):
+        prompts = fixed_prompts[kind]
+        if kind == "tokenprob":
+            return score_token_prob(model, tok, prompts, labels, batch_size, shared_prefix=shared)[0].tolist()
+        return generate_greedy(model, tok, prompts, 60, "\n", batch_size, decoder="static", shared_prefix=shared)
+
     # Each path as it ran before issue 27 (today: eager, TokenProb left-padded with the vocabulary
     # projection at every position, generate()), then eager as it runs now, then compiled
     # (evaluate.compile, evaluate.decoder: static). Each is timed on its second pass over the items:
@@ -284,7 +304,7 @@ def eval_throughput(base, device: str, n: int, vocab: int, seed: int, batch_size
     def old_tokenprob():
         from ptft.evaluate.batching import left_pad
 
-        def logits(model, seqs, pad_id):
+        def logits(model, seqs, pad_id, past=None):
             return model(**left_pad(seqs, pad_id, model.device)).logits[:, -1]
 
         with mock.patch.object(tokenprob_module, "last_logits", logits):
@@ -313,6 +333,22 @@ def eval_throughput(base, device: str, n: int, vocab: int, seed: int, batch_size
                 row["predictions"] = got
                 out.setdefault(mode, {})[name] = row
                 release()
+        # Fixed shots (evaluate.fewshot: fixed), compiled: the whole prompts, then from the shared prefix's cache.
+        for kind in [k for k in ("tokenprob", "generation") if f"{k}_fixed" in names]:
+            set_compile(model, True)
+            rows = {}
+            for shared in (False, True):
+                warm_s = timed(lambda kind=kind, shared=shared: fixed(kind, shared))
+                got = []
+                s = timed(lambda kind=kind, shared=shared, got=got: got.extend(fixed(kind, shared)))
+                rows["shared_prefix" if shared else "whole"] = {"seconds": s, "items_per_s": n / s,
+                                                               "first_pass_s": warm_s, "predictions": got}  # fmt: skip
+                release()
+            whole, cached = rows["whole"].pop("predictions"), rows["shared_prefix"].pop("predictions")
+            rows["same_as_whole"] = sum(a == b for a, b in zip(whole, cached, strict=True))
+            rows["speedup"] = rows["whole"]["seconds"] / rows["shared_prefix"]["seconds"]
+            rows["mean_prompt_tokens"] = float(np.mean([min(len(p.split()), 2048 - 60) for p in fixed_prompts[kind]]))
+            out.setdefault("fixed_shots", {})[kind] = rows
     for mode in out:
         if isinstance(out[mode], dict):
             for row in out[mode].values():
@@ -344,6 +380,10 @@ def summary_lines(result: dict) -> list[str]:
         for mode in ("today", "eager", "compiled"):
             paths = ", ".join(f"{k} {v['items_per_s']:.1f}" for k, v in e.get(mode, {}).items())
             lines.append(f"eval batch {e['batch_size']}, {mode}: items/s {paths}")
+        for kind, r in e.get("fixed_shots", {}).items():
+            lines.append(f"eval batch {e['batch_size']}, fixed shots, {kind}: items/s {r['whole']['items_per_s']:.1f} "
+                         f"whole, {r['shared_prefix']['items_per_s']:.1f} from the shared prefix ({r['speedup']:.2f}x, "
+                         f"{r['same_as_whole']} of {e['items']} the same)")  # fmt: skip
     return lines
 
 
@@ -356,7 +396,7 @@ def main() -> None:
     p.add_argument("--methods", default="full,lora")
     p.add_argument("--lr", type=float, default=2e-6, help="the study's lr (full); LoRA runs use 100x")
     p.add_argument("--eval-items", type=int, default=512, help="items per evaluation path (0: skip evaluation)")
-    p.add_argument("--eval-paths", default="tokenprob,multiple_choice,generation")
+    p.add_argument("--eval-paths", default="tokenprob,multiple_choice,generation,tokenprob_fixed,generation_fixed")
     p.add_argument("--eval-batch-sizes", default=f"{EVAL_BATCH},64", help="the study's 16, and a larger one")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None)

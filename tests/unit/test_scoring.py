@@ -148,3 +148,15 @@ def test_one_model_load_for_all_eval_sets_and_formats(tiny_model_dir, tmp_path, 
         ("toy_nli", "default"), ("toy_nli", "instruct"), ("toy_nli", "io"), ("toy_summary", "default"),
         ("toy_summary", "io")]  # fmt: skip
     assert len(df) == 5 * 6
+
+
+def test_scorers_report_progress_per_batch(model_and_tokenizer, monkeypatch, capsys):
+    from ptft.evaluate import batching
+
+    model, tok = model_and_tokenizer
+    monkeypatch.setattr(batching, "PROGRESS_SECONDS", 0)
+    score_token_prob(model, tok, PROMPTS, ["yes", "no"], batch_size=4)
+    generate_greedy(model, tok, PROMPTS[:4], max_new_tokens=2, stop="\n", batch_size=2)
+    err = capsys.readouterr().err
+    assert all(f"TokenProb: {100 * k // 5:3d}%" in err and f"{4 * k}/20" in err for k in range(1, 6))
+    assert "generation:  50%" in err and "2/4" in err

@@ -6,6 +6,16 @@ from collections.abc import Iterator, Sequence
 from itertools import chain
 
 import torch
+from tqdm import tqdm
+
+# How often (seconds) a scorer's progress bar writes a line: often enough to see a long
+# generation job move in its log, seldom enough to keep the log short.
+PROGRESS_SECONDS = 30
+
+
+def progress(total: int, desc: str) -> tqdm:
+    """A progress bar over a scorer's items, updated per batch, written to the job's log (stderr)."""
+    return tqdm(total=total, desc=desc, unit="item", mininterval=PROGRESS_SECONDS, leave=False)
 
 
 def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 
 from ptft.evaluate.encoding import add_bos_setting
 from ptft.evaluate.generate import generate_greedy, generation_batch_size
+from ptft.evaluate.prefix import shares_prefix
 from ptft.evaluate.tokenprob import score_token_prob
 
 METHODS = ("tokenprob", "constrained", "free")
@@ -80,14 +81,21 @@ def classify(
         raise ValueError(f"evaluate.classification: {method!r} is not one of {', '.join(METHODS)}")
     add_bos = add_bos_setting(cfg)
     pred_idx, logprobs, cut = score_token_prob(
-        model, tokenizer, prompts, labels, cfg["batch_size"], add_bos=add_bos, return_truncated=True
+        model,
+        tokenizer,
+        prompts,
+        labels,
+        cfg["batch_size"],
+        add_bos=add_bos,
+        return_truncated=True,
+        shared_prefix=shares_prefix(cfg),
     )
     if method == "tokenprob":
         predictions = [labels[i] for i in pred_idx]
     elif method == "free":
         texts, cut = generate_greedy(model, tokenizer, prompts, cfg["max_new_tokens"]["classification"], cfg["stop"],
                                      generation_batch_size(cfg), add_bos=add_bos, return_truncated=True,
-                                     decoder=cfg.get("decoder", "auto"))  # fmt: skip
+                                     decoder=cfg.get("decoder", "auto"), shared_prefix=shares_prefix(cfg))  # fmt: skip
         predictions = [match_label(t, labels) for t in texts]
     else:
         sequences = label_sequences(tokenizer, labels)

@@ -22,9 +22,10 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from ptft.evaluate.batching import context_limit, left_pad, length_sorted_batches, model_max_length
+from ptft.evaluate.batching import context_limit, left_pad, length_sorted_batches, model_max_length, progress
 from ptft.evaluate.encoding import encode_prompts, fit_to_window
 from ptft.evaluate.forward import compile_fn, compiling, keeps_logits
+from ptft.evaluate.prefix import expanded, prefix_cache, shared_prefix_groups
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ def generate_greedy(
     add_bos: str | bool = "auto",
     return_truncated: bool = False,
     decoder: str = "auto",
+    shared_prefix: bool = False,
 ):
     """The greedy continuation of each prompt, cut at the first ``stop`` and stripped.
 
@@ -76,6 +78,11 @@ def generate_greedy(
     ``batch_size`` ``"auto"`` (``evaluate.generation_batch_size``) is, with the static decoder on a
     GPU, the most rows whose caches fit in the free memory (:func:`auto_batch_size`); elsewhere
     :data:`AUTO_FALLBACK`. A batch that runs out of GPU memory anyway is split in halves.
+
+    With ``shared_prefix`` (``evaluate.fewshot: fixed``), prompts that begin alike run from one KV
+    cache of their beginning (:mod:`ptft.evaluate.prefix`): a batch's rows are that beginning, the
+    left padding of the batch, then each prompt's own tokens, the padding masked and the positions
+    counting real tokens, as in a batch of whole prompts.
     """
     prompts = list(prompts)
     encoded, cut = fit_to_window(
@@ -92,19 +99,45 @@ def generate_greedy(
         batch_size = auto_batch_size(model, longest, max_new_tokens) if static is not None else AUTO_FALLBACK
         log.info("generation batch size (auto): %d rows for prompts of up to %d tokens", batch_size, longest)
     outputs: list[str] = [""] * len(prompts)
+    groups = shared_prefix_groups(encoded) if shared_prefix else [(0, list(range(len(encoded))))]
+    prefix = None
 
-    def run(batch: list[int]) -> None:
-        inputs = left_pad([encoded[i] for i in batch], tokenizer.pad_token_id, model.device)
+    def run(batch: list[int], shared: int) -> None:
+        inputs = left_pad([encoded[i][shared:] for i in batch], tokenizer.pad_token_id, model.device)
+        past = None
+        if shared:
+            inputs = behind(encoded[batch[0]][:shared], inputs)
+            past = expanded(model, prefix, len(batch))
         if static is not None:
-            new_tokens = static(inputs["input_ids"], inputs["attention_mask"], inputs["position_ids"], max_new_tokens)
+            new_tokens = static(inputs["input_ids"], inputs["attention_mask"], inputs["position_ids"], max_new_tokens,
+                                past)  # fmt: skip
         else:
-            new_tokens = _generate(model, tokenizer, inputs, max_new_tokens, stop, allowed)
+            new_tokens = _generate(model, tokenizer, inputs, max_new_tokens, stop, allowed, past)
         for row, i in enumerate(batch):
             outputs[i] = cut_at_stop(tokenizer.decode(new_tokens[row], skip_special_tokens=True), stop)
+        bar.update(len(batch))
 
-    for batch in length_sorted_batches([len(e) for e in encoded], batch_size):
-        in_halves_on_oom(run, batch)
+    with progress(len(prompts), "generation") as bar:
+        for shared, members in groups:
+            prefix = prefix_cache(model, encoded[members[0]][:shared]) if shared else None
+            for batch in length_sorted_batches([len(encoded[i]) for i in members], batch_size):
+                in_halves_on_oom(lambda rows, shared=shared: run(rows, shared), [members[i] for i in batch])
     return (outputs, cut) if return_truncated else outputs
+
+
+def behind(prefix: Sequence[int], inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Left-padded ``inputs`` with ``prefix`` in front of every row: ids, mask and positions of the whole rows."""
+    ids = inputs["input_ids"]
+    rows, device = ids.shape[0], ids.device
+    head = torch.tensor(list(prefix), dtype=torch.long, device=device).expand(rows, -1)
+    shared = head.shape[1]
+    return {
+        "input_ids": torch.cat([head, ids], 1),
+        "attention_mask": torch.cat([torch.ones_like(head), inputs["attention_mask"]], 1),
+        "position_ids": torch.cat(
+            [torch.arange(shared, device=device).expand(rows, -1), inputs["position_ids"] + shared], 1
+        ),  # fmt: skip
+    }
 
 
 def generation_batch_size(cfg: dict) -> int | str:
@@ -162,8 +195,10 @@ def in_halves_on_oom(run: Callable[[list[int]], None], batch: list[int]) -> None
         in_halves_on_oom(run, batch[half:])
 
 
-def _generate(model, tokenizer, inputs: dict, max_new_tokens: int, stop: str, allowed) -> torch.Tensor:
+def _generate(model, tokenizer, inputs: dict, max_new_tokens: int, stop: str, allowed, past=None) -> torch.Tensor:
     inputs.pop("position_ids")  # generate() derives them from the attention mask
+    if past is not None:  # generate() runs only the ids past the cache's length
+        inputs["past_key_values"] = past
     width = inputs["input_ids"].shape[1]
     constraint = None
     if allowed is not None:
@@ -224,14 +259,18 @@ class StaticDecoder:
             # separate kernels); compiled, one graph serves every batch shape.
             self.prefill = compile_fn(self._prefill, dynamic=True)
 
-    def _prefill(self, input_ids, attention_mask, position_ids):
+    def _prefill(self, input_ids, attention_mask, position_ids, past=None):
         """The prompt's forward into a dynamic cache: its attention is causal over the prompt alone (a
-        static cache's would run over the whole cache length with a mask, at a third of the speed)."""
+        static cache's would run over the whole cache length with a mask, at a third of the speed).
+        With ``past`` (a shared prefix's cache), only the ids past its length run."""
         from transformers import DynamicCache
 
-        past = DynamicCache(config=self.model.config)
-        logits = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                            past_key_values=past, use_cache=True, **self.keep).logits  # fmt: skip
+        if past is None:
+            past = DynamicCache(config=self.model.config)
+        done = past.get_seq_length()
+        logits = self.model(input_ids=input_ids[:, done:], attention_mask=attention_mask,
+                            position_ids=position_ids[:, done:], past_key_values=past, use_cache=True,
+                            **self.keep).logits  # fmt: skip
         return logits[:, -1].argmax(-1), past
 
     def _step(self, token, position, cache_position, mask, cache):
@@ -250,8 +289,9 @@ class StaticDecoder:
             self.cache.reset()
         return self.cache
 
-    def __call__(self, input_ids, attention_mask, position_ids, max_new_tokens: int) -> torch.Tensor:
-        """The new tokens of each row (rows × at most ``max_new_tokens``), pad after a row's stop."""
+    def __call__(self, input_ids, attention_mask, position_ids, max_new_tokens: int, past=None) -> torch.Tensor:
+        """The new tokens of each row (rows × at most ``max_new_tokens``), pad after a row's stop;
+        ``past``: the cache of the rows' first ids (a shared prefix), or None."""
         rows, width = input_ids.shape
         device = input_ids.device
         length = cache_length(self.model, width, max_new_tokens)
@@ -260,7 +300,9 @@ class StaticDecoder:
         # cache position) hides those not written yet.
         mask = torch.ones(rows, length, dtype=attention_mask.dtype, device=device)
         mask[:, :width] = attention_mask
-        token, past = self.prefill(input_ids, attention_mask, position_ids)
+        # With a prefix's cache the forward runs eagerly: the compiled one is traced without a cache.
+        prefill = self.prefill if past is None else self._prefill
+        token, past = prefill(input_ids, attention_mask, position_ids, past)
         for index, layer in enumerate(past.layers):  # the static cache fills from its start (reset above)
             cache.update(layer.keys, layer.values, index, {"cache_position": torch.arange(width, device=device)})
         del past

@@ -56,7 +56,7 @@ from itertools import chain
 import numpy as np
 import torch
 
-from ptft.evaluate.batching import left_pad, length_sorted_batches, model_max_length, right_pad
+from ptft.evaluate.batching import left_pad, length_sorted_batches, model_max_length, progress, right_pad
 from ptft.evaluate.encoding import bos_prefix_length, empty_context_split, encode_prompts, encode_texts
 from ptft.evaluate.forward import keeps_logits
 
@@ -158,10 +158,12 @@ def encoded_loglikelihoods(
     keep_ok = keeps_logits(model)
 
     out = np.zeros(len(encoded), dtype=np.float64)
-    for batch in length_sorted_batches([len(w) for w in windows], batch_size):
-        out[batch] = _batch_loglikelihoods(
-            model, [windows[i] for i in batch], [conts[i] for i in batch], pad_id, keep_ok
-        )
+    with progress(len(encoded), "log-likelihood") as bar:
+        for batch in length_sorted_batches([len(w) for w in windows], batch_size):
+            out[batch] = _batch_loglikelihoods(
+                model, [windows[i] for i in batch], [conts[i] for i in batch], pad_id, keep_ok
+            )
+            bar.update(len(batch))
     return out
 
 
@@ -350,11 +352,13 @@ def score_multiple_choice(
               and model.device.type in PACKED_DEVICES)  # fmt: skip
     shared = partial(_packed_loglikelihoods if packed else _shared_context_loglikelihoods, model)
     fitting = [i for i, ok in enumerate(fits) if ok]
-    for batch in length_sorted_batches([len(items[i][0]) for i in fitting], batch_size):
-        picked = [fitting[j] for j in batch]
-        scored = shared([items[i] for i in picked], pad_id, keep_ok)
-        for i, lls in zip(picked, scored, strict=True):
-            out[i] = lls
+    with progress(len(fitting), "multiple choice") as bar:
+        for batch in length_sorted_batches([len(items[i][0]) for i in fitting], batch_size):
+            picked = [fitting[j] for j in batch]
+            scored = shared([items[i] for i in picked], pad_id, keep_ok)
+            for i, lls in zip(picked, scored, strict=True):
+                out[i] = lls
+            bar.update(len(batch))
     long = [i for i, ok in enumerate(fits) if not ok and choices[i]]
     if long:
         flat = continuation_loglikelihoods(

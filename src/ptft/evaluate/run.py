@@ -118,7 +118,7 @@ def score_part(model, tokenizer, meta: dict, ev: dict, fmt: str, data_dir: Path,
     task = get_dataset(eval_set).task
     items = pd.read_parquet(data_dir / "eval" / f"{eval_set}.parquet").to_dict("records")
     pool = pd.read_parquet(data_dir / "fewshot" / f"{eval_set}.parquet").to_dict("records") if shots else []
-    prompts = build_prompts(task, items, pool, fmt, shots, seed, eval_set)
+    prompts = build_prompts(task, items, pool, fmt, shots, seed, eval_set, cfg.get("fewshot", "per_item"))
     frames = []
     for result in score_items(model, tokenizer, task, items, prompts, cfg):
         frames.append(

@@ -137,6 +137,7 @@ def score_generation(model, tokenizer, task: TaskType, items, prompts, golds, cf
     """
     from ptft.evaluate.encoding import add_bos_setting
     from ptft.evaluate.generate import generate_greedy, generation_batch_size
+    from ptft.evaluate.prefix import shares_prefix
 
     out = []
     for metric in task.metrics:
@@ -146,7 +147,8 @@ def score_generation(model, tokenizer, task: TaskType, items, prompts, golds, cf
         else:
             predictions, cut = generate_greedy(model, tokenizer, prompts, cfg["max_new_tokens"]["generation"],
                                                cfg["stop"], generation_batch_size(cfg), add_bos=add_bos_setting(cfg),
-                                               return_truncated=True, decoder=cfg.get("decoder", "auto"))  # fmt: skip
+                                               return_truncated=True, decoder=cfg.get("decoder", "auto"),
+                                               shared_prefix=shares_prefix(cfg))  # fmt: skip
             scores = rouge_l(predictions, golds, stemmer=cfg["rouge_stemmer"])
         out.append({"metric": metric, "prediction": predictions, "gold": golds, "score": scores,
                     "label_logprobs": [[] for _ in items], "truncated_tokens": [int(c) for c in cut]})  # fmt: skip

@@ -7,13 +7,29 @@ import random
 from ptft.data.prompts import completion, few_shot_prompt
 from ptft.evaluate.scorers import get_scorer
 
+FEWSHOT = ("per_item", "fixed")
 
-def build_prompts(task, items: list[dict], pool: list[dict], fmt: str, shots: int, seed: int, eval_set: str):
-    """One prompt per item; each item draws its own shots with an RNG seeded by (seed, set, item)."""
+
+def build_prompts(task, items: list[dict], pool: list[dict], fmt: str, shots: int, seed: int, eval_set: str,
+                  fewshot: str = "per_item"):  # fmt: skip
+    """One prompt per item, with ``shots`` demonstrations from the eval set's few-shot pool.
+
+    ``fewshot`` (``evaluate.fewshot``): ``per_item`` draws each item's own shots with an RNG seeded
+    by (seed, set, item); ``fixed`` draws one set of shots, seeded by (seed, set, format), for every
+    item of the set in that format, as the Amuro & Char release did, but from the pool, which is
+    disjoint from the scored items (the release drew from the scored split itself, so an item could
+    be its own demonstration). Then the prompts share their beginning, whose KV cache the scorers
+    compute once (:mod:`ptft.evaluate.prefix`).
+    """
+    if fewshot not in FEWSHOT:
+        raise ValueError(f"evaluate.fewshot: {fewshot!r} is not one of {', '.join(FEWSHOT)}")
     if shots > len(pool):
         raise ValueError(f"eval set {eval_set!r}: {shots} shots requested but its few-shot pool (data/fewshot/"
                          f"{eval_set}.parquet) has {len(pool)} examples, as its split is smaller than "
                          f"data.fewshot_pool_size; lower evaluate.shots (or finetuned_shots)")  # fmt: skip
+    if fewshot == "fixed":
+        fixed = random.Random(f"{seed}:{eval_set}:{fmt}").sample(pool, shots) if shots else []
+        return [few_shot_prompt(task, fixed, item, fmt) for item in items]
     prompts = []
     for item in items:
         rng = random.Random(f"{seed}:{eval_set}:{item['idx']}")

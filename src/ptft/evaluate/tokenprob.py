@@ -18,9 +18,10 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ptft.evaluate.batching import context_limit, length_sorted_batches, right_pad
+from ptft.evaluate.batching import context_limit, length_sorted_batches, progress, right_pad
 from ptft.evaluate.encoding import encode_prompts, fit_to_window
 from ptft.evaluate.forward import forward, keeps_logits
+from ptft.evaluate.prefix import expanded, prefix_cache, shared_prefix_groups
 
 
 def label_token_sets(tokenizer, labels: Sequence[str]) -> list[list[int]]:
@@ -42,12 +43,14 @@ def score_token_prob(
     batch_size: int,
     add_bos: str | bool = "auto",
     return_truncated: bool = False,
+    shared_prefix: bool = False,
 ):
     """Return (predicted label index per prompt, label log-probabilities [n_prompts, n_labels]).
 
     Prompts are encoded by :func:`ptft.evaluate.encoding.encode_prompts` and cut to the window by
     :func:`ptft.evaluate.encoding.fit_to_window`; with ``return_truncated`` the tokens each lost
-    come third.
+    come third. With ``shared_prefix`` (``evaluate.fewshot: fixed``), prompts that begin alike run
+    from one KV cache of their beginning (:mod:`ptft.evaluate.prefix`).
     """
     sets = label_token_sets(tokenizer, labels)
     prompts = list(prompts)
@@ -55,18 +58,27 @@ def score_token_prob(
         tokenizer, prompts, encode_prompts(tokenizer, prompts, add_bos), context_limit(model), add_bos
     )
     scores = np.zeros((len(prompts), len(labels)), dtype=np.float64)
-    for batch in length_sorted_batches([len(e) for e in encoded], batch_size):
-        logits = last_logits(model, [encoded[i] for i in batch], tokenizer.pad_token_id).float()
-        logp = torch.log_softmax(logits, dim=-1)
-        per_label = torch.stack([logp[:, ids].max(dim=-1).values for ids in sets], dim=-1)
-        scores[batch] = per_label.double().cpu().numpy()
+    groups = shared_prefix_groups(encoded) if shared_prefix else [(0, list(range(len(encoded))))]
+    with progress(len(prompts), "TokenProb") as bar:
+        for shared, members in groups:
+            cache = prefix_cache(model, encoded[members[0]][:shared]) if shared else None
+            for batch in length_sorted_batches([len(encoded[i]) for i in members], batch_size):
+                batch = [members[i] for i in batch]
+                seqs = [encoded[i][shared:] for i in batch]
+                past = expanded(model, cache, len(batch)) if cache is not None else None
+                logits = last_logits(model, seqs, tokenizer.pad_token_id, past).float()
+                logp = torch.log_softmax(logits, dim=-1)
+                per_label = torch.stack([logp[:, ids].max(dim=-1).values for ids in sets], dim=-1)
+                scores[batch] = per_label.double().cpu().numpy()
+                bar.update(len(batch))
     if return_truncated:
         return scores.argmax(axis=1), scores, cut
     return scores.argmax(axis=1), scores
 
 
-def last_logits(model, seqs: Sequence[Sequence[int]], pad_id: int | None) -> torch.Tensor:
-    """The next-token logits after each sequence (rows × vocabulary).
+def last_logits(model, seqs: Sequence[Sequence[int]], pad_id: int | None, past=None) -> torch.Tensor:
+    """The next-token logits after each sequence (rows × vocabulary); ``past``: a cache of the
+    tokens before every row (:func:`ptft.evaluate.prefix.expanded`), or None.
 
     The rows are right-padded and no attention mask is passed: causal attention keeps every real
     token from the padding after it, and without a mask the attention runs its fused causal kernel.
@@ -76,8 +88,12 @@ def last_logits(model, seqs: Sequence[Sequence[int]], pad_id: int | None) -> tor
     ids, mask = right_pad(seqs, pad_id if pad_id is not None else 0)
     last = (mask.sum(-1) - 1).to(model.device)
     rows = torch.arange(len(seqs), device=model.device)
+    # A cache is passed only where there is one: a model given past_key_values=None still builds one.
+    cached = {"past_key_values": past, "use_cache": True} if past is not None else {}
     if not keeps_logits(model):
-        return model(input_ids=ids.to(model.device)).logits[rows, last]
+        return model(input_ids=ids.to(model.device), **cached).logits[rows, last]
     keep = torch.unique(last)  # sorted
-    logits = forward(model)(input_ids=ids.to(model.device), logits_to_keep=keep).logits
+    # A cached forward runs eagerly: the compiled one is traced for cache-free calls.
+    run = forward(model) if past is None else model
+    logits = run(input_ids=ids.to(model.device), logits_to_keep=keep, **cached).logits
     return logits[rows, torch.searchsorted(keep, last)]
