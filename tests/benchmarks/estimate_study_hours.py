@@ -17,6 +17,11 @@ The study's plan (:func:`ptft.plan.build_plan`) gives every fine-tuning run and 
   bound for the shorter question-generation prompts and for models that stop early), multiple
   choice for multiple choice.
 
+With ``--eval-measured`` the evaluation rates come from another benchmark file (an H200 run of
+``bench_gpu.py --profiles ""``), ``--eval-mode`` picks its paths (``compiled``: as a GPU runs
+them now, plus a row for the compilation, once per evaluation job: each path's first pass less its
+second), and ``--fewshot fixed`` takes TokenProb and generation from the shared prefix's cache.
+
 Not counted: loading checkpoints, writing models, data preparation, and the validation passes
 of lr selection (seconds to minutes a job). ``--lr-grid N`` multiplies the fine-tuning (and the
 evaluation of fine-tuned models) by N, for comparison with a paper that tuned the lr on a
@@ -75,28 +80,58 @@ def finetune_rows(plan, measured: dict, lr_grid: int) -> list[dict]:
     return rows
 
 
-def evaluation_rows(plan, measured: dict, batch_size: int, lr_grid: int) -> list[dict]:
+def eval_rates(e: dict, mode: str | None = None, fewshot: str = "per_item") -> dict[str, float]:
+    """Items/s of each scoring path in one measured evaluation (``bench_gpu.py``'s ``evaluate`` entry).
+
+    ``mode``: the paths as they ran (``today``, ``eager``, ``compiled``), for files that time
+    several; None for files with one set of paths. ``fewshot: fixed`` takes TokenProb and
+    generation from the shared prefix's cache where the file measured it.
+    """
+    paths = e[mode] if mode else e
+    rates = {k: paths[k]["items_per_s"] for k in RATE_KEY.values() if k in paths}
+    if fewshot == "fixed":
+        rates.update({k: r["shared_prefix"]["items_per_s"] for k, r in e.get("fixed_shots", {}).items()})
+    return rates
+
+
+def evaluation_rows(plan, measured: dict, batch_size: int, lr_grid: int, mode: str | None = None,
+                    fewshot: str = "per_item") -> list[dict]:  # fmt: skip
     evals = {e["batch_size"]: e for e in measured["evaluate"]}
     if batch_size not in evals:
         raise SystemExit(f"no evaluation measured at batch size {batch_size}: {sorted(evals)}")
-    e = evals[batch_size]
+    rates = eval_rates(evals[batch_size], mode, fewshot)
     jobs: dict[str, int] = {}
     for model in plan.models:
         for ev in model.evaluations:
             jobs[ev.eval_set] = jobs.get(ev.eval_set, 0) + len(ev.formats) * (1 if model.is_base else lr_grid)
     rows = []
+    if mode == "compiled":
+        # Compilation, once per evaluation job (one model): the first pass's extra time over the
+        # second, for each compiled path the study's eval sets use.
+        kinds = {RATE_KEY[get_dataset(name).task.kind] for name in jobs}
+        paths = evals[batch_size][mode]
+        compile_s = sum(paths[k]["first_pass_s"] - paths[k]["seconds"] for k in kinds if k in paths)
+        n_models = sum(1 if m.is_base else lr_grid for m in plan.models)
+        rows.append({"stage": "evaluate (compilation)", "name": "torch.compile", "jobs": n_models, "items": None,
+                     "tokens": None, "seconds_per_job": compile_s, "hours": n_models * compile_s / 3600,
+                     "assumed": False})  # fmt: skip
     for name, n_jobs in sorted(jobs.items()):
         kind = get_dataset(name).task.kind
-        rate = e[RATE_KEY[kind]]["items_per_s"]
+        rate = rates[RATE_KEY[kind]]
         rows.append({"stage": f"evaluate ({kind})", "name": name, "jobs": n_jobs, "items": EVAL_ITEMS[name],
                      "tokens": None, "seconds_per_job": EVAL_ITEMS[name] / rate,
                      "hours": n_jobs * EVAL_ITEMS[name] / rate / 3600, "assumed": name in ASSUMED})  # fmt: skip
     return rows
 
 
-def estimate(plan, measured: dict, batch_size: int = 16, lr_grid: int = 1) -> pd.DataFrame:
-    """One row per training task and per eval set: jobs, seconds a job, GPU-hours in all."""
-    return pd.DataFrame(finetune_rows(plan, measured, lr_grid) + evaluation_rows(plan, measured, batch_size, lr_grid))
+def estimate(plan, measured: dict, batch_size: int = 16, lr_grid: int = 1, evaluated: dict | None = None,
+             mode: str | None = None, fewshot: str = "per_item") -> pd.DataFrame:  # fmt: skip
+    """One row per training task and per eval set: jobs, seconds a job, GPU-hours in all.
+
+    ``evaluated``: another benchmark file for the evaluation rates (``measured``'s otherwise).
+    """
+    evals = evaluation_rows(plan, evaluated or measured, batch_size, lr_grid, mode, fewshot)
+    return pd.DataFrame(finetune_rows(plan, measured, lr_grid) + evals)
 
 
 def main() -> None:
@@ -105,11 +140,17 @@ def main() -> None:
     p.add_argument("--study", required=True)
     p.add_argument("--eval-batch-size", type=int, default=16)
     p.add_argument("--lr-grid", type=int, default=1)
+    p.add_argument("--eval-measured", default=None, help="evaluation rates from this file instead")
+    p.add_argument("--eval-mode", default=None, help="today, eager or compiled, in files that time each")
+    p.add_argument("--fewshot", choices=["per_item", "fixed"], default="per_item")
     a = p.parse_args()
     measured = json.loads(open(a.measured).read())
+    evaluated = json.loads(open(a.eval_measured).read()) if a.eval_measured else None
     plan = build_plan(load_study(a.study), tempfile.mkdtemp())
-    table = estimate(plan, measured, a.eval_batch_size, a.lr_grid)
-    print(f"{measured['device']}; eval batch {a.eval_batch_size}; lr grid x{a.lr_grid}")
+    table = estimate(plan, measured, a.eval_batch_size, a.lr_grid, evaluated, a.eval_mode, a.fewshot)
+    device = measured["device"] + (f", evaluation on {evaluated['device']}" if evaluated else "")
+    print(f"{device}; eval batch {a.eval_batch_size} ({a.eval_mode or 'as measured'}, {a.fewshot} shots); "
+          f"lr grid x{a.lr_grid}")  # fmt: skip
     print(table.round(2).to_string(index=False))
     by_stage = table.groupby(table["stage"].str.split(" ").str[0])["hours"].sum()
     print({k: round(v, 1) for k, v in by_stage.items()}, f"total {table['hours'].sum():.1f} GPU-hours")

@@ -13,6 +13,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from helpers.fixed_shots import fixed_prompts
 from ptft.evaluate import forward as forward_module
 from ptft.evaluate.forward import compiling, forward, set_compile
 from ptft.evaluate.generate import generate_greedy
@@ -74,3 +75,15 @@ def test_compiled_scores_equal_eager_ones(models):
         np.testing.assert_allclose(a, b, atol=1e-4)
     ref = generate_greedy(eager, tok, PROMPTS, 10, "\n", 2, decoder="generate")
     assert generate_greedy(compiled, tok, PROMPTS, 10, "\n", 2, decoder="static") == ref
+
+
+def test_compiled_paths_from_a_shared_prefix_equal_eager_ones(models):
+    eager, compiled, tok = models
+    prompts = fixed_prompts()
+    labels = ["entailment", "neutral", "contradiction"]
+    ref_pred, ref = score_token_prob(eager, tok, prompts, labels, 2, shared_prefix=True)
+    pred, got = score_token_prob(compiled, tok, prompts, labels, 2, shared_prefix=True)
+    assert pred.tolist() == ref_pred.tolist()
+    np.testing.assert_allclose(got, ref, atol=1e-4)
+    ref = generate_greedy(eager, tok, prompts, 10, "\n", 2, decoder="generate", shared_prefix=True)
+    assert generate_greedy(compiled, tok, prompts, 10, "\n", 2, decoder="static", shared_prefix=True) == ref

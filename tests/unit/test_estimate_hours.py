@@ -40,3 +40,25 @@ def test_amuro_char_estimate_counts_every_run_and_evaluation(tmp_path):
     assert len(evals) == 19
     grid = estimate(plan, MEASURED, lr_grid=3).set_index("name")
     assert grid.loc["rte", "jobs"] == 8 + 3 * 8  # base models once, fine-tuned ones for every lr
+
+
+def test_compiled_rates_fixed_shots_and_the_compilation_row(tmp_path):
+    plan = build_plan(load_study(ROOT / "workflow/studies/amuro-char-olmo1b.yaml"), tmp_path)
+
+    def path(rate, first):
+        return {"items_per_s": rate, "seconds": 10.0, "first_pass_s": first}
+
+    paths = {"tokenprob": path(100.0, 40.0), "generation": path(10.0, 100.0), "multiple_choice": path(50.0, 12.0)}
+    evaluated = {"device": "test", "evaluate": [{
+        "batch_size": 64, "today": {k: path(1.0, 10.0) for k in paths}, "compiled": paths,
+        "fixed_shots": {"tokenprob": {"shared_prefix": {"items_per_s": 200.0}},
+                        "generation": {"shared_prefix": {"items_per_s": 20.0}}}}]}  # fmt: skip
+    table = estimate(plan, MEASURED, 64, evaluated=evaluated, mode="compiled").set_index("name")
+    assert table.loc["xsum", "hours"] == pytest.approx(96 * 11334 / 10 / 3600)
+    # One compilation per evaluation job (48 models): each path's first pass less its second.
+    assert table.loc["torch.compile", "jobs"] == 48
+    assert table.loc["torch.compile", "seconds_per_job"] == pytest.approx(30 + 90 + 2)
+    fixed = estimate(plan, MEASURED, 64, evaluated=evaluated, mode="compiled", fewshot="fixed").set_index("name")
+    assert fixed.loc["xsum", "hours"] == pytest.approx(table.loc["xsum", "hours"] / 2)
+    assert fixed.loc["rte", "hours"] == pytest.approx(table.loc["rte", "hours"] / 2)
+    assert fixed.loc["hellaswag", "hours"] == table.loc["hellaswag", "hours"]  # multiple choice: no prefix cache

@@ -68,6 +68,8 @@ def test_amuro_char_plan_is_the_papers_matrix(tmp_path):
     assert formats["mnli_matched"] == ("default", "instruct", "io") and formats["rte"] == ("default",)
     assert formats["arc_easy"] == ("default",)
     assert all(m.shots == 4 for m in plan.models)
+    # The release's k shots were the same for every item (docs/studies.md): one set per eval set and format.
+    assert load_study(AMURO)["evaluate"]["fewshot"] == "fixed"
 
 
 def test_amuro_char_dry_run_offline(tmp_path):

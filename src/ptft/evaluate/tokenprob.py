@@ -93,7 +93,8 @@ def last_logits(model, seqs: Sequence[Sequence[int]], pad_id: int | None, past=N
     if not keeps_logits(model):
         return model(input_ids=ids.to(model.device), **cached).logits[rows, last]
     keep = torch.unique(last)  # sorted
-    # A cached forward runs eagerly: the compiled one is traced for cache-free calls.
+    # A forward from a prefix's cache runs eagerly: compiled, dynamo specialised on the cache's length
+    # and recompiled for every group (a minute each on one H200).
     run = forward(model) if past is None else model
     logits = run(input_ids=ids.to(model.device), logits_to_keep=keep, **cached).logits
     return logits[rows, torch.searchsorted(keep, last)]
