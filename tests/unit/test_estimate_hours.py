@@ -53,12 +53,16 @@ def test_compiled_rates_fixed_shots_and_the_compilation_row(tmp_path):
         "batch_size": 64, "today": {k: path(1.0, 10.0) for k in paths}, "compiled": paths,
         "fixed_shots": {"tokenprob": {"shared_prefix": {"items_per_s": 200.0}},
                         "generation": {"shared_prefix": {"items_per_s": 20.0}}}}]}  # fmt: skip
-    table = estimate(plan, MEASURED, 64, evaluated=evaluated, mode="compiled").set_index("name")
+
+    def evals(table):
+        return table[table["stage"] != "finetune"].set_index("name")
+
+    table = evals(estimate(plan, MEASURED, 64, evaluated=evaluated, mode="compiled"))
     assert table.loc["xsum", "hours"] == pytest.approx(96 * 11334 / 10 / 3600)
     # One compilation per evaluation job (48 models): each path's first pass less its second.
     assert table.loc["torch.compile", "jobs"] == 48
     assert table.loc["torch.compile", "seconds_per_job"] == pytest.approx(30 + 90 + 2)
-    fixed = estimate(plan, MEASURED, 64, evaluated=evaluated, mode="compiled", fewshot="fixed").set_index("name")
+    fixed = evals(estimate(plan, MEASURED, 64, evaluated=evaluated, mode="compiled", fewshot="fixed"))
     assert fixed.loc["xsum", "hours"] == pytest.approx(table.loc["xsum", "hours"] / 2)
     assert fixed.loc["rte", "hours"] == pytest.approx(table.loc["rte", "hours"] / 2)
     assert fixed.loc["hellaswag", "hours"] == table.loc["hellaswag", "hours"]  # multiple choice: no prefix cache
