@@ -38,6 +38,20 @@ def tiny_model_dir(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def peaked(tiny_model_dir):
+    """The tiny model with a wide init, so greedy choices are not near-ties a rounding flips, and its tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(3.0)
+    return model, AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
 def snakemake_command(workdir, configfile, *args) -> list[str]:
     """The command that runs the workflow in ``workdir`` (where its results/ go) on ``configfile``, with 2 cores."""
     return [

@@ -6,8 +6,6 @@ within float rounding, greedy texts equal (both decoders), also for prompts cut 
 
 import numpy as np
 import pytest
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from helpers.eval_data import write_eval_data
 from helpers.fixed_shots import QUERIES, SHOTS, fixed_prompts
@@ -20,17 +18,6 @@ from ptft.evaluate.generate import generate_greedy
 from ptft.evaluate.prefix import MIN_SHARED, common_length, shared_prefix_groups
 from ptft.evaluate.scoring import build_prompts
 from ptft.evaluate.tokenprob import score_token_prob
-
-
-@pytest.fixture(scope="module")
-def peaked(tiny_model_dir):
-    """The tiny model with a wide init, so greedy choices are not near-ties a rounding flips."""
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.mul_(3.0)
-    return model, AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
 def counting_prefixes(monkeypatch, module) -> list[int]:

@@ -7,7 +7,6 @@ rows, the stop and EOS handling, and the batches' cache sizes.
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ptft.evaluate.batching import left_pad
 from ptft.evaluate.generate import (
@@ -28,17 +27,6 @@ PROMPTS = [
     "Consider the following texts: Text 1: ben has a hat . Text 2: the hat is not red . The relation is",
     "the cup is",
 ]
-
-
-@pytest.fixture(scope="module")
-def peaked(tiny_model_dir):
-    """The tiny model with a wide init, so greedy choices are not near-ties a rounding flips."""
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.mul_(3.0)
-    return model, AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
 @pytest.mark.parametrize("stop", ["\n", ".", ""])
