@@ -134,6 +134,16 @@ def as_text(ids) -> str:
     return " ".join(f"t{i}" for i in ids)
 
 
+def fixed_shots(make, n: int, vocab: int, seed: int) -> list[Prompt]:
+    """``evaluate.fewshot: fixed``: the same four demonstrations before each of ``n`` items' prompts,
+    with their part starts, so that the evaluator cuts a long prompt at a demonstration."""
+    demos = [as_text(x) for x, _ in make(SHOTS, vocab, seed + 999)]
+    starts = list(np.cumsum([0] + [len(d) + 1 for d in demos]))
+    queries = [make(1, vocab, seed + 2000 + i)[0] for i in range(n)]
+    return [Prompt(" ".join([*demos, as_text([t for t, y in zip(*q, strict=True) if y == IGNORE])]), starts)
+            for q in queries]  # fmt: skip
+
+
 def release() -> None:
     gc.collect()
     if torch.cuda.is_available():
@@ -259,17 +269,10 @@ def eval_throughput(base, device: str, n: int, vocab: int, seed: int, batch_size
         ids = [t for x, _ in demos[:SHOTS] for t in x] + [t for t, y in zip(*demos[SHOTS], strict=True) if y == IGNORE]
         return as_text(ids)
 
-    def fixed_shots(make) -> list[Prompt]:
-        # evaluate.fewshot: fixed: the same four demonstrations before every item's prompt.
-        demos = [as_text(x) for x, _ in make(SHOTS, vocab, seed + 999)]
-        starts = list(np.cumsum([0] + [len(d) + 1 for d in demos]))
-        queries = [make(1, vocab, seed + 2000 + i)[0] for i in range(n)]
-        return [Prompt(" ".join([*demos, as_text([t for t, y in zip(*q, strict=True) if y == IGNORE])]), starts)
-                for q in queries]  # fmt: skip
-
     cls_prompts = [shots(mnli_like, i) for i in range(n)]
     gen_prompts = [shots(xsum_like, i) for i in range(n)]
-    fixed_prompts = {"tokenprob": fixed_shots(mnli_like), "generation": fixed_shots(xsum_like)}
+    fixed_prompts = {"tokenprob": fixed_shots(mnli_like, n, vocab, seed),
+                     "generation": fixed_shots(xsum_like, n, vocab, seed)}  # fmt: skip
     mc_contexts = [as_text(rng.integers(10, vocab, int(rng.integers(200, 300)))) for _ in range(n)]
     mc_choices = [[as_text(rng.integers(10, vocab, int(rng.integers(15, 35)))) for _ in range(4)] for _ in range(n)]
     labels = ["t5", "t6", "t7"]

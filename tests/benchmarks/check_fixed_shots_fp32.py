@@ -21,12 +21,10 @@ import time
 
 import numpy as np
 import torch
-from bench_gpu import SHOTS, SIZES, as_text, build_model, word_tokenizer, xsum_like
+from bench_gpu import SIZES, build_model, fixed_shots, word_tokenizer, xsum_like
 
-from ptft.data.prompts import Prompt
 from ptft.evaluate.forward import set_compile
 from ptft.evaluate.generate import generate_greedy
-from ptft.finetune.batching import IGNORE
 
 
 def main() -> None:
@@ -40,11 +38,7 @@ def main() -> None:
     model = build_model(size, seed).to(device).eval()
     set_compile(model, True)
     tok = word_tokenizer(vocab)
-    demos = [as_text(x) for x, _ in xsum_like(SHOTS, vocab, seed + 999)]
-    starts = list(np.cumsum([0] + [len(d) + 1 for d in demos]))
-    queries = [xsum_like(1, vocab, seed + 2000 + i)[0] for i in range(a.items)]
-    prompts = [Prompt(" ".join([*demos, as_text([t for t, y in zip(*q, strict=True) if y == IGNORE])]), starts)
-               for q in queries]  # fmt: skip
+    prompts = fixed_shots(xsum_like, a.items, vocab, seed)
     texts = {}
     with torch.no_grad():
         for shared in (False, True):

@@ -30,31 +30,18 @@ import argparse
 import platform
 import statistics
 import sys
-import time
 
 import torch
-from bench_gpu import SIZES, build_model
+from bench_gpu import SIZES, build_model, timed
 from report import emit
 
 DTYPE = torch.bfloat16
 
 
-def sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
 def median_seconds(fn, repeat: int, warmup: int = 2) -> float:
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(repeat):
-        sync()
-        t = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return statistics.median(timed(fn) for _ in range(repeat))
 
 
 def matmul_peak(device: str, shapes: list[tuple[int, int, int]], repeat: int) -> dict:

@@ -11,20 +11,18 @@ from helpers.eval_data import write_eval_data
 from helpers.fixed_shots import QUERIES, SHOTS, fixed_prompts
 from ptft.data.prompts import SHOT_SEPARATOR
 from ptft.data.registry import get_dataset
-from ptft.evaluate import generate as generate_module
 from ptft.evaluate import prefix as prefix_module
-from ptft.evaluate import tokenprob as tokenprob_module
 from ptft.evaluate.generate import generate_greedy
 from ptft.evaluate.prefix import MIN_SHARED, common_length, shared_prefix_groups
 from ptft.evaluate.scoring import build_prompts
 from ptft.evaluate.tokenprob import score_token_prob
 
 
-def counting_prefixes(monkeypatch, module) -> list[int]:
-    """Patch ``module``'s prefix_cache to record the length of every prefix it caches."""
+def counting_prefixes(monkeypatch) -> list[int]:
+    """Patch prefix_cache to record the length of every prefix the scorers cache."""
     lengths: list[int] = []
     real = prefix_module.prefix_cache
-    monkeypatch.setattr(module, "prefix_cache", lambda model, ids: lengths.append(len(ids)) or real(model, ids))
+    monkeypatch.setattr(prefix_module, "prefix_cache", lambda model, ids: lengths.append(len(ids)) or real(model, ids))
     return lengths
 
 
@@ -49,7 +47,7 @@ def test_token_prob_from_the_shared_prefix_equals_whole_prompts(peaked, monkeypa
     labels = ["entailment", "neutral", "contradiction"]
     prompts = fixed_prompts()
     ref_pred, ref = score_token_prob(model, tok, prompts, labels, batch_size=2)
-    cached = counting_prefixes(monkeypatch, tokenprob_module)
+    cached = counting_prefixes(monkeypatch)
     pred, got = score_token_prob(model, tok, prompts, labels, batch_size=2, shared_prefix=True)
     np.testing.assert_allclose(got, ref, atol=1e-4)
     assert (pred == ref_pred).all()
@@ -63,7 +61,7 @@ def test_generation_from_the_shared_prefix_gives_the_same_texts(peaked, monkeypa
     prompts = fixed_prompts()
     kwargs = {"max_new_tokens": 10, "stop": "\n", "batch_size": 2, "decoder": decoder}
     ref = generate_greedy(model, tok, prompts, **kwargs)
-    cached = counting_prefixes(monkeypatch, generate_module)
+    cached = counting_prefixes(monkeypatch)
     got = generate_greedy(model, tok, prompts, shared_prefix=True, **kwargs)
     assert got == ref and len(cached) == 1 and cached[0] > MIN_SHARED
     assert len(set(ref)) >= 3  # the rows' texts differ
@@ -80,7 +78,7 @@ def test_prompts_cut_to_the_window_share_what_they_kept(peaked, monkeypatch):
     monkeypatch.setattr(model.config, "max_position_embeddings", limit + 10)
     kwargs = {"max_new_tokens": 10, "stop": "\n", "batch_size": 4, "decoder": "generate", "return_truncated": True}
     ref, ref_cut = generate_greedy(model, tok, prompts, **kwargs)
-    cached = counting_prefixes(monkeypatch, generate_module)
+    cached = counting_prefixes(monkeypatch)
     got, cut = generate_greedy(model, tok, prompts, shared_prefix=True, **kwargs)
     assert got == ref and cut == ref_cut and cut[3] > 0 and cut[0] == 0
     assert len(cached) == 2  # the whole prompts' shots, and the cut prompts' two last shots
@@ -122,10 +120,8 @@ def test_evaluate_with_fixed_shots_scores_as_without_the_cache(tiny_model_dir, t
     cfg = {"batch_size": 4, "max_new_tokens": {"classification": 5, "generation": 6}, "stop": "\n",
            "rouge_stemmer": False, "fewshot": "fixed"}  # fmt: skip
     got = run.evaluate_model(tiny_model_dir, meta, evaluations, data, cfg, seed=0)
-    monkeypatch.setattr(tokenprob_module, "shared_prefix_groups",
-                        lambda e: prefix_module.shared_prefix_groups(e, 10**9))  # fmt: skip
-    monkeypatch.setattr(generate_module, "shared_prefix_groups",
-                        lambda e: prefix_module.shared_prefix_groups(e, 10**9))  # fmt: skip
+    real = prefix_module.shared_prefix_groups
+    monkeypatch.setattr(prefix_module, "shared_prefix_groups", lambda e: real(e, 10**9))
     ref = run.evaluate_model(tiny_model_dir, meta, evaluations, data, cfg, seed=0)
     assert got["prediction"].tolist() == ref["prediction"].tolist()
     np.testing.assert_allclose(np.concatenate(got["label_logprobs"].tolist()).astype(float),

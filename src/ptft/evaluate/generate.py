@@ -22,10 +22,10 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from ptft.evaluate.batching import context_limit, left_pad, length_sorted_batches, model_max_length, progress
+from ptft.evaluate.batching import context_limit, left_pad, model_max_length, progress
 from ptft.evaluate.encoding import encode_prompts, fit_to_window
 from ptft.evaluate.forward import compile_fn, compiling, keeps_logits
-from ptft.evaluate.prefix import expanded, prefix_cache, shared_prefix_groups
+from ptft.evaluate.prefix import expanded, prefix_batches
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +99,8 @@ def generate_greedy(
         batch_size = auto_batch_size(model, longest, max_new_tokens) if static is not None else AUTO_FALLBACK
         log.info("generation batch size (auto): %d rows for prompts of up to %d tokens", batch_size, longest)
     outputs: list[str] = [""] * len(prompts)
-    groups = shared_prefix_groups(encoded) if shared_prefix else [(0, list(range(len(encoded))))]
-    prefix = None
 
-    def run(batch: list[int], shared: int) -> None:
+    def run(batch: list[int], shared: int, prefix) -> None:
         inputs = left_pad([encoded[i][shared:] for i in batch], tokenizer.pad_token_id, model.device)
         past = None
         if shared:
@@ -118,10 +116,8 @@ def generate_greedy(
         bar.update(len(batch))
 
     with progress(len(prompts), "generation") as bar:
-        for shared, members in groups:
-            prefix = prefix_cache(model, encoded[members[0]][:shared]) if shared else None
-            for batch in length_sorted_batches([len(encoded[i]) for i in members], batch_size):
-                in_halves_on_oom(lambda rows, shared=shared: run(rows, shared), [members[i] for i in batch])
+        for shared, prefix, batch in prefix_batches(model, encoded, batch_size, shared_prefix):
+            in_halves_on_oom(lambda rows, shared=shared, prefix=prefix: run(rows, shared, prefix), batch)
     return (outputs, cut) if return_truncated else outputs
 
 

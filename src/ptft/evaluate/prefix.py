@@ -16,9 +16,12 @@ changes nothing. Prompts that share fewer than :data:`MIN_SHARED` tokens run who
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
+
+from ptft.evaluate.batching import length_sorted_batches
+from ptft.evaluate.forward import keeps_logits
 
 # Fewer shared tokens than this are run with each prompt: the copy would cost about what it saves.
 MIN_SHARED = 32
@@ -63,13 +66,29 @@ def shared_prefix_groups(encoded: Sequence[Sequence[int]], min_shared: int = MIN
     return out
 
 
+def prefix_batches(model, encoded: Sequence[Sequence[int]], batch_size: int, shared_prefix: bool
+                   ) -> Iterator[tuple[int, object, list[int]]]:  # fmt: skip
+    """(shared prefix length, its KV cache or None, indices) of each batch a scorer runs.
+
+    Without ``shared_prefix`` the batches are :func:`length_sorted_batches` of the whole prompts (0,
+    None). With it, each group of :func:`shared_prefix_groups` computes its prefix's cache once and
+    its members are batched by length among themselves.
+    """
+    groups = shared_prefix_groups(encoded) if shared_prefix else [(0, list(range(len(encoded))))]
+    for shared, members in groups:
+        cache = prefix_cache(model, encoded[members[0]][:shared]) if shared else None
+        for batch in length_sorted_batches([len(encoded[i]) for i in members], batch_size):
+            yield shared, cache, [members[i] for i in batch]
+
+
 def prefix_cache(model, prefix: Sequence[int]):
     """The KV cache of ``prefix`` at batch size 1 (a ``DynamicCache``)."""
     from transformers import DynamicCache
 
     cache = DynamicCache(config=model.config)
     ids = torch.tensor([list(prefix)], dtype=torch.long, device=model.device)
-    model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    keep = {"logits_to_keep": 1} if keeps_logits(model) else {}  # only the cache is wanted
+    model(input_ids=ids, past_key_values=cache, use_cache=True, **keep)
     return cache
 
 

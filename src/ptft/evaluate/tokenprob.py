@@ -18,10 +18,10 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ptft.evaluate.batching import context_limit, length_sorted_batches, progress, right_pad
+from ptft.evaluate.batching import context_limit, progress, right_pad
 from ptft.evaluate.encoding import encode_prompts, fit_to_window
 from ptft.evaluate.forward import forward, keeps_logits
-from ptft.evaluate.prefix import expanded, prefix_cache, shared_prefix_groups
+from ptft.evaluate.prefix import expanded, prefix_batches
 
 
 def label_token_sets(tokenizer, labels: Sequence[str]) -> list[list[int]]:
@@ -58,19 +58,14 @@ def score_token_prob(
         tokenizer, prompts, encode_prompts(tokenizer, prompts, add_bos), context_limit(model), add_bos
     )
     scores = np.zeros((len(prompts), len(labels)), dtype=np.float64)
-    groups = shared_prefix_groups(encoded) if shared_prefix else [(0, list(range(len(encoded))))]
     with progress(len(prompts), "TokenProb") as bar:
-        for shared, members in groups:
-            cache = prefix_cache(model, encoded[members[0]][:shared]) if shared else None
-            for batch in length_sorted_batches([len(encoded[i]) for i in members], batch_size):
-                batch = [members[i] for i in batch]
-                seqs = [encoded[i][shared:] for i in batch]
-                past = expanded(model, cache, len(batch)) if cache is not None else None
-                logits = last_logits(model, seqs, tokenizer.pad_token_id, past).float()
-                logp = torch.log_softmax(logits, dim=-1)
-                per_label = torch.stack([logp[:, ids].max(dim=-1).values for ids in sets], dim=-1)
-                scores[batch] = per_label.double().cpu().numpy()
-                bar.update(len(batch))
+        for shared, cache, batch in prefix_batches(model, encoded, batch_size, shared_prefix):
+            past = expanded(model, cache, len(batch)) if cache is not None else None
+            logits = last_logits(model, [encoded[i][shared:] for i in batch], tokenizer.pad_token_id, past).float()
+            logp = torch.log_softmax(logits, dim=-1)
+            per_label = torch.stack([logp[:, ids].max(dim=-1).values for ids in sets], dim=-1)
+            scores[batch] = per_label.double().cpu().numpy()
+            bar.update(len(batch))
     if return_truncated:
         return scores.argmax(axis=1), scores, cut
     return scores.argmax(axis=1), scores
