@@ -28,6 +28,10 @@ NO_TASK = "none"
 RELATIONS = ("in-domain", "ood", "cross-task", "pretraining")
 # Settings that place a run in the matrix (its path says them) rather than change how it trains.
 GRID_KEYS = ("methods", "lrs", "seeds", "select_lr", "checkpoints", "from", "per_method")
+# How a run's job runs, not what it trains: the rule passes it outside the run config, so changing it
+# re-runs nothing (a state saved by one process resumes on several, and back).
+JOB_KEYS = ("gpus",)
+EVALUATE_JOB_KEYS = ("gpus",)  # the same for evaluate: (its jobs' resources)
 # What a training run writes into its folder (under finetune/<run id>/, see Model.run).
 RUN_FILES = {"model": "model", "log": "train_log.parquet", "probes": "probes.parquet", "summary": "summary.json",
              "snapshots": "snapshots"}  # fmt: skip
@@ -420,7 +424,8 @@ class Plan:
         """What one training job is given: the task's finetune settings without the grid keys
         (its own method, lr and seed are in its path) and without other methods' settings, so
         that adding an lr, a seed or a method re-runs no existing job."""
-        cfg = {k: v for k, v in method_config(self.finetune_configs[task], method).items() if k not in GRID_KEYS}
+        cfg = {k: v for k, v in method_config(self.finetune_configs[task], method).items()
+               if k not in GRID_KEYS + JOB_KEYS}  # fmt: skip
         for other in method_blocks():
             if other != method:
                 cfg.pop(other, None)
@@ -442,6 +447,10 @@ class Plan:
         if by_score or (cfg.get("snapshots") or {}).get("metric") == "score":
             cfg["validation_score"] = self.score_settings
         return cfg
+
+    def gpus(self, task: str, method: str) -> int:
+        """``finetune.gpus`` of a task's runs of ``method``: the GPUs (processes) its job shards over."""
+        return int(method_config(self.finetune_configs[task], method).get("gpus", 1))
 
     def selections(self) -> list[Model]:
         """The selection of every lr grid that is selected over (a model whose lr the grid decides)."""
@@ -851,6 +860,13 @@ def build_plan(config: dict, results: str | Path = "results") -> Plan:
         if snapshots.get("metric") == "score" and get_dataset(t).task.kind in ("text", "chat", "preference"):
             raise ValueError(f"finetune.snapshots.metric (task {t!r}): a {get_dataset(t).task.kind} dataset has no "
                              "score to select by; use loss")  # fmt: skip
+        scored = (select or {}).get("metric") == "score" or snapshots.get("metric") == "score"
+        sharded = [m for m in ft_configs[t]["methods"] if method_config(ft_configs[t], m).get("gpus", 1) > 1]
+        if scored and sharded:
+            raise ValueError(f"finetune.gpus (task {t!r}, methods {sharded}): a run on several GPUs cannot score its "
+                             "validation split (select_lr.metric or snapshots.metric: score generates, and the "
+                             "sharded processes would have to stop generating together); select by loss, or give "
+                             "the task gpus: 1")  # fmt: skip
     probe_sets = _probe_sets(config, ft_configs)
     dissect = config.get("dissect")
     if dissect is not None:

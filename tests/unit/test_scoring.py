@@ -160,3 +160,44 @@ def test_scorers_report_progress_per_batch(model_and_tokenizer, monkeypatch, cap
     err = capsys.readouterr().err
     assert all(f"TokenProb: {100 * k // 5:3d}%" in err and f"{4 * k}/20" in err for k in range(1, 6))
     assert "generation:  50%" in err and "2/4" in err
+
+
+def test_a_model_split_over_devices_scores_as_one(tiny_model_dir, tmp_path, monkeypatch):
+    """evaluate.gpus > 1 splits the model by layers (device_map); here half of it is offloaded to disk,
+    the CPU's stand-in for a second GPU: accelerate's hooks then move the activations between them."""
+    from transformers import AutoModelForCausalLM
+
+    from ptft.checkpoints import load
+    from ptft.evaluate import run
+    from ptft.evaluate.forward import compiling, spans_devices
+    from ptft.evaluate.generate import resolve_decoder
+
+    write_eval_data(tmp_path)
+    # lm_head is tied to the embedding: both on one device.
+    split = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "disk", "model.norm": "disk",
+             "model.rotary_emb": "cpu", "lm_head": "cpu"}  # fmt: skip
+    loaded, real = [], load._load_model
+
+    def load_split(name, kwargs, dtype, device):
+        if device != load.SPLIT:
+            return real(name, kwargs, dtype, device)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, device_map=split,
+                                                     offload_folder=str(tmp_path / "offload"), **kwargs)  # fmt: skip
+        loaded.append(model)
+        return model
+
+    monkeypatch.setattr(load, "_load_model", load_split)
+    meta = {"model": "ft/x", "checkpoint": "x", "train_task": "toy_nli", "method": "full", "lr": 0.001, "seed": 0,
+            "shots": 0}  # fmt: skip
+    evaluations = [{"eval_set": "toy_nli", "relation": "in-domain", "formats": ["default"]},
+                   {"eval_set": "toy_summary", "relation": "cross-task", "formats": ["default"]}]  # fmt: skip
+    cfg = {"batch_size": 4, "max_new_tokens": {"classification": 5, "generation": 4}, "stop": "\n",
+           "rouge_stemmer": False, "compile": True, "decoder": "static"}  # fmt: skip
+    got = run.evaluate_model(tiny_model_dir, meta, evaluations, tmp_path / "data", cfg, seed=0, gpus=2)
+    (model,) = loaded
+    assert spans_devices(model) and not compiling(model) and resolve_decoder(model, "static") == "generate"
+    one = {**cfg, "compile": False, "decoder": "generate"}
+    ref = run.evaluate_model(tiny_model_dir, meta, evaluations, tmp_path / "data", one, seed=0, gpus=1)
+    assert len(got) == len(ref) == 2 * 6
+    assert list(got["prediction"]) == list(ref["prediction"])
+    assert list(got["score"]) == list(ref["score"])

@@ -23,7 +23,7 @@ SUMMARY_KEYS = {
     "checkpoint", "task", "method", "lr", "seed", "model_dir", "examples", "examples_without_targets", "steps",
     "batching", "head_on_targets_only", "total_tokens", "wall_time_s", "tokens_per_s", "probe_time_s", "n_parameters",
     "n_trainable_parameters", "peak_flops", "mfu", "peak_memory_bytes", "final_loss", "validation", "diverged",
-    "config", "provenance", "snapshot_time_s", "ft_step", "snapshots", "selected_step",
+    "config", "provenance", "snapshot_time_s", "ft_step", "snapshots", "selected_step", "processes",
 }  # fmt: skip
 
 

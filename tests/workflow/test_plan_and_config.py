@@ -181,3 +181,37 @@ def test_a_section_gets_its_defaults_from_the_schema():
     assert complete("derive.backend", {"name": "hf", "model": "m"})["batch_size"] == 8
     with pytest.raises(ValueError, match="derive.checks: Additional properties.*max_attemps"):
         complete("derive.checks", {"max_attemps": 2})
+
+
+def test_gpus_are_the_jobs_not_the_runs(tmp_path):
+    """finetune.gpus shards a task's runs (ptft.finetune.sharded), evaluate.gpus splits the evaluated models;
+    both are passed beside the settings (a study that changes them re-runs nothing), and a sharded run
+    cannot score its validation split (generation)."""
+    cfg = copy.deepcopy(load_config())
+    cfg["finetune"]["per_task"].setdefault("toy_nli", {})["gpus"] = 2
+    validate(cfg, SCHEMA, set_default=True)
+    plan = build_plan(cfg)
+    assert plan.gpus("toy_nli", "full") == 2 and plan.gpus("toy_summary", "full") == 1
+    assert "gpus" not in plan.run_config("toy_nli", "full")
+    assert plan.run_config("toy_nli", "full") == build_plan(load_config()).run_config("toy_nli", "full")
+    cfg["finetune"]["select_lr"] = {"metric": "score"}
+    with pytest.raises(ValueError, match=r"finetune\.gpus \(task 'toy_nli', methods \['full'"):
+        build_plan(cfg)
+    bad = copy.deepcopy(load_config())
+    bad["finetune"]["gpus"] = 0
+    with pytest.raises(WorkflowError, match="gpus"):
+        validate(bad, SCHEMA, set_default=True)
+
+    study = tmp_path / "study.yaml"
+    raw = yaml.safe_load((ROOT / "config.yaml").read_text())
+    raw["finetune"].setdefault("per_task", {}).setdefault("toy_nli", {})["gpus"] = 2
+    raw.setdefault("evaluate", {})["gpus"] = 3
+    study.write_text(yaml.safe_dump(raw))
+    out = snakemake("-n", "-p", "--configfile", str(study), "--directory", str(tmp_path), "--forceall")
+    assert out.returncode == 0, out.stderr[-3000:]
+    commands = [line for line in out.stdout.splitlines() if "ptft finetune" in line]
+    sharded = [c for c in commands if "--task toy_nli " in c]
+    assert sharded and all("--gpus 2 " in c for c in sharded)
+    assert all("--gpus 1 " in c for c in commands if c not in sharded)
+    evaluations = [line for line in out.stdout.splitlines() if "ptft evaluate" in line]
+    assert evaluations and all("--gpus 3 " in c and '"gpus"' not in c for c in evaluations)

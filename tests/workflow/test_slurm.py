@@ -5,8 +5,10 @@ why, where SLURM cannot be installed or started. The cluster has one node with t
 devices: SLURM hands them out, the jobs run on the CPU).
 """
 
+import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -138,6 +140,32 @@ def test_changed_evaluation_setting_resubmits_only_evaluation_and_tables(cluster
     assert rules <= EVAL_RULES | AGGREGATE_RULES, rules - EVAL_RULES - AGGREGATE_RULES
     # What was submitted: evaluation jobs and the "tables" group, nothing upstream of them.
     assert calls and all(comment(c).startswith(("rule_evaluate_", "rule_tables_")) for c in calls), calls
+
+
+SHARDED_RUN = "results/micro/finetune/step12/toy_nli/full/lr0.001/seed0"
+
+
+def test_a_run_on_two_gpus_asks_for_them_on_one_node_and_trains_as_one(cluster, micro_pair, tmp_path):
+    """finetune.gpus: 2 (ptft.finetune.sharded): one sbatch call for both GPUs of one node, two processes
+    in the job (gloo on the CPU here), and the losses of the one-process local run."""
+    local, on_slurm, _, _ = micro_pair
+    work = tmp_path / "work"  # a copy, so the other tests' workflow state is left as it was
+    shutil.copytree(on_slurm, work, symlinks=True)
+    shutil.rmtree(work / SHARDED_RUN)
+    config = yaml.safe_load(MICRO.read_text())
+    config["finetune"]["per_task"]["toy_nli"]["gpus"] = 2
+    changed = tmp_path / "micro.yaml"
+    changed.write_text(yaml.safe_dump(config))
+    log, calls = study_on_slurm(cluster, work, changed, f"{SHARDED_RUN}/summary.json")
+    assert executed_rules(log) == ["finetune"], executed_rules(log)  # gpus is no run setting: nothing else re-runs
+    (call,) = calls
+    print(shown(call))
+    assert all(option in call.split() for option in ("--gpus=2", "--nodes=1", "--cpus-per-task=8")), shown(call)
+    assert json.loads((work / SHARDED_RUN / "summary.json").read_text())["processes"] == 2
+    ours = pd.read_parquet(work / SHARDED_RUN / "train_log.parquet")
+    theirs = pd.read_parquet(local / SHARDED_RUN / "train_log.parquet")
+    assert list(ours["tokens"]) == list(theirs["tokens"])
+    pd.testing.assert_series_equal(ours["loss"], theirs["loss"], atol=1e-5, rtol=0)
 
 
 # --- interruption: requeue, preemption, the time-limit signal ------------------------------

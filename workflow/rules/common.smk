@@ -5,7 +5,7 @@ import os
 import re
 
 from ptft.data.registry import get_dataset
-from ptft.plan import build_plan
+from ptft.plan import EVALUATE_JOB_KEYS, build_plan
 
 PLAN = build_plan(config)
 TOY_SUITE = PLAN.suite == "toy"
@@ -95,6 +95,16 @@ def get_train_size(wildcards):
 def get_finetune_config(wildcards):
     run = PLAN.training_run(wildcards.run)
     return as_json(PLAN.run_config(run.train_task, run.method))
+
+
+def evaluate_settings():
+    """The evaluate section as its jobs get it, less how they run (gpus: their resources)."""
+    return {k: v for k, v in config["evaluate"].items() if k not in EVALUATE_JOB_KEYS}
+
+
+def get_finetune_gpus(wildcards):
+    run = PLAN.training_run(wildcards.run)
+    return PLAN.gpus(run.train_task, run.method)
 
 
 def get_run_args(wildcards):

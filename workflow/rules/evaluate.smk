@@ -1,17 +1,18 @@
 # Base checkpoints and fine-tuned models differ only in where the model comes from. Each job's
 # finished (eval set, format) parts wait in its state directory (outside the outputs, which
-# Snakemake deletes before a re-run) until predictions.parquet is written.
+# Snakemake deletes before a re-run) until predictions.parquet is written. gpu: evaluate.gpus, as
+# resources (not in the scoring settings) so that changing it re-runs nothing.
 EVALUATE_PARAMS = dict(
     meta=get_model_meta,
     evaluations=get_evaluations,
-    config=as_json(config["evaluate"]),
+    config=as_json(evaluate_settings()),
     seed=config["seed"],
     data_dir=get_data_dir,
 )
 EVALUATE_SHELL = (
     "exec ptft evaluate --model-dir {input.model} --model {params.meta:q} --evaluations {params.evaluations:q} "
     "--data-dir {params.data_dir} --config {params.config:q} --seed {params.seed} --out {output} "
-    "--state-dir {params.state} --threads {threads} > {log} 2>&1"
+    "--state-dir {params.state} --threads {threads} --gpus {resources.gpu} > {log} 2>&1"
 )
 
 
@@ -29,6 +30,8 @@ rule evaluate_base:
     resources:
         mem_mb=4000,
         runtime=60,
+        gpu=config["evaluate"]["gpus"],
+        nodes=1,
     params:
         **EVALUATE_PARAMS,
         state=PLAN.state_path("evaluate/base/{checkpoint}"),
@@ -50,6 +53,8 @@ rule evaluate_finetuned:
     resources:
         mem_mb=4000,
         runtime=60,
+        gpu=config["evaluate"]["gpus"],
+        nodes=1,
     params:
         **EVALUATE_PARAMS,
         state=PLAN.state_path("evaluate/ft/{run}"),
@@ -72,6 +77,8 @@ rule evaluate_trajectory:
     resources:
         mem_mb=4000,
         runtime=120,
+        gpu=config["evaluate"]["gpus"],
+        nodes=1,
     params:
         **EVALUATE_PARAMS,
         state=PLAN.state_path("evaluate/trajectory/{run}"),

@@ -10,6 +10,8 @@ FINETUNE_OUTPUT = dict(
 
 # exec: the trainer replaces the rule's shell, which SIGTERM would otherwise end at once; Snakemake
 # inside a SLURM job step then waits for the trainer to save instead of the step being killed.
+# gpu: finetune.gpus, as resources (not params) so that changing it re-runs nothing; on SLURM,
+# --gpus=N on one node with 4 CPUs per GPU, and the trainer starts one process per GPU.
 rule finetune:
     input:
         unpack(get_finetune_inputs),
@@ -23,6 +25,9 @@ rule finetune:
     resources:
         mem_mb=4000,
         runtime=120,
+        gpu=get_finetune_gpus,
+        nodes=1,
+        cpus_per_task=lambda wildcards: 4 * get_finetune_gpus(wildcards),
     params:
         config=get_finetune_config,
         run=get_run_args,
@@ -32,7 +37,7 @@ rule finetune:
     shell:
         "exec ptft finetune --checkpoint {input.checkpoint} --train {input.train} {params.run} "
         "--config {params.config:q} --out-dir {params.out_dir} --state-dir {params.state} {params.validation} "
-        "--threads {threads} > {log} 2>&1"
+        "--threads {threads} --gpus {resources.gpu} > {log} 2>&1"
 
 
 # A run that saves its trajectory (finetune.snapshots) has its snapshots folder as an output too,

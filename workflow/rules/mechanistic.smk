@@ -56,7 +56,7 @@ if config["mechanistic"].get("pruning"):
             meta=get_model_meta,
             config=as_json(config["mechanistic"]["pruning"]),
             evaluations=as_json(PLAN.pruning_evaluations()),
-            scoring=as_json(config["evaluate"]),
+            scoring=as_json(evaluate_settings()),
             seed=config["seed"],
             data_dir=get_data_dir,
         shell:

@@ -32,6 +32,8 @@ WEIGHT_FILES = (
     "pytorch_model.bin.index.json",
 )
 ADAPTER_WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
+# load_pretrained's device for a model split by layers over the visible GPUs (evaluate.gpus > 1).
+SPLIT = "split"
 # A vocabulary this small is none: transformers builds a tokenizer of its special tokens alone
 # (1 or 2) for a GPT-2, GPT-NeoX or OLMo config without tokenizer files.
 MIN_VOCAB = 16
@@ -173,6 +175,8 @@ def _load_model(name: str, kwargs: dict, dtype, device: str):
     from transformers import AutoModelForCausalLM
 
     try:
+        if device == SPLIT:
+            return AutoModelForCausalLM.from_pretrained(name, dtype=dtype, device_map="auto", **kwargs)
         return AutoModelForCausalLM.from_pretrained(name, dtype=dtype, **kwargs).to(device)
     except OSError as e:
         if Path(name).is_dir() or _is_damaged_weights(e):
@@ -188,7 +192,8 @@ def load_pretrained(path: str | Path, dtype=None, device: str = "cpu"):
     """(model, tokenizer) of a checkpoint folder, pointer or hub id; the tokenizer always has a pad token.
 
     A folder holding a LoRA adapter (``ptft_adapter.json`` beside peft's files) is loaded on top
-    of the base checkpoint it names, unmerged.
+    of the base checkpoint it names, unmerged. ``device`` :data:`SPLIT` spreads the model's layers
+    over the visible GPUs (``device_map="auto"``; on a machine without one, the CPU).
     """
     name, kwargs = pretrained_source(path)
     if Path(name).is_dir() or "revision" not in kwargs:
@@ -199,7 +204,8 @@ def load_pretrained(path: str | Path, dtype=None, device: str = "cpu"):
             from peft import PeftModel
 
             model, _ = load_pretrained(json.loads(adapter.read_text())["base_checkpoint"], dtype, device)
-            model = PeftModel.from_pretrained(model, name).to(device)
+            model = PeftModel.from_pretrained(model, name)
+            model = model if device == SPLIT else model.to(device)
         else:
             model = _load_model(name, kwargs, dtype, device)
     tokenizer = _load_tokenizer(name, kwargs)

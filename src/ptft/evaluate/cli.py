@@ -19,11 +19,12 @@ def _evaluate(a, stop) -> None:
 
     set_threads(a.threads)
     if a.trajectory:
-        df = evaluate_trajectory(a.model_dir, a.model, a.evaluations, a.data_dir, a.config, a.seed, a.state_dir, stop)
+        df = evaluate_trajectory(a.model_dir, a.model, a.evaluations, a.data_dir, a.config, a.seed, a.state_dir, stop,
+                                 a.gpus)  # fmt: skip
         origin = {"checkpoints": provenance.union(provenance.checkpoints_of(d) for _, d in snapshot_dirs(a.model_dir))}
     else:
         meta = model_metadata(a.model_dir, a.model)
-        df = evaluate_model(a.model_dir, meta, a.evaluations, a.data_dir, a.config, a.seed, a.state_dir, stop)
+        df = evaluate_model(a.model_dir, meta, a.evaluations, a.data_dir, a.config, a.seed, a.state_dir, stop, a.gpus)
         origin = provenance.for_model(a.model_dir)
     io.write_parquet(a.out, df, origin)
     if a.state_dir:
@@ -55,6 +56,7 @@ def add_commands(sub) -> None:
     s.add_argument("--out", required=True)
     s.add_argument("--state-dir", default=None, help="where finished parts wait for a re-run after a stop")
     s.add_argument("--threads", type=int, default=1)
+    s.add_argument("--gpus", type=int, default=1, help="GPUs to split a model too large for one over (by layers)")
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("measure-classifier", help="calibration and feature change of a fine-tuned classifier (LP-FT)")

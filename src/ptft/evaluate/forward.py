@@ -27,6 +27,13 @@ def set_compile(model, setting: str | bool = "auto") -> None:
     if setting not in COMPILE:
         raise ValueError(f"evaluate.compile: {setting!r} is not one of auto, true, false")
     model._ptft_compile = model.device.type == "cuda" if setting == "auto" else bool(setting)
+    if spans_devices(model):  # a graph would have to cross devices; the layers run one GPU after another
+        model._ptft_compile = False
+
+
+def spans_devices(model) -> bool:
+    """Whether ``model``'s layers lie on several devices (``evaluate.gpus`` > 1)."""
+    return len(set((getattr(model, "hf_device_map", None) or {}).values())) > 1
 
 
 def compiling(model) -> bool:

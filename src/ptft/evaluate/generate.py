@@ -24,7 +24,7 @@ import torch
 
 from ptft.evaluate.batching import context_limit, left_pad, model_max_length, progress
 from ptft.evaluate.encoding import encode_prompts, fit_to_window
-from ptft.evaluate.forward import compile_fn, compiling, keeps_logits
+from ptft.evaluate.forward import compile_fn, compiling, keeps_logits, spans_devices
 from ptft.evaluate.prefix import expanded, prefix_batches
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,8 @@ def resolve_decoder(model, decoder: str = "auto", constrained: bool = False) -> 
         decoder = "static" if model.device.type == "cuda" and compilable else "generate"
     if decoder == "static" and constrained:
         return "generate"  # prefix_allowed_tokens_fn needs generate's logits processors
+    if decoder == "static" and spans_devices(model):
+        return "generate"  # the static decoder's cache and graphs are one device's; generate moves between them
     return decoder
 
 

@@ -31,7 +31,7 @@ import torch
 from tqdm import tqdm
 
 from ptft import io
-from ptft.checkpoints.load import load_pretrained
+from ptft.checkpoints.load import SPLIT, load_pretrained
 from ptft.data.registry import get_dataset
 from ptft.evaluate.forward import set_compile
 from ptft.evaluate.metrics import get_metric
@@ -86,7 +86,8 @@ def snapshot_dirs(source: str | Path) -> list[tuple[int, Path]]:
 
 
 def evaluate_trajectory(source: str | Path, meta: dict, evaluations: list[dict], data_dir: str | Path, cfg: dict,
-                        seed: int, state_dir: str | Path | None = None, stop: StopRequested | None = None):  # fmt: skip
+                        seed: int, state_dir: str | Path | None = None, stop: StopRequested | None = None,
+                        gpus: int = 1):  # fmt: skip
     """Score every snapshot of a run (:func:`snapshot_dirs`) as :func:`evaluate_model` scores a model.
 
     Each snapshot is a model of its own, ``<model id>/snapshots/step<N>`` with ``ft_step`` N, so
@@ -98,7 +99,7 @@ def evaluate_trajectory(source: str | Path, meta: dict, evaluations: list[dict],
     for step, folder in snapshot_dirs(source):
         snap = {**meta, "model": f"{meta['model']}/snapshots/step{step}", "ft_step": step, **selected}
         parts = Path(state_dir) / f"step{step}" if state_dir is not None else None
-        frames.append(evaluate_model(folder, snap, evaluations, data_dir, cfg, seed, parts, stop))
+        frames.append(evaluate_model(folder, snap, evaluations, data_dir, cfg, seed, parts, stop, gpus))
     return pd.concat(frames, ignore_index=True)
 
 
@@ -152,8 +153,13 @@ def evaluate_model(
     seed: int,
     state_dir: str | Path | None = None,
     stop: StopRequested | None = None,
+    gpus: int = 1,
 ) -> pd.DataFrame:
     """Score one model on ``evaluations`` ({eval_set, relation, formats}); one row per example and metric.
+
+    ``gpus`` > 1 (``evaluate.gpus``): a model too large for one GPU is split by layers over the
+    GPUs (``device_map="auto"``, :func:`ptft.checkpoints.load.load_pretrained`), as lm-eval's
+    ``parallelize=True`` does; the layers then run one GPU after the other, so it is no faster.
 
     With ``state_dir``, each finished (eval set, format) part is written there, named by its
     :func:`part_fingerprint`, and a re-run reuses the parts whose fingerprint matches (the model
@@ -182,11 +188,15 @@ def evaluate_model(
         if model is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
             dtype = torch.bfloat16 if device == "cuda" else torch.float32
+            if gpus > 1:
+                device = SPLIT
             heads_of = {len(t.labels) for t in tasks if t.kind == "sequence_classification"}
             if heads_of:  # a classifier (a declared classification dataset) is scored by its own head
                 from ptft.finetune.heads import load_classifier
 
-                model, tokenizer = load_classifier(model_dir, heads_of.pop(), dtype=dtype, device=device)
+                # A classifier is small (the LP-FT study's RoBERTa): it stays on one device.
+                model, tokenizer = load_classifier(model_dir, heads_of.pop(), dtype=dtype,
+                                                   device="cuda" if device == SPLIT else device)  # fmt: skip
             else:
                 model, tokenizer = load_pretrained(model_dir, dtype=dtype, device=device)
             model.eval()

@@ -7,6 +7,7 @@ import torch
 from ptft.finetune.batching import IGNORE
 from ptft.finetune.grad_buffers import KeptGrads
 from ptft.finetune.methods import unwrap
+from ptft.finetune.sharded import is_sharded
 
 # Keys of a collated batch that are not inputs of the model (ptft.finetune.batching.collate).
 NOT_MODEL_INPUTS = ("labels", "n_pairs", "reference")
@@ -16,14 +17,15 @@ def target_logits(model, batch: dict, fast: bool, kept: KeptGrads | None = None)
     """(logits, targets) of the batch's target positions (labels shifted by one), and the target mask.
 
     ``fast``: the LM head runs on the target positions only (see ``check_shortcuts`` in
-    :mod:`ptft.finetune.train`). ``kept`` (fast path only): the embedding and head gradients go
-    into kept buffers.
+    :mod:`ptft.finetune.train`), except on a sharded model. ``kept`` (fast path only): the embedding
+    and head gradients go into kept buffers.
     """
     targets = batch["labels"][:, 1:]
     keep = targets != IGNORE
     # No KV cache: it is useless in training, and with one transformers ignores packed position_ids.
     inputs = {**{k: v for k, v in batch.items() if k not in NOT_MODEL_INPUTS}, "use_cache": False}
-    if fast:
+    # A sharded model gathers its embeddings and head in its own forward only: it takes the plain path.
+    if fast and not is_sharded(model):
         inner = unwrap(model)
         kept = kept if kept is not None and kept.active else None
         if kept is not None:

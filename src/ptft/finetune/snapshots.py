@@ -158,13 +158,14 @@ def publish(src: Path, dst: Path) -> None:
 class Snapshotter:
     """Saves the model at the steps of :func:`snapshot_steps` into ``folder/step{N}`` with :data:`RUN_FILE`.
 
-    ``save(path, model)`` writes the model as the method saves it (it must not change ``model``:
-    training continues from it); ``validate(model, batching, fast)`` gives the validation values
-    (the loop's batching and loss shortcut), or None without a validation split.
+    ``write(path, model, info)`` writes the model folder with :func:`write_model` as the method
+    saves it (it must not change ``model``: training continues from it; a sharded run gathers it
+    first); ``validate(model, batching, fast)`` gives the validation values (the loop's batching
+    and loss shortcut), or None without a validation split.
     """
 
-    def __init__(self, folder: Path, spec: dict, save: Callable, validate: Callable | None = None):
-        self.folder, self.spec, self.save, self.validate = Path(folder), spec, save, validate
+    def __init__(self, folder: Path, spec: dict, write: Callable, validate: Callable | None = None):
+        self.folder, self.spec, self.write, self.validate = Path(folder), spec, write, validate
         self.steps: list[int] = []
         self.total_steps = 0
 
@@ -200,7 +201,7 @@ class Snapshotter:
         """Save ``model`` as the snapshot of ``step``; its record for the progress, ``{"step", "validation"}``."""
         path = self.folder / f"step{step}"
         info = run_info(step, self.total_steps, self.spec["select"])
-        write_model(path, lambda folder: self.save(folder, model), info)
+        self.write(path, model, info)
         validation = self.validate(model, batching, fast) if self.validate is not None else {}
         log.info("snapshot at step %d of %d: %s; validation %s", step, self.total_steps, path, validation)
         return {"step": step, "validation": validation}

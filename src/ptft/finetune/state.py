@@ -13,6 +13,10 @@ pickled by an older ptft) is moved aside as ``state.pt.corrupt``. Either way tra
 from step 0. The state is loaded with ``torch.load(weights_only=True)``, so it holds only tensors
 and plain Python values (:func:`rng_state` converts the RNG states).
 
+A sharded run (``finetune.gpus`` > 1, :mod:`ptft.finetune.sharded`) keeps the same contents in
+``<state_dir>/state.sharded/`` instead, written by all its processes; either form resumes on any
+number of processes (:func:`load`), and a save removes the other form.
+
 Stop signals are handled in :mod:`ptft.signals`: in the training loop a signal makes the run
 finish its current optimizer step, save, and raise :class:`ptft.signals.Interrupted`.
 """
@@ -23,6 +27,7 @@ import json
 import logging
 import os
 import random
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -30,6 +35,7 @@ import numpy as np
 import torch
 
 from ptft import io, provenance
+from ptft.finetune import sharded
 
 log = logging.getLogger(__name__)
 FINGERPRINT_PARTS = ("config", "data", "checkpoint")
@@ -126,69 +132,128 @@ def trainable_state(model) -> dict:
     return {k: v for k, v in model.state_dict().items() if k in names}
 
 
+def sharded_path(path: Path) -> Path:
+    """Where a sharded run (:mod:`ptft.finetune.sharded`) keeps the state that one process keeps in ``path``."""
+    return path.with_name(sharded.SHARDED_DIR)
+
+
 def save(path: Path, model, optimizer, step: int, progress: Progress, fingerprint: dict | None = None) -> None:
-    payload = {
-        "model": trainable_state(model),
-        "optimizer": optimizer.state_dict(),
-        "rng": rng_state(),
-        "step": step,
-        "progress": _plain(asdict(progress)),
-        "fingerprint": fingerprint,
-    }
-    with io.atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-    log.info("saved training state at step %d to %s", step, path)
+    """Save at ``path`` (``state.pt``), or, in a sharded run, in its sharded twin (every process calls it).
+
+    Either removes the other form, so a run's folder holds one state, the latest.
+    """
+    extra = {"step": step, "progress": _plain(asdict(progress)), "fingerprint": fingerprint}
+    w = sharded.world()
+    if w.sharded:
+        sharded.save_state(sharded_path(path), model, optimizer, extra, rng_state())
+        if w.main:
+            path.unlink(missing_ok=True)
+    else:
+        payload = {"model": trainable_state(model), "optimizer": optimizer.state_dict(), "rng": rng_state(), **extra}
+        with io.atomic_path(path) as tmp:
+            torch.save(payload, tmp)
+        shutil.rmtree(sharded_path(path), ignore_errors=True)
+    log.info("saved training state at step %d to %s", step, sharded_path(path) if w.sharded else path)
 
 
-def _read(path: Path, fingerprint: dict | None, mmap: bool = False) -> dict | None:
-    """The saved state at ``path`` if this run can resume it; else None, the file set aside.
+def remove(path: Path) -> None:
+    """Remove the run's state, in either form (the run is done)."""
+    path.unlink(missing_ok=True)
+    shutil.rmtree(sharded_path(path), ignore_errors=True)
+
+
+def _set_aside(path: Path, err: Exception) -> None:
+    aside = path.with_name(path.name + ".corrupt")
+    if aside.is_dir():
+        shutil.rmtree(aside)
+    os.replace(path, aside)
+    reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:200] if str(err).strip() else ''}"
+    log.warning("training state %s cannot be read (%s); it is truncated, corrupt or written by an older ptft. "
+                "Moved it to %s; training starts from step 0", path, reason, aside)  # fmt: skip
+
+
+def _newest(path: Path) -> Path | None:
+    """The state a run would resume: ``path``, its sharded twin, or the newer of the two (a save
+    removes the other form last, so a stop between leaves both)."""
+    folder = sharded_path(path)
+    old = folder.with_name(folder.name + ".old")
+    if old.exists() and not folder.exists():  # a kill between the two renames of sharded.save_state
+        os.replace(old, folder)
+    found = [p for p in (path, folder) if p.exists()]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+def _read(path: Path, fingerprint: dict | None, mmap: bool = False) -> tuple[Path, dict] | None:
+    """Which state this run can resume (``path`` or its sharded twin) and what it holds (a sharded
+    one's step, progress and fingerprint only); else None, the file set aside.
 
     ``fingerprint`` None resumes whatever was saved (a caller of the loop without one).
     """
-    if not path.exists():
+    found = _newest(path)
+    if found is None:
         return None
     try:
-        saved = torch.load(path, weights_only=True, map_location="cpu", mmap=mmap)
+        if found.is_dir():
+            saved = sharded.read_extra(found)
+        else:
+            saved = torch.load(found, weights_only=True, map_location="cpu", mmap=mmap)
         saved_print = saved.get("fingerprint")
     except Exception as err:  # noqa: BLE001 - any unreadable file is set aside the same way
-        aside = path.with_name(path.name + ".corrupt")
-        os.replace(path, aside)
-        reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:200] if str(err).strip() else ''}"
-        log.warning("training state %s cannot be read (%s); it is truncated, corrupt or written by an older ptft. "
-                    "Moved it to %s; training starts from step 0", path, reason, aside)  # fmt: skip
+        _set_aside(found, err)
         return None
     if fingerprint is None:
-        return saved
+        return found, saved
     changed = [k for k in FINGERPRINT_PARTS if (saved_print or {}).get(k) != fingerprint.get(k)]
     if changed:
-        path.unlink()
+        shutil.rmtree(found) if found.is_dir() else found.unlink()
         log.warning("training state %s was saved for a different %s; discarded it, training restarts from step 0",
-                    path, " and ".join(changed))  # fmt: skip
+                    found, " and ".join(changed))  # fmt: skip
         return None
-    return saved
+    return found, saved
+
+
+def _resumable(path: Path, fingerprint: dict | None) -> Path | None:
+    """The state to resume, as process 0 finds it: only it sets files aside, and all processes
+    must resume the same state (or none)."""
+    w = sharded.world()
+    found = None
+    if w.main:
+        read = _read(path, fingerprint, mmap=True)
+        found = read[0] if read else None
+    return sharded.same_on_all(found, w)
 
 
 def usable(path: Path, fingerprint: dict | None) -> bool:
-    """Whether ``path`` holds a state this run will resume; an unusable one is set aside (see :func:`_read`).
+    """Whether ``path`` (or its sharded twin) holds a state this run will resume; an unusable one is set
+    aside (see :func:`_read`).
 
     Memory-mapped: the tensors are not read, so checking costs little even for a large model.
     """
-    return _read(path, fingerprint, mmap=True) is not None
+    return _resumable(path, fingerprint) is not None
 
 
 def load(path: Path, model, optimizer, fingerprint: dict | None = None) -> tuple[int, Progress] | None:
-    """Restore model, optimizer and RNG from ``path``; the step to continue at and the progress so far.
+    """Restore model, optimizer and RNG from ``path`` or its sharded twin, whichever form this run
+    takes (one process or several); the step to continue at and the progress so far.
 
     None where there is no state this run can resume (absent, unreadable, or of another
     fingerprint: see :func:`_read`).
     """
-    state = _read(path, fingerprint)
-    if state is None:
+    found = _resumable(path, fingerprint)
+    if found is None:
         return None
+    if found.is_dir():
+        extra = sharded.read_extra(found)
+        set_rng_state(sharded.load_state(found, model, optimizer))
+        return extra["step"], Progress(**extra["progress"])
+    state = torch.load(found, weights_only=True, map_location="cpu", mmap=True)
     missing = set(trainable_state(model)) - set(state["model"])
     if missing:
         raise ValueError(f"training state {path}: no saved values for {sorted(missing)[:3]}...; delete it to restart")
-    model.load_state_dict(state["model"], strict=False)
-    optimizer.load_state_dict(state["optimizer"])
+    if sharded.world().sharded:
+        sharded.load_whole_state(state, model, optimizer, [n for n, p in model.named_parameters() if p.requires_grad])
+    else:
+        model.load_state_dict(state["model"], strict=False)
+        optimizer.load_state_dict(state["optimizer"])
     set_rng_state(state["rng"])
     return state["step"], Progress(**state["progress"])

@@ -19,7 +19,9 @@ prepare the model, runs :func:`train_loop` (setup, resume, then per optimizer st
 snapshot, checkpoint), scores the validation split, and writes the :class:`RunRecord` and the
 model as the method saves it (or, with ``snapshots.select: best_validation``, the best snapshot).
 Resumption and stop signals are in :mod:`ptft.finetune.state`, probes in
-:mod:`ptft.finetune.probes`, snapshots in :mod:`ptft.finetune.snapshots`.
+:mod:`ptft.finetune.probes`, snapshots in :mod:`ptft.finetune.snapshots`; a run over several GPUs
+(``finetune.gpus``) runs the same loop in each of its processes, each on its part of every
+micro-batch (:mod:`ptft.finetune.sharded`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import math
 import random
 import resource
 import shutil
+import signal
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,7 +45,7 @@ from tqdm import tqdm
 from ptft import io, provenance, signals
 from ptft.checkpoints.load import load_pretrained
 from ptft.data.registry import get_dataset
-from ptft.finetune import heads, optim, probes, snapshots, state
+from ptft.finetune import heads, optim, probes, sharded, snapshots, state
 from ptft.finetune.batching import (
     collate,
     collate_padded,
@@ -78,7 +81,7 @@ def count_steps(n_examples: int, cfg: dict) -> int:
 def clip_gradients(params: list[torch.Tensor], max_norm: float) -> float:
     """``clip_grad_norm_`` that skips the rescaling pass over every gradient when it would be
     a multiplication by 1 (the usual case after warmup); returns the norm before clipping."""
-    norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+    norm = sharded.full_norm(torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]))
     value = float(norm)
     if max_norm / (value + 1e-6) < 1:
         torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
@@ -120,11 +123,15 @@ def validation_loss(model, examples, batching: str, pad_id: int, batch_size: int
     (:func:`ptft.finetune.batching.step_weight`): cross-entropy per completion token, or DPO's loss per pair."""
     was_training = model.training
     model.eval()
+    w = sharded.world()
     total, count = 0.0, 0
     for start in range(0, len(examples), batch_size):
-        batch = collate(examples[start : start + batch_size], batching, pad_id, device)
-        total += float(loss_fn(model, batch, fast))
-        count += step_weight(batch)
+        part, real = sharded.share(list(range(start, min(start + batch_size, len(examples)))), w)
+        batch = collate([examples[i] for i in part], batching, pad_id, device)
+        loss = float(loss_fn(model, batch, fast))
+        if real:
+            total, count = total + loss, count + step_weight(batch)
+    total, count = sharded.all_sum([total, count], device)
     model.train(was_training)
     return total / max(count, 1)
 
@@ -225,6 +232,7 @@ class RunRecord:
     peak_flops: float | None
     mfu: float | None
     peak_memory_bytes: int
+    processes: int  # finetune.gpus: the processes (one per GPU) the run was sharded over
     final_loss: float | None
     validation: dict  # of the weights in model_dir: loss, and score with validation_score
     diverged: dict | None  # a run of an lr grid that diverged: the step, its loss and gradient norm
@@ -289,8 +297,9 @@ def train_loop(
     progress = state.Progress() if progress is None else progress
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = optim.make_optimizer(trainable, cfg, lr, device)
+    w = sharded.world()
     # CUDA's caching allocator already reuses gradient memory; on CPU, see grad_buffers.
-    kept = KeptGrads(model) if device.type == "cpu" and lm else None
+    kept = KeptGrads(model) if device.type == "cpu" and lm and not w.sharded else None
     micro, accum = cfg["batch_size"], cfg["grad_accum"]
     total_steps = count_steps(len(examples), cfg)
     warmup = optim.warmup_steps(total_steps, cfg)
@@ -304,14 +313,15 @@ def train_loop(
             if cfg["batching"] == "packed":  # a model on SDPA attends example by example within a packed row
                 cleanup.enter_context(use_packed_attention(unwrap(model)))
             batching, fast = check_shortcuts(model, examples, cfg["batching"], pad_id, device, kept)
+            batching, fast = sharded.same_on_all((batching, fast and not w.sharded), w)  # loss.target_logits
 
         # -- Resume: weights, optimizer, RNG streams and progress as saved, the data stream at the saved step.
         step = 0
         resumed = state.load(state_path, model, opt, fingerprint) if state_path is not None else None
         if resumed is not None:
             step, progress = resumed
-            log.info("resuming at step %d of %d from %s", step, total_steps, state_path)
-        if snapshotter is not None:
+            log.info("resuming at step %d of %d from %s", step, total_steps, state_path.parent)
+        if snapshotter is not None and w.main:
             snapshotter.resume(progress.snapshots)
 
         # The batch order is a pure function of (seed, epoch), so resuming at optimizer step
@@ -351,21 +361,30 @@ def train_loop(
         stop.defer()
         model.train()
         start = time.time() - progress.wall_time_s - progress.probe_time_s - progress.snapshot_time_s
-        bar = cleanup.enter_context(tqdm(total=total_steps, initial=step, desc=desc, mininterval=5))
+        bar = cleanup.enter_context(tqdm(total=total_steps, initial=step, desc=desc, mininterval=5, disable=not w.main))
         while step < total_steps:
             for group in opt.param_groups:
                 group["lr"] = lr * optim.lr_multiplier(step, total_steps, warmup, cfg)
-            batches = [collate([examples[i] for i in next(stream)], batching, pad_id, device) for _ in range(accum)]
-            n_target = sum(step_weight(b) for b in batches)
+            # A sharded run's process trains on its part of each micro-batch (sharded.share).
+            parts = [sharded.share(next(stream), w) for _ in range(accum)]
+            batches = [collate([examples[i] for i in part], batching, pad_id, device) for part, _ in parts]
+            real = [is_real for _, is_real in parts]
+            targets = sum(step_weight(b) for b, r in zip(batches, real, strict=True) if r)
+            (n_target,) = sharded.all_sum([targets], device)
             if n_target == 0:  # unreachable after with_targets; a guard against a NaN loss of 0 / 0
                 raise RuntimeError(f"{desc}: optimizer step {step + 1} has no target token")
             t0 = time.time()
             loss_sum = 0.0
-            for b in batches:
+            for b, r in zip(batches, real, strict=True):
                 with autocast:
                     loss = loss_fn(model, b, fast, kept) / n_target
+                if not r:  # collectives need every process's forward and backward; its gradient must not count
+                    loss = loss * 0
                 loss.backward()
                 loss_sum += loss.item()
+            n_tokens = sum(int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel()
+                           for b, r in zip(batches, real, strict=True) if r)  # fmt: skip
+            loss_sum, n_tokens = sharded.all_sum([loss_sum, n_tokens], device)
             if kept is not None:
                 kept.settle()
             grad_norm = clip_gradients(trainable, cfg["max_grad_norm"])
@@ -381,22 +400,22 @@ def train_loop(
                 kept.zero_grad(opt)
             else:
                 opt.zero_grad(set_to_none=True)
-            n_tokens = sum(int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel()
-                           for b in batches)  # fmt: skip
             step += 1
 
             progress.log.append({"step": step, "loss": loss_sum, "lr": opt.param_groups[0]["lr"],
-                                 "grad_norm": grad_norm, "tokens": n_tokens,
+                                 "grad_norm": grad_norm, "tokens": int(n_tokens),
                                  "tokens_per_s": n_tokens / max(time.time() - t0, 1e-9)})  # fmt: skip
             probe(step)
             snapshot(step)
             bar.update(1)
             bar.set_postfix(loss=f"{loss_sum:.3f}", refresh=False)
             progress.wall_time_s = time.time() - start - progress.probe_time_s - progress.snapshot_time_s
-            if state_path is not None and (stop or (step % cfg["save_every"] == 0 and step < total_steps)):
+            # Every process stops at the same step, and all of them save: a signal may reach one first.
+            stopping = sharded.any_of(bool(stop), device)
+            if state_path is not None and (stopping or (step % cfg["save_every"] == 0 and step < total_steps)):
                 state.save(state_path, model, opt, step, progress, fingerprint)
-            if stop:
-                raise signals.Interrupted(stop.signum)
+            if stopping:
+                raise signals.Interrupted(stop.signum or signal.SIGTERM)
     return LoopResult(progress, total_steps, batching, fast, untargeted)
 
 
@@ -442,7 +461,12 @@ def finetune(
     fingerprint = state.fingerprint({"config": cfg, "lr": lr, "seed": seed, "method": method, "task": task_name},
                                     [train_path, validation_path], checkpoint)  # fmt: skip
     set_seed(seed)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    w = sharded.world()
+    if w.sharded and scoring:
+        raise ValueError(f"finetune {task_name} ({method}): finetune.gpus > 1 cannot score the validation split "
+                         "(validation_score generates, and a sharded model's processes would have to stop together); "
+                         "select by the validation loss, or use one GPU for this task")  # fmt: skip
+    device = sharded.start(w) if w.sharded else "cuda" if torch.cuda.is_available() else "cpu"
     # fp32 master weights; bf16 runs autocast the forward pass (mixed precision, as the paper's bf16).
     lm = task.kind != "sequence_classification"
     if lm:
@@ -482,6 +506,21 @@ def finetune(
     model, method_stats = impl.prepare(model, inputs)
     if not lm:  # the LP-FT study's head norm at the start of training (after linear probing, or random)
         method_stats = {**method_stats, "head_norm_start": float(heads.head_layer(model).weight.detach().norm())}
+    gathered = None
+    if w.sharded and impl.trains:
+        gathered = sharded.Gathered(model)
+        model = sharded.shard(model, cfg["precision"])
+
+    def write(path: Path, model, info: dict) -> None:
+        """The model folder at ``path`` as the method saves it; a sharded run's is gathered to process 0."""
+
+        def fill(model):
+            snapshots.write_model(path, lambda folder: impl.save(folder, model, tokenizer, cfg, checkpoint), info)
+
+        if gathered is not None:
+            gathered.write(model, fill)
+        elif w.main:
+            fill(model)
 
     prober = None
     if cfg.get("probes"):
@@ -508,10 +547,10 @@ def finetune(
         # Scoring generates, which is slow: a snapshot is scored only where it may become model/, whose
         # validation the summary reports; otherwise its loss alone (validation_score may be for the lr selection).
         selecting = snapshot_spec["select"] == "best_validation"
-        snapshotter = snapshots.Snapshotter(
-            snapshot_dir, snapshot_spec, lambda path, model: impl.save(path, model, tokenizer, cfg, checkpoint),
-            None if validation_path is None else lambda *args: validate(*args, score=selecting))  # fmt: skip
-    else:  # left by an earlier configuration of this run, whose state was discarded with it
+        snapshotter = snapshots.Snapshotter(snapshot_dir, snapshot_spec, write,
+                                            None if validation_path is None else
+                                            lambda *args: validate(*args, score=selecting))  # fmt: skip
+    elif w.main:  # left by an earlier configuration of this run, whose state was discarded with it
         shutil.rmtree(snapshot_dir, ignore_errors=True)
 
     diverged = None
@@ -553,6 +592,7 @@ def finetune(
 
     wall, tokens = progress.wall_time_s, sum(r["tokens"] for r in progress.log)
     n_params, flops = sum(p.numel() for p in model.parameters()), peak_flops(device, cfg)
+    flops = flops * w.size if flops else flops  # the run's processes together, one device each
     record = RunRecord(
         checkpoint=str(checkpoint),
         task=task_name,
@@ -575,7 +615,8 @@ def finetune(
         peak_flops=flops,
         # 6·N·D: forward and backward FLOPs of a dense transformer per token, over the peak.
         mfu=6 * n_params * tokens / wall / flops if flops else None,
-        peak_memory_bytes=peak_memory_bytes(device),
+        peak_memory_bytes=peak_memory_bytes(device),  # process 0's: the processes hold equal shards
+        processes=w.size,
         final_loss=diverged["loss"] if diverged else progress.log[-1]["loss"] if progress.log else None,
         validation=valid,
         diverged=diverged,
@@ -588,18 +629,21 @@ def finetune(
     )
     info = snapshots.run_info(ft_step, trained.steps, select)
     if ft_step in taken:  # a snapshot holds these weights already
-        held = snapshot_dir / f"step{ft_step}"
-        snapshots.write_model(out_dir / "model", lambda folder: snapshots.copy_folder(held, folder), info)
+        if w.main:
+            held = snapshot_dir / f"step{ft_step}"
+            snapshots.write_model(out_dir / "model", lambda folder: snapshots.copy_folder(held, folder), info)
     else:
-        snapshots.write_model(out_dir / "model", lambda folder: impl.save(folder, model, tokenizer, cfg, checkpoint),
-                              info)  # fmt: skip
+        write(out_dir / "model", model, info)
+    if not w.main:  # process 0 writes the rest
+        sharded.finish()
+        return record.summary()
     origin = {"checkpoints": record.provenance["checkpoints"]}
     io.write_parquet(out_dir / "train_log.parquet", pd.DataFrame(progress.log), origin)
     probe_rows = pd.DataFrame(progress.probes, columns=list(probes.PROBE_COLUMNS))
     io.write_parquet(out_dir / "probes.parquet", probe_rows, origin)
     summary = record.summary()
     io.write_json(out_dir / "summary.json", summary)
-    state_path.unlink(missing_ok=True)
+    state.remove(state_path)
     if snapshot_spec and snapshot_spec.get("trajectory", True):
         # After the state is gone: a re-run that resumes from the state needs the snapshots it records.
         snapshots.publish(snapshot_dir, out_dir / "snapshots")
@@ -607,4 +651,6 @@ def finetune(
         shutil.rmtree(snapshot_dir, ignore_errors=True)
     log.info("fine-tuned %s on %s (%s): %d steps, final loss %s, %.0f tokens/s",
              checkpoint, task_name, method, trained.steps, record.final_loss, record.tokens_per_s)  # fmt: skip
+    if w.sharded:
+        sharded.finish()
     return summary
