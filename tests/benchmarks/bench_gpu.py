@@ -71,11 +71,15 @@ from ptft.finetune import methods
 from ptft.finetune.batching import IGNORE
 from ptft.finetune.train import peak_flops, validation_loss
 
-# allenai/OLMo-1B-hf's config.json; "tiny" keeps its shape at a size a CPU runs in seconds.
+# allenai/OLMo-1B-hf's and OLMo-7B-hf's config.json (bench_sharded.py); "tiny" keeps their shape at a
+# size a CPU runs in seconds.
 SIZES = {
     "olmo-1b": dict(vocab_size=50304, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
                     num_attention_heads=16, num_key_value_heads=16, max_position_embeddings=2048,
                     rope_theta=10000.0, attention_bias=False, clip_qkv=None, tie_word_embeddings=True),
+    "olmo-7b": dict(vocab_size=50304, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                    num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=2048,
+                    rope_theta=10000.0, attention_bias=False, clip_qkv=None, tie_word_embeddings=False),
     "tiny": dict(vocab_size=1024, hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=4, max_position_embeddings=2048, tie_word_embeddings=True),
 }  # fmt: skip

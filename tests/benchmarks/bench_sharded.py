@@ -30,20 +30,11 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_gpu import xsum_like  # noqa: E402
+from bench_finetune import EOS, PAD  # noqa: E402
+from bench_gpu import SIZES, xsum_like  # noqa: E402
 
 from ptft.finetune import sharded  # noqa: E402
 from ptft.finetune.train import peak_flops, train_loop  # noqa: E402
-
-# allenai/OLMo-7B-hf's config.json (OLMo-1B's is in bench_gpu.SIZES); "tiny" for a CPU smoke test.
-SIZES = {
-    "olmo-7b": dict(vocab_size=50304, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                    num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=2048,
-                    rope_theta=10000.0, attention_bias=False, clip_qkv=None, tie_word_embeddings=False),
-    "tiny": dict(vocab_size=1024, hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=4, max_position_embeddings=2048, tie_word_embeddings=False),
-}  # fmt: skip
-PAD, EOS = 1, 50279
 
 
 def materialised(size: str, layers: int | None, device: str, w: sharded.World, seed: int):
@@ -52,7 +43,7 @@ def materialised(size: str, layers: int | None, device: str, w: sharded.World, s
     from transformers import OlmoConfig, OlmoForCausalLM
 
     shape = {**SIZES[size], **({"num_hidden_layers": layers} if layers else {})}
-    config = OlmoConfig(**shape, pad_token_id=PAD, eos_token_id=min(EOS, shape["vocab_size"] - 1), bos_token_id=None)
+    config = OlmoConfig(**shape, pad_token_id=PAD, eos_token_id=EOS, bos_token_id=None)
     with torch.device("meta"):
         model = OlmoForCausalLM(config)
     if w.sharded:
@@ -75,7 +66,7 @@ def materialised(size: str, layers: int | None, device: str, w: sharded.World, s
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--size", choices=sorted(SIZES), default="olmo-7b")
+    p.add_argument("--size", choices=sorted(SIZES), default="olmo-7b", help="bench_gpu.SIZES")
     p.add_argument("--layers", type=int, default=None, help="transformer blocks (default: the architecture's)")
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--warmup", type=int, default=3, help="steps left out of the median (allocator, kernels)")

@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 from test_finetune import cfg, write_task
 
 from ptft.finetune.sharded import World, share
+from ptft.plan import SNAPSHOT_DEFAULTS
 
 N_EXAMPLES = 41  # 41 = 5 * 8 + 1: one micro-batch of 8 holds a single example, so one process gets none
 
@@ -93,7 +94,10 @@ def test_a_micro_batch_is_split_in_contiguous_parts():
     [("full", {"batching": "grouped"}), ("lora", {"batching": "packed", "grad_accum": 2, "batch_size": 4})],
 )
 def test_two_processes_train_as_one(tiny_model_dir, data, tmp_path, method, over):
-    over = {"save_every": 2, **over}
+    """Losses, weights, probes and snapshots (gathered to process 0 and saved by the method) as one process's."""
+    probes = {"every": 2, "examples": 4, "path": None, "eos": False, "argmax_of": None}
+    snapshots = {**SNAPSHOT_DEFAULTS, "every": 3}
+    over = {"save_every": 2, "probes": probes, "snapshots": snapshots, **over}
     if method == "lora":
         over["lora"] = {**cfg()["lora"], "save": "adapter"}
     runs = {g: start(command(tiny_model_dir, data, tmp_path / f"o{g}", tmp_path / f"s{g}", g, method, **over),
@@ -101,6 +105,14 @@ def test_two_processes_train_as_one(tiny_model_dir, data, tmp_path, method, over
     for g, proc in runs.items():
         finished(proc, tmp_path / f"log{g}")
     assert_same_training(tmp_path / "o1", tmp_path / "o2", atol=1e-5)
+    probe_rows = [pd.read_parquet(tmp_path / f"o{g}" / "probes.parquet") for g in (1, 2)]
+    assert len(probe_rows[0]) > 0
+    pd.testing.assert_frame_equal(*probe_rows, atol=1e-4, rtol=0)
+    steps = sorted(p.name for p in (tmp_path / "o1" / "snapshots").iterdir())
+    assert steps == sorted(p.name for p in (tmp_path / "o2" / "snapshots").iterdir()) and len(steps) >= 2
+    for step in steps:
+        wa, wb = weights(tmp_path / "o1" / "snapshots" / step), weights(tmp_path / "o2" / "snapshots" / step)
+        assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) <= 1e-5
     summary = json.loads((tmp_path / "o2" / "summary.json").read_text())
     assert summary["processes"] == 2 and summary["steps"] == len(pd.read_parquet(tmp_path / "o2/train_log.parquet"))
     assert not (tmp_path / "s2" / "state.sharded").exists()  # the state is removed once the run is done
