@@ -30,10 +30,15 @@ def data(tmp_path_factory):
     return write_task(tmp_path_factory.mktemp("sharded"), "toy_nli", N_EXAMPLES)
 
 
-def command(model_dir, data, out, st, gpus, method="full", **over):
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory):
+    return write_task(tmp_path_factory.mktemp("sharded_pairs"), "toy_pref", 21)
+
+
+def command(model_dir, data, out, st, gpus, method="full", task="toy_nli", **over):
     config = cfg(**over)
     return [sys.executable, "-m", "ptft", "finetune", "--checkpoint", str(model_dir), "--train", str(data),
-            "--task", "toy_nli", "--config", json.dumps(config), "--lr", "0.01", "--seed", "3", "--method", method,
+            "--task", task, "--config", json.dumps(config), "--lr", "0.01", "--seed", "3", "--method", method,
             "--out-dir", str(out), "--state-dir", str(st), "--threads", "1", "--gpus", str(gpus)]  # fmt: skip
 
 
@@ -91,22 +96,30 @@ def test_a_micro_batch_is_split_in_contiguous_parts():
 
 @pytest.mark.parametrize(
     ("method", "over"),
-    [("full", {"batching": "grouped"}), ("lora", {"batching": "packed", "grad_accum": 2, "batch_size": 4})],
+    [
+        ("full", {"batching": "grouped"}),
+        ("lora", {"batching": "packed", "grad_accum": 2, "batch_size": 4}),
+        # Its reference log-probs cached by one process; a preference task has no built-in probe set.
+        ("dpo", {"batching": "grouped", "batch_size": 4, "probes": None}),
+    ],
 )
-def test_two_processes_train_as_one(tiny_model_dir, data, tmp_path, method, over):
+def test_two_processes_train_as_one(tiny_model_dir, data, pairs, tmp_path, method, over):
     """Losses, weights, probes and snapshots (gathered to process 0 and saved by the method) as one process's."""
     probes = {"every": 2, "examples": 4, "path": None, "eos": False, "argmax_of": None}
     snapshots = {**SNAPSHOT_DEFAULTS, "every": 3}
     over = {"save_every": 2, "probes": probes, "snapshots": snapshots, **over}
+    task, train = ("toy_pref", pairs) if method == "dpo" else ("toy_nli", data)
     if method == "lora":
         over["lora"] = {**cfg()["lora"], "save": "adapter"}
-    runs = {g: start(command(tiny_model_dir, data, tmp_path / f"o{g}", tmp_path / f"s{g}", g, method, **over),
+    if method == "dpo":
+        over["dpo"] = {"beta": 0.1, "reference": "cached", "batch_size": 16}
+    runs = {g: start(command(tiny_model_dir, train, tmp_path / f"o{g}", tmp_path / f"s{g}", g, method, task, **over),
                      tmp_path / f"log{g}") for g in (1, 2)}  # fmt: skip
     for g, proc in runs.items():
         finished(proc, tmp_path / f"log{g}")
     assert_same_training(tmp_path / "o1", tmp_path / "o2", atol=1e-5)
     probe_rows = [pd.read_parquet(tmp_path / f"o{g}" / "probes.parquet") for g in (1, 2)]
-    assert len(probe_rows[0]) > 0
+    assert len(probe_rows[0]) > 0 or over["probes"] is None
     pd.testing.assert_frame_equal(*probe_rows, atol=1e-4, rtol=0)
     steps = sorted(p.name for p in (tmp_path / "o1" / "snapshots").iterdir())
     assert steps == sorted(p.name for p in (tmp_path / "o2" / "snapshots").iterdir()) and len(steps) >= 2

@@ -126,6 +126,7 @@ class DPO(Method):
         import torch
 
         from ptft import io
+        from ptft.finetune.sharded import world
 
         path = run.state_dir / REFERENCE_FILE if run.state_dir is not None else None
         sizes = {"train": len(run.examples), "validation": len(run.validation_examples)}
@@ -137,7 +138,7 @@ class DPO(Method):
         batch, precision = run.cfg["dpo"]["batch_size"], run.cfg.get("precision", "fp32")
         splits = {"train": run.examples, "validation": run.validation_examples}
         cached = {split: reference_logps(model, pairs, batch, run.device, precision) for split, pairs in splits.items()}
-        if path is not None:
+        if path is not None and world().main:  # each process of a sharded run computed the same; one writes
             with io.atomic_path(path) as tmp:
                 torch.save(cached, tmp)
         return cached
