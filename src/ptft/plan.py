@@ -450,7 +450,7 @@ class Plan:
 
     def gpus(self, task: str, method: str) -> int:
         """``finetune.gpus`` of a task's runs of ``method``: the GPUs (processes) its job shards over."""
-        return int(method_config(self.finetune_configs[task], method).get("gpus", 1))
+        return run_gpus(self.finetune_configs[task], method)
 
     def selections(self) -> list[Model]:
         """The selection of every lr grid that is selected over (a model whose lr the grid decides)."""
@@ -665,6 +665,11 @@ def method_config(ft: dict, method: str) -> dict:
     return out
 
 
+def run_gpus(ft: dict, method: str) -> int:
+    """``finetune.gpus`` of a task's (``ft``: its finetune settings) runs of ``method``."""
+    return int(method_config(ft, method).get("gpus", 1))
+
+
 def _check_per_method(task: str, ft: dict) -> None:
     for method, block in (ft.get("per_method") or {}).items():
         where = f"finetune.per_task.{task}.per_method.{method}"
@@ -861,7 +866,7 @@ def build_plan(config: dict, results: str | Path = "results") -> Plan:
             raise ValueError(f"finetune.snapshots.metric (task {t!r}): a {get_dataset(t).task.kind} dataset has no "
                              "score to select by; use loss")  # fmt: skip
         scored = (select or {}).get("metric") == "score" or snapshots.get("metric") == "score"
-        sharded = [m for m in ft_configs[t]["methods"] if method_config(ft_configs[t], m).get("gpus", 1) > 1]
+        sharded = [m for m in ft_configs[t]["methods"] if run_gpus(ft_configs[t], m) > 1]
         if scored and sharded:
             raise ValueError(f"finetune.gpus (task {t!r}, methods {sharded}): a run on several GPUs cannot score its "
                              "validation split (select_lr.metric or snapshots.metric: score generates, and the "

@@ -188,17 +188,14 @@ def evaluate_model(
         if model is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
             dtype = torch.bfloat16 if device == "cuda" else torch.float32
-            if gpus > 1:
-                device = SPLIT
             heads_of = {len(t.labels) for t in tasks if t.kind == "sequence_classification"}
             if heads_of:  # a classifier (a declared classification dataset) is scored by its own head
                 from ptft.finetune.heads import load_classifier
 
                 # A classifier is small (the LP-FT study's RoBERTa): it stays on one device.
-                model, tokenizer = load_classifier(model_dir, heads_of.pop(), dtype=dtype,
-                                                   device="cuda" if device == SPLIT else device)  # fmt: skip
+                model, tokenizer = load_classifier(model_dir, heads_of.pop(), dtype=dtype, device=device)
             else:
-                model, tokenizer = load_pretrained(model_dir, dtype=dtype, device=device)
+                model, tokenizer = load_pretrained(model_dir, dtype=dtype, device=SPLIT if gpus > 1 else device)
             model.eval()
             set_compile(model, cfg.get("compile", "auto"))
         part = score_part(model, tokenizer, meta, ev, fmt, data_dir, cfg, seed)

@@ -193,7 +193,7 @@ class Gathered:
 
         # Collective: every process sends its shards; process 0 receives the whole on the CPU.
         full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        if dist.get_rank() == 0:
+        if world().main:
             self.skeleton.load_state_dict(full, strict=False, assign=True)
             # Buffers are not sharded; the ones outside the state dict (rotary frequencies) are set directly.
             for name, buffer in model.named_buffers():
@@ -226,7 +226,7 @@ def save_state(folder: Path, model, optimizer, extra: dict, rng: dict) -> None:
     """
     import torch.distributed.checkpoint as dcp
 
-    rank = dist.get_rank() if dist.is_initialized() else 0
+    rank = world().rank
     tmp = folder.with_name(folder.name + ".tmp")
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -265,8 +265,7 @@ def load_state(folder: Path, model, optimizer) -> dict:
     dcp.load(both, checkpoint_id=folder)
     set_state_dict(model, optimizer, model_state_dict=both["model"], optim_state_dict=both["optimizer"],
                    options=StateDictOptions(strict=False))  # fmt: skip
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    own = folder / RNG_FILE.format(rank=rank)
+    own = folder / RNG_FILE.format(rank=world().rank)
     return torch.load(own if own.exists() else folder / RNG_FILE.format(rank=0), weights_only=True)
 
 

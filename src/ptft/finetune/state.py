@@ -36,6 +36,7 @@ import torch
 
 from ptft import io, provenance
 from ptft.finetune import sharded
+from ptft.finetune.methods import trainable_names
 
 log = logging.getLogger(__name__)
 FINGERPRINT_PARTS = ("config", "data", "checkpoint")
@@ -128,7 +129,7 @@ def set_rng_state(state: dict) -> None:
 
 def trainable_state(model) -> dict:
     """Only what trains: the frozen weights are re-loaded from the checkpoint on resume."""
-    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    names = set(trainable_names(model))
     return {k: v for k, v in model.state_dict().items() if k in names}
 
 
@@ -212,15 +213,14 @@ def _read(path: Path, fingerprint: dict | None, mmap: bool = False) -> tuple[Pat
     return found, saved
 
 
-def _resumable(path: Path, fingerprint: dict | None) -> Path | None:
-    """The state to resume, as process 0 finds it: only it sets files aside, and all processes
-    must resume the same state (or none)."""
+def _resumable(path: Path, fingerprint: dict | None) -> tuple[Path | None, dict | None]:
+    """The state to resume, as process 0 finds it (only it sets files aside, and all processes must
+    resume the same state, or none), and what :func:`_read` read of it (None on the other processes)."""
     w = sharded.world()
-    found = None
+    found = saved = None
     if w.main:
-        read = _read(path, fingerprint, mmap=True)
-        found = read[0] if read else None
-    return sharded.same_on_all(found, w)
+        found, saved = _read(path, fingerprint, mmap=True) or (None, None)
+    return sharded.same_on_all(found, w), saved
 
 
 def usable(path: Path, fingerprint: dict | None) -> bool:
@@ -229,7 +229,7 @@ def usable(path: Path, fingerprint: dict | None) -> bool:
 
     Memory-mapped: the tensors are not read, so checking costs little even for a large model.
     """
-    return _resumable(path, fingerprint) is not None
+    return _resumable(path, fingerprint)[0] is not None
 
 
 def load(path: Path, model, optimizer, fingerprint: dict | None = None) -> tuple[int, Progress] | None:
@@ -239,19 +239,20 @@ def load(path: Path, model, optimizer, fingerprint: dict | None = None) -> tuple
     None where there is no state this run can resume (absent, unreadable, or of another
     fingerprint: see :func:`_read`).
     """
-    found = _resumable(path, fingerprint)
+    found, state = _resumable(path, fingerprint)
     if found is None:
         return None
     if found.is_dir():
-        extra = sharded.read_extra(found)
+        extra = state or sharded.read_extra(found)
         set_rng_state(sharded.load_state(found, model, optimizer))
         return extra["step"], Progress(**extra["progress"])
-    state = torch.load(found, weights_only=True, map_location="cpu", mmap=True)
+    if state is None:  # another process than 0 of a sharded run
+        state = torch.load(found, weights_only=True, map_location="cpu", mmap=True)
     missing = set(trainable_state(model)) - set(state["model"])
     if missing:
         raise ValueError(f"training state {path}: no saved values for {sorted(missing)[:3]}...; delete it to restart")
     if sharded.world().sharded:
-        sharded.load_whole_state(state, model, optimizer, [n for n, p in model.named_parameters() if p.requires_grad])
+        sharded.load_whole_state(state, model, optimizer, trainable_names(model))
     else:
         model.load_state_dict(state["model"], strict=False)
         optimizer.load_state_dict(state["optimizer"])
