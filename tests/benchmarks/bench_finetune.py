@@ -97,12 +97,14 @@ def hf_tokenizer(vocab: int):
 
 
 def run_ours(
-    model, examples, steps: int, lr: float, seed: int, replay: list[list[int]] | None, precision: str = "fp32"
-) -> float:
-    """Seconds of ``train_loop`` on ``model`` (already on its device)."""
+    model, examples, steps: int, lr: float, seed: int, replay: list[list[int]] | None, precision: str = "fp32",
+    extra: dict | None = None, losses: list | None = None,
+) -> float:  # fmt: skip
+    """Seconds of ``train_loop`` on ``model`` (already on its device); ``extra``: more finetune settings;
+    ``losses`` gets the loop's loss of every step."""
     cfg = {"epochs": 1, "batch_size": BATCH, "grad_accum": 1, "warmup_ratio": WARMUP_RATIO, "weight_decay": 0.0,
            "max_steps": steps, "save_every": 10**9, "precision": precision,
-           "batching": "packed" if replay else "grouped", "max_grad_norm": 1.0}  # fmt: skip
+           "batching": "packed" if replay else "grouped", "max_grad_norm": 1.0, **(extra or {})}  # fmt: skip
     make_batches = train.make_batches
     if replay:
         assert len(replay) == steps and all(len(b) == BATCH for b in replay), "Trainer's batches were not recorded"
@@ -110,8 +112,10 @@ def run_ours(
         train.make_batches = lambda *_args: [list(b) for b in replay]
     try:
         t = time.perf_counter()
-        train_loop(model, examples, cfg, lr, seed, PAD, desc="ours")
+        result = train_loop(model, examples, cfg, lr, seed, PAD, desc="ours")
         synchronize()
+        if losses is not None:
+            losses += [r["loss"] for r in result.progress.log]
         return time.perf_counter() - t
     finally:
         train.make_batches = make_batches

@@ -67,7 +67,7 @@ from bench_finetune import BATCH, EOS, PAD, mnli_like, run_hf_trainer, run_ours,
 from report import emit
 
 from ptft.data.prompts import Prompt
-from ptft.finetune import methods
+from ptft.finetune import graphs, methods
 from ptft.finetune.batching import IGNORE
 from ptft.finetune.train import peak_flops, validation_loss
 
@@ -199,7 +199,7 @@ def packed_check(base, device: str, vocab: int, seed: int) -> dict:
 
 
 def finetune_pair(base, profile: str, method: str, steps: int, warmup_steps: int, lr: float, seed: int, device: str,
-                  vocab: int) -> dict:  # fmt: skip
+                  vocab: int, trainer: bool = True) -> dict:  # fmt: skip
     examples = PROFILES[profile](steps * BATCH, vocab, seed)
     valid = PROFILES[profile](64, vocab, seed + 1)
     tokens = sum(len(x) for x, _ in examples)
@@ -210,8 +210,10 @@ def finetune_pair(base, profile: str, method: str, steps: int, warmup_steps: int
 
     # Warm-up: CUDA context, cuBLAS handles and kernel selection stay out of the timed runs.
     warm = examples[: warmup_steps * BATCH]
-    model = prepared(base, method, device, seed)
-    _, warm_batches = run_hf_trainer(model, warm, warmup_steps, lr, seed, vocab, bf16)
+    warm_batches = [list(range(i * BATCH, (i + 1) * BATCH)) for i in range(warmup_steps)]
+    if trainer:
+        model = prepared(base, method, device, seed)
+        _, warm_batches = run_hf_trainer(model, warm, warmup_steps, lr, seed, vocab, bf16)
     model = prepared(base, method, device, seed)
     run_ours(model, warm, warmup_steps, lr, seed, warm_batches, precision)
     del model
@@ -219,19 +221,34 @@ def finetune_pair(base, profile: str, method: str, steps: int, warmup_steps: int
 
     result = {"profile": profile, "method": method, "steps": steps, "tokens": tokens,
               "mean_example_tokens": tokens / len(examples)}  # fmt: skip
-    hf_model = prepared(base, method, device, seed)
-    hf_s, batches = run_hf_trainer(hf_model, examples, steps, lr, seed, vocab, bf16)
-    hf_mem = peak_memory_gib()
-    result["trainer_padded_tokens_ratio"] = sum(BATCH * max(len(examples[i][0]) for i in b) for b in batches) / tokens
-    hf_loss = validation_loss(hf_model, valid, "grouped", PAD, BATCH, False, device)
-    del hf_model
-    release()
-    ours_model = prepared(base, method, device, seed)
-    ours_s = run_ours(ours_model, examples, steps, lr, seed, batches, precision)
-    ours_mem = peak_memory_gib()
-    ours_loss = validation_loss(ours_model, valid, "grouped", PAD, BATCH, False, device)
-    del ours_model
-    release()
+    if trainer:
+        hf_model = prepared(base, method, device, seed)
+        hf_s, batches = run_hf_trainer(hf_model, examples, steps, lr, seed, vocab, bf16)
+        hf_mem = peak_memory_gib()
+        result["trainer_padded_tokens_ratio"] = sum(BATCH * max(len(examples[i][0]) for i in b)
+                                                    for b in batches) / tokens  # fmt: skip
+        hf_loss = validation_loss(hf_model, valid, "grouped", PAD, BATCH, False, device)
+        del hf_model
+        release()
+    else:  # Trainer's random order, without Trainer
+        order = np.random.default_rng(seed).permutation(len(examples)).tolist()
+        batches = [order[i : i + BATCH] for i in range(0, len(order), BATCH)]
+
+    def ours(cuda_graphs) -> tuple[float, float | None, float, list[float], graphs.Graphs | None]:
+        model = prepared(base, method, device, seed)
+        made, real, losses = [], graphs.Graphs, []
+        graphs.Graphs = lambda *a, **k: made.append(real(*a, **k)) or made[-1]
+        try:
+            seconds = run_ours(model, examples, steps, lr, seed, batches, precision, {"cuda_graphs": cuda_graphs},
+                               losses)  # fmt: skip
+        finally:
+            graphs.Graphs = real
+        memory, loss = peak_memory_gib(), validation_loss(model, valid, "grouped", PAD, BATCH, False, device)
+        del model
+        release()
+        return seconds, memory, loss, losses, made[0] if made else None
+
+    ours_s, ours_mem, ours_loss, ours_losses, graphed = ours("auto")
 
     def side(seconds: float, memory: float | None, loss: float) -> dict:
         flops = FLOPS_PER_TOKEN[method] * n_params * tokens / seconds
@@ -239,8 +256,22 @@ def finetune_pair(base, profile: str, method: str, steps: int, warmup_steps: int
                 "mfu": flops / peak if peak else None, "peak_memory_gib": memory, "validation_loss": loss}  # fmt: skip
 
     result["ours"] = side(ours_s, ours_mem, ours_loss)
-    result["transformers_trainer"] = side(hf_s, hf_mem, hf_loss)
-    result["speedup"] = hf_s / ours_s
+    if graphed is not None:  # finetune.cuda_graphs: ours as above, then eagerly, side by side
+        eager_s, eager_mem, eager_loss, eager_losses, _ = ours(False)
+        result["ours"]["cuda_graphs"] = {
+            "captured": graphed.captured,
+            "replayed": graphed.replayed,
+            "off": graphed.off,
+            "capture_s": graphed.capture_s,
+            "tokens_per_s_without_captures": tokens / (ours_s - graphed.capture_s),
+        }
+        result["ours_eager"] = side(eager_s, eager_mem, eager_loss)
+        result["graphs_speedup"] = eager_s / ours_s
+        diff = np.abs(np.array(ours_losses) - np.array(eager_losses)) / np.abs(np.array(eager_losses))
+        result["graphs_step_loss_rel_diff"] = {"max": float(diff.max()), "mean": float(diff.mean())}
+    if trainer:
+        result["transformers_trainer"] = side(hf_s, hf_mem, hf_loss)
+        result["speedup"] = hf_s / ours_s
     return result
 
 
@@ -371,18 +402,25 @@ def summary_lines(result: dict) -> list[str]:
     lines = [f"{result['device']}, {result['size']} ({result['parameters'] / 1e9:.3f} B parameters)",
              f"{'profile':8} {'method':6} {'ours tok/s':>11} {'Trainer tok/s':>14} {'speedup':>8} "
              f"{'ours MFU':>9} {'Trainer MFU':>12} {'ours GiB':>9} {'Trainer GiB':>12}"]  # fmt: skip
+
+    def pct(x):
+        return f"{100 * x:.1f}%" if x is not None else "-"
+
+    def gib(x):
+        return f"{x:.1f}" if x is not None else "-"
+
     for r in result["finetune"]:
-        o, t = r["ours"], r["transformers_trainer"]
-
-        def pct(x):
-            return f"{100 * x:.1f}%" if x is not None else "-"
-
-        def gib(x):
-            return f"{x:.1f}" if x is not None else "-"
-
-        lines.append(f"{r['profile']:8} {r['method']:6} {o['tokens_per_s']:11.0f} {t['tokens_per_s']:14.0f} "
-                     f"{r['speedup']:7.2f}x {pct(o['mfu']):>9} {pct(t['mfu']):>12} {gib(o['peak_memory_gib']):>9} "
-                     f"{gib(t['peak_memory_gib']):>12}")  # fmt: skip
+        o, t = r["ours"], r.get("transformers_trainer")
+        trainer = f"{t['tokens_per_s']:14.0f} {r['speedup']:7.2f}x" if t else f"{'-':>14} {'-':>8}"
+        lines.append(f"{r['profile']:8} {r['method']:6} {o['tokens_per_s']:11.0f} {trainer} {pct(o['mfu']):>9} "
+                     f"{pct(t and t['mfu']):>12} {gib(o['peak_memory_gib']):>9} "
+                     f"{gib(t and t['peak_memory_gib']):>12}")  # fmt: skip
+        if "ours_eager" in r:
+            g, e = o["cuda_graphs"], r["ours_eager"]
+            lines.append(f"  cuda graphs: {g['captured']} shapes in {g['capture_s']:.1f} s, "
+                         f"{g['tokens_per_s_without_captures']:.0f} tok/s without them; eagerly {e['tokens_per_s']:.0f}"
+                         f" tok/s ({r['graphs_speedup']:.2f}x), step losses within "
+                         f"{r['graphs_step_loss_rel_diff']['max']:.1e}")  # fmt: skip
     for e in result.get("evaluate", []):
         for mode in ("today", "eager", "compiled"):
             paths = ", ".join(f"{k} {v['items_per_s']:.1f}" for k, v in e.get(mode, {}).items())
@@ -405,9 +443,22 @@ def main() -> None:
     p.add_argument("--eval-items", type=int, default=512, help="items per evaluation path (0: skip evaluation)")
     p.add_argument("--eval-paths", default="tokenprob,multiple_choice,generation,tokenprob_fixed,generation_fixed")
     p.add_argument("--eval-batch-sizes", default=f"{EVAL_BATCH},64", help="the study's 16, and a larger one")
+    p.add_argument(
+        "--trainer",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run transformers.Trainer beside ours (--no-trainer: ours only, in Trainer's random order)",
+    )
+    p.add_argument(
+        "--graph-max-tokens",
+        type=int,
+        default=graphs.MAX_TOKENS,
+        help="finetune.cuda_graphs: the longest row replayed as a graph (ptft.finetune.graphs.MAX_TOKENS)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None)
     a = p.parse_args()
+    graphs.MAX_TOKENS = a.graph_max_tokens
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu":
         torch.set_num_threads(2)
@@ -431,9 +482,9 @@ def main() -> None:
     for profile in filter(None, a.profiles.split(",")):
         for method in a.methods.split(","):
             lr = a.lr * (100 if method == "lora" else 1)
-            r = finetune_pair(base, profile, method, a.steps, a.warmup_steps, lr, a.seed, device, vocab)
+            r = finetune_pair(base, profile, method, a.steps, a.warmup_steps, lr, a.seed, device, vocab, a.trainer)
             result["finetune"].append(r)
-            print("\n".join(summary_lines(result)[-1:]), flush=True)
+            print("\n".join(summary_lines(result)[2:]), flush=True)
             if a.out:  # what is done so far survives a run cut short
                 Path(a.out).write_text(json.dumps(result, indent=2))
     result["evaluate"] = []

@@ -244,3 +244,54 @@ def test_packed_choices_keep_absolute_positions(tokenizer, packed):
     ]
     expected = [reference_loglikelihood(model, ctx_ids, cont_ids) for ctx_ids, cont_ids in split]
     np.testing.assert_allclose(np.concatenate(per_item), expected, atol=1e-4)
+
+
+@pytest.fixture
+def one_row(monkeypatch):
+    """The one-row path on a CPU too (a GPU's in half precision): its per-segment SDPA stands in for flash attention."""
+    monkeypatch.setattr("ptft.evaluate.multiple_choice.PACKED_DEVICES", ("cuda", "cpu"))
+    monkeypatch.setattr("ptft.evaluate.multiple_choice._varlen_ready", lambda model: True)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_one_row_without_padding_matches_the_reference(tokenizer, one_row, arch):
+    """Every context once and every choice less its last token, in one row of one call with no padding;
+    each choice attends to its context and itself only, at its own positions (rotary or learned)."""
+    from helpers.tiny_models import tiny_gpt2
+
+    model = tiny_llama(tokenizer) if arch == "llama" else tiny_gpt2(len(tokenizer), n_positions=128)
+    seen = []
+    hook = model.register_forward_pre_hook(lambda _, args, kwargs: seen.append(kwargs), with_kwargs=True)
+    try:
+        per_item = score_multiple_choice(model, tokenizer, CONTEXTS, CHOICES, batch_size=16)
+    finally:
+        hook.remove()
+    assert model.config._attn_implementation == "sdpa"  # switched back
+    split = [
+        eos_encode_pair(tokenizer, ctx, " " + c) for ctx, item in zip(CONTEXTS, CHOICES, strict=True) for c in item
+    ]
+    [kwargs] = seen
+    ctx_tokens = sum(len(eos_encode_pair(tokenizer, ctx, " x")[0]) for ctx in CONTEXTS)
+    assert kwargs["input_ids"].shape == (1, ctx_tokens + sum(len(c) - 1 for _, c in split))
+    assert "attention_mask" not in kwargs and kwargs["kv_index"].numel() > kwargs["input_ids"].numel()
+    flat = np.concatenate(per_item)
+    expected = [reference_loglikelihood(model, ctx_ids, cont_ids) for ctx_ids, cont_ids in split]
+    np.testing.assert_allclose(flat, expected, atol=1e-4)
+    one = score_multiple_choice(model, tokenizer, CONTEXTS, CHOICES, batch_size=1)
+    for a, b in zip(one, per_item, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="flash attention's variable-length kernel needs a GPU")
+def test_one_row_in_flash_attention_matches_the_cached_path_on_a_gpu(tokenizer, monkeypatch):
+    """bf16 on a GPU: the one-row path (flash attention, its queries aligned with their segment's last
+    keys) gives the cached path's log-likelihoods, within bf16 rounding."""
+    from ptft.evaluate import multiple_choice
+
+    model = tiny_llama(tokenizer).to("cuda", torch.bfloat16)
+    assert multiple_choice._varlen_ready(model)
+    one_row = score_multiple_choice(model, tokenizer, CONTEXTS, CHOICES, batch_size=16)
+    monkeypatch.setattr(multiple_choice, "PACKED_DEVICES", ())
+    cached = score_multiple_choice(model, tokenizer, CONTEXTS, CHOICES, batch_size=16)
+    for a, b in zip(one_row, cached, strict=True):
+        np.testing.assert_allclose(a, b, rtol=3e-2, atol=0.1)

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from contextlib import nullcontext
 from functools import partial
 from itertools import chain
 
@@ -59,6 +60,7 @@ import torch
 from ptft.evaluate.batching import left_pad, length_sorted_batches, model_max_length, progress, right_pad
 from ptft.evaluate.encoding import bos_prefix_length, empty_context_split, encode_prompts, encode_texts
 from ptft.evaluate.forward import keeps_logits
+from ptft.finetune.packed_attention import VARLEN_ATTN, use_packed_attention
 
 
 def _split_trailing_whitespace(context: str, continuation: str) -> tuple[str, str]:
@@ -308,6 +310,62 @@ def _packed_loglikelihoods(model, items: list[tuple[list[int], list[list[int]]]]
     return np.split(sums.cpu().numpy(), np.cumsum(n_conts)[:-1])
 
 
+def _varlen_loglikelihoods(model, items: list[tuple[list[int], list[list[int]]]], pad_id: int, keep_ok: bool):
+    """:func:`_shared_context_loglikelihoods` in one forward over one row without padding.
+
+    The row is ``[context 1][choice 1 less its last token]...[context 2]...``, each token at the
+    position it has after its context alone. Attention runs per segment in variable-length flash
+    attention (:func:`ptft.finetune.packed_attention.packed_sdpa_attention`): a context attends to
+    itself, and a choice's tokens to their context's keys and values, gathered in front of their
+    own (``kv_index``), so each conditional probability is that of ``context + continuation``. The
+    LM head runs only at the columns that predict a scored token. Against the padded 4D-mask row
+    (:func:`_packed_loglikelihoods`) this computes no padding and runs flash attention.
+    """
+    device = model.device
+    ids, pos, kv_index = [], [], []
+    bounds_q, bounds_k = [0], [0]
+    cols, targets = [], []  # per scored token: the column whose logits predict it, and the token
+    for ctx, conts in items:
+        start = len(ids)
+        ids += ctx
+        pos += range(len(ctx))
+        context = range(start, start + len(ctx))
+        kv_index += context
+        bounds_q.append(len(ids))
+        bounds_k.append(len(kv_index))
+        for cont in conts:
+            first = len(ids)
+            ids += cont[:-1]
+            pos += range(len(ctx), len(ctx) + len(cont) - 1)
+            cols.append([start + len(ctx) - 1, *range(first, len(ids))])
+            targets.append(cont)
+            if len(cont) > 1:  # a one-token choice is scored from its context's last column alone
+                kv_index += [*context, *range(first, len(ids))]
+                bounds_q.append(len(ids))
+                bounds_k.append(len(kv_index))
+    flat_cols = torch.tensor(list(chain.from_iterable(cols)))
+    keep = flat_cols.unique()  # sorted
+    b_q, b_k = torch.tensor(bounds_q), torch.tensor(bounds_k)
+    kwargs = {"logits_to_keep": keep.to(device)} if keep_ok else {}
+    logits = model(input_ids=torch.tensor([ids], device=device), position_ids=torch.tensor([pos], device=device),
+                   cu_seq_lens_q=b_q.to(device), cu_seq_lens_k=b_k.to(device), max_length_q=int(b_q.diff().max()),
+                   max_length_k=int(b_k.diff().max()), kv_index=torch.tensor(kv_index, device=device), use_cache=False,
+                   **kwargs).logits[0]  # fmt: skip
+    where = torch.searchsorted(keep, flat_cols) if keep_ok else flat_cols
+    flat_targets = torch.tensor(list(chain.from_iterable(targets)), device=device)
+    token_lp = torch.log_softmax(logits[where.to(device)].float(), dim=-1).gather(-1, flat_targets[:, None])[:, 0]
+    lens = torch.tensor([len(t) for t in targets])
+    owner = torch.repeat_interleave(torch.arange(len(targets)), lens).to(device)
+    sums = torch.zeros(len(targets), dtype=torch.float64, device=device).index_add_(0, owner, token_lp.double())
+    return np.split(sums.cpu().numpy(), np.cumsum([len(conts) for _, conts in items])[:-1])
+
+
+def _varlen_ready(model) -> bool:
+    """Whether ``model`` runs the one-row path: SDPA in half precision on a GPU, where flash attention takes it."""
+    return (getattr(model.config, "_attn_implementation", None) == "sdpa" and model.device.type in PACKED_DEVICES
+            and model.dtype in (torch.float16, torch.bfloat16) and VARLEN_ATTN is not None)  # fmt: skip
+
+
 @torch.no_grad()
 def score_multiple_choice(
     model,
@@ -350,12 +408,17 @@ def score_multiple_choice(
     out: list[np.ndarray] = [np.zeros(len(item)) for item in choices]
     packed = (getattr(model.config, "_attn_implementation", None) in PACKED_ATTENTION
               and model.device.type in PACKED_DEVICES)  # fmt: skip
+    one_row = _varlen_ready(model)
     shared = partial(_packed_loglikelihoods if packed else _shared_context_loglikelihoods, model)
     fitting = [i for i, ok in enumerate(fits) if ok]
-    with progress(len(fitting), "multiple choice") as bar:
+    with progress(len(fitting), "multiple choice") as bar, use_packed_attention(model) if one_row else nullcontext():
         for batch in length_sorted_batches([len(items[i][0]) for i in fitting], batch_size):
             picked = [fitting[j] for j in batch]
-            scored = shared([items[i] for i in picked], pad_id, keep_ok)
+            batch_items = [items[i] for i in picked]
+            if one_row and all(ctx for ctx, _ in batch_items):
+                scored = _varlen_loglikelihoods(model, batch_items, pad_id, keep_ok)
+            else:
+                scored = shared(batch_items, pad_id, keep_ok)
             for i, lls in zip(picked, scored, strict=True):
                 out[i] = lls
             bar.update(len(batch))

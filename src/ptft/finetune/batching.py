@@ -227,6 +227,11 @@ def collate_packed(examples, device="cpu") -> dict:
     return {k: v.to(device) for k, v in batch.items()} | {"max_length_q": max(lengths), "max_length_k": max(lengths)}
 
 
+def to_device(batch: dict, device) -> dict:
+    """The batch's tensors on ``device`` (its counts as they are)."""
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
 def collate(examples, batching: str, pad_id: int, device="cpu") -> dict:
     """A micro-batch; of :class:`Pair` s, their 2B sequences (chosen first) with ``n_pairs`` and cached references."""
     rows = sequences(examples)

@@ -45,7 +45,7 @@ from tqdm import tqdm
 from ptft import io, provenance, signals
 from ptft.checkpoints.load import load_pretrained
 from ptft.data.registry import get_dataset
-from ptft.finetune import heads, optim, probes, sharded, snapshots, state
+from ptft.finetune import graphs, heads, optim, probes, sharded, snapshots, state
 from ptft.finetune.batching import (
     collate,
     collate_padded,
@@ -53,6 +53,7 @@ from ptft.finetune.batching import (
     make_batches,
     sequences,
     step_weight,
+    to_device,
     with_targets,
 )
 from ptft.finetune.grad_buffers import KeptGrads
@@ -336,6 +337,14 @@ def train_loop(
         for _ in range(step * accum):
             next(stream)
 
+        graphed = None
+        if lm and cfg.get("cuda_graphs", "auto") is not False:
+            why = graphs.eligible(model, cfg, batching, fast, graphs.plain_completion(loss_fn), device, w.sharded)
+            if why is None:
+                graphed = graphs.Graphs(model, trainable, pad_id, desc)
+            elif cfg.get("cuda_graphs") is True:
+                raise ValueError(f"{desc}: finetune.cuda_graphs is true, but {why}; set it to auto or false")
+
         def probe(at_step: int) -> None:
             # Probe time is kept out of the wall time, so tokens/s is the training's own.
             if prober is not None and prober.due(at_step, total_steps):
@@ -367,7 +376,8 @@ def train_loop(
                 group["lr"] = lr * optim.lr_multiplier(step, total_steps, warmup, cfg)
             # A sharded run's process trains on its part of each micro-batch (sharded.share).
             parts = [sharded.share(next(stream), w) for _ in range(accum)]
-            batches = [collate([examples[i] for i in part], batching, pad_id, device) for part, _ in parts]
+            # Collated on the CPU: the step's counts need no wait for the device, and graphs take host inputs.
+            batches = [collate([examples[i] for i in part], batching, pad_id) for part, _ in parts]
             real = [is_real for _, is_real in parts]
             targets = sum(step_weight(b) for b, r in zip(batches, real, strict=True) if r)
             (n_target,) = sharded.all_sum([targets], device)
@@ -376,11 +386,13 @@ def train_loop(
             t0 = time.time()
             loss_sum = 0.0
             for b, r in zip(batches, real, strict=True):
-                with autocast:
-                    loss = loss_fn(model, b, fast, kept) / n_target
-                if not r:  # collectives need every process's forward and backward; its gradient must not count
-                    loss = loss * 0
-                loss.backward()
+                loss = graphed.run(b, n_target) if graphed is not None else None
+                if loss is None:
+                    with autocast:
+                        loss = loss_fn(model, to_device(b, device), fast, kept) / n_target
+                    if not r:  # collectives need every process's forward and backward; its gradient must not count
+                        loss = loss * 0
+                    loss.backward()
                 loss_sum += loss.item()
             n_tokens = sum(int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel()
                            for b, r in zip(batches, real, strict=True) if r)  # fmt: skip
@@ -398,8 +410,8 @@ def train_loop(
             opt.step()
             if kept is not None:
                 kept.zero_grad(opt)
-            else:
-                opt.zero_grad(set_to_none=True)
+            else:  # graphs add into the gradients' memory: it is zeroed, not freed
+                opt.zero_grad(set_to_none=graphed is None)
             step += 1
 
             progress.log.append({"step": step, "loss": loss_sum, "lr": opt.param_groups[0]["lr"],
