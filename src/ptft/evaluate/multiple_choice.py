@@ -34,7 +34,8 @@ Log-likelihood (``_loglikelihood_tokens``)
     ``n_ctx`` (first present), else the tokenizer's ``model_max_length`` unless unset, else 2048.
     How it is computed differs from lm-eval: an item's context runs once, and its choices are
     packed after it in the same row under a mask that lets each choice see the context and itself
-    only (:func:`_packed_loglikelihoods`, on a GPU; on a CPU, or with an attention implementation
+    only (on a GPU: in half precision one row for the whole batch without padding,
+    :func:`_varlen_loglikelihoods`, else :func:`_packed_loglikelihoods`; on a CPU, or with an attention implementation
     that takes no 4D mask, the choices continue from the context's KV cache instead); a request-by-request path,
     right-padded, serves items that the window truncates. Both give lm-eval's values up to float32
     rounding. Unlike lm-eval, the log-softmax is taken in float32 even for bf16/fp16 models, so
