@@ -149,7 +149,8 @@ def packed(monkeypatch):
     monkeypatch.setattr("ptft.evaluate.multiple_choice.PACKED_DEVICES", ("cuda", "cpu"))
 
 
-def test_packed_choices_run_in_one_call_and_match_the_reference(model, tokenizer, packed):
+def scored_with_calls(model, tokenizer) -> tuple[list, list[dict], list]:
+    """(per-item log-likelihoods at batch 16, the model calls' keyword arguments, every request's split)."""
     seen = []
     hook = model.register_forward_pre_hook(lambda _, args, kwargs: seen.append(kwargs), with_kwargs=True)
     try:
@@ -159,6 +160,11 @@ def test_packed_choices_run_in_one_call_and_match_the_reference(model, tokenizer
     split = [
         eos_encode_pair(tokenizer, ctx, " " + c) for ctx, item in zip(CONTEXTS, CHOICES, strict=True) for c in item
     ]
+    return per_item, seen, split
+
+
+def test_packed_choices_run_in_one_call_and_match_the_reference(model, tokenizer, packed):
+    per_item, seen, split = scored_with_calls(model, tokenizer)
     # One call; its rows hold each context once and every choice but its last token, nothing else.
     [kwargs] = seen
     assert kwargs["attention_mask"].ndim == 4 and kwargs["input_ids"].shape[0] == len(CONTEXTS)
@@ -260,16 +266,8 @@ def test_one_row_without_padding_matches_the_reference(tokenizer, one_row, arch)
     from helpers.tiny_models import tiny_gpt2
 
     model = tiny_llama(tokenizer) if arch == "llama" else tiny_gpt2(len(tokenizer), n_positions=128)
-    seen = []
-    hook = model.register_forward_pre_hook(lambda _, args, kwargs: seen.append(kwargs), with_kwargs=True)
-    try:
-        per_item = score_multiple_choice(model, tokenizer, CONTEXTS, CHOICES, batch_size=16)
-    finally:
-        hook.remove()
+    per_item, seen, split = scored_with_calls(model, tokenizer)
     assert model.config._attn_implementation == "sdpa"  # switched back
-    split = [
-        eos_encode_pair(tokenizer, ctx, " " + c) for ctx, item in zip(CONTEXTS, CHOICES, strict=True) for c in item
-    ]
     [kwargs] = seen
     ctx_tokens = sum(len(eos_encode_pair(tokenizer, ctx, " x")[0]) for ctx in CONTEXTS)
     assert kwargs["input_ids"].shape == (1, ctx_tokens + sum(len(c) - 1 for _, c in split))
