@@ -268,7 +268,9 @@ def test_one_row_without_padding_matches_the_reference(tokenizer, one_row, arch)
     model = tiny_llama(tokenizer) if arch == "llama" else tiny_gpt2(len(tokenizer), n_positions=128)
     per_item, seen, split = scored_with_calls(model, tokenizer)
     assert model.config._attn_implementation == "sdpa"  # switched back
-    [kwargs] = seen
+    # The check of the first 4 items (one row, then the masked row), then the batch in one row.
+    assert len(seen) == 3 and seen[0]["kv_index"] is not None and seen[1]["attention_mask"].ndim == 4
+    kwargs = seen[-1]
     ctx_tokens = sum(len(eos_encode_pair(tokenizer, ctx, " x")[0]) for ctx in CONTEXTS)
     assert kwargs["input_ids"].shape == (1, ctx_tokens + sum(len(c) - 1 for _, c in split))
     assert "attention_mask" not in kwargs and kwargs["kv_index"].numel() > kwargs["input_ids"].numel()
@@ -280,8 +282,19 @@ def test_one_row_without_padding_matches_the_reference(tokenizer, one_row, arch)
         np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+def test_a_one_row_path_that_disagrees_with_the_masked_row_is_not_used(model, tokenizer, one_row, monkeypatch, caplog):
+    from ptft.evaluate import multiple_choice
+
+    real = multiple_choice._varlen_loglikelihoods
+    monkeypatch.setattr(multiple_choice, "_varlen_loglikelihoods", lambda *a: [x * 1.1 for x in real(*a)])
+    per_item, _, split = scored_with_calls(model, tokenizer)
+    assert "using the masked row" in caplog.text
+    expected = [reference_loglikelihood(model, ctx_ids, cont_ids) for ctx_ids, cont_ids in split]
+    np.testing.assert_allclose(np.concatenate(per_item), expected, atol=1e-4)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="flash attention's variable-length kernel needs a GPU")
-def test_one_row_in_flash_attention_matches_the_cached_path_on_a_gpu(tokenizer, monkeypatch):
+def test_one_row_in_flash_attention_matches_the_cached_path_on_a_gpu(tokenizer, monkeypatch, caplog):
     """bf16 on a GPU: the one-row path (flash attention, its queries aligned with their segment's last
     keys) gives the cached path's log-likelihoods, within bf16 rounding."""
     from ptft.evaluate import multiple_choice
@@ -289,6 +302,7 @@ def test_one_row_in_flash_attention_matches_the_cached_path_on_a_gpu(tokenizer, 
     model = tiny_llama(tokenizer).to("cuda", torch.bfloat16)
     assert multiple_choice._varlen_ready(model)
     one_row = score_multiple_choice(model, tokenizer, CONTEXTS, CHOICES, batch_size=16)
+    assert "using the masked row" not in caplog.text
     monkeypatch.setattr(multiple_choice, "PACKED_DEVICES", ())
     cached = score_multiple_choice(model, tokenizer, CONTEXTS, CHOICES, batch_size=16)
     for a, b in zip(one_row, cached, strict=True):

@@ -50,6 +50,7 @@ Metrics (``process_results``)
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Sequence
 from contextlib import nullcontext
 from functools import partial
@@ -62,6 +63,8 @@ from ptft.evaluate.batching import left_pad, length_sorted_batches, model_max_le
 from ptft.evaluate.encoding import bos_prefix_length, empty_context_split, encode_prompts, encode_texts
 from ptft.evaluate.forward import keeps_logits
 from ptft.finetune.packed_attention import VARLEN_ATTN, use_packed_attention
+
+log = logging.getLogger(__name__)
 
 
 def _split_trailing_whitespace(context: str, continuation: str) -> tuple[str, str]:
@@ -367,6 +370,29 @@ def _varlen_ready(model) -> bool:
             and model.dtype in (torch.float16, torch.bfloat16) and VARLEN_ATTN is not None)  # fmt: skip
 
 
+# The one-row path's first items against the 4D-mask row: bf16 sums of about 25 log-probabilities
+# differ by rounding (< 1e-2 relative); attention over the wrong keys differs by far more.
+AGREE_RTOL = 2e-2
+
+
+def _one_row_agrees(model, items, pad_id: int, keep_ok: bool) -> bool:
+    """Whether the one-row path gives the 4D-mask row's values on ``items``; if not, a warning and False.
+
+    Checked at the start of every scoring call: the row depends on flash attention aligning a
+    segment's queries with its last keys, which a kernel of another torch version could do otherwise.
+    """
+    if not all(ctx for ctx, _ in items):
+        return True
+    with use_packed_attention(model):
+        one_row = np.concatenate(_varlen_loglikelihoods(model, items, pad_id, keep_ok))
+    masked = np.concatenate(_packed_loglikelihoods(model, items, pad_id, keep_ok))
+    if np.allclose(one_row, masked, rtol=AGREE_RTOL, atol=1e-3):
+        return True
+    log.warning("multiple choice: the one-row path gives %s where the masked row gives %s; using the masked row",
+                np.round(one_row, 3).tolist(), np.round(masked, 3).tolist())  # fmt: skip
+    return False
+
+
 @torch.no_grad()
 def score_multiple_choice(
     model,
@@ -410,8 +436,10 @@ def score_multiple_choice(
     packed = (getattr(model.config, "_attn_implementation", None) in PACKED_ATTENTION
               and model.device.type in PACKED_DEVICES)  # fmt: skip
     one_row = _varlen_ready(model)
-    shared = partial(_packed_loglikelihoods if packed else _shared_context_loglikelihoods, model)
     fitting = [i for i, ok in enumerate(fits) if ok]
+    if one_row and fitting:
+        one_row = _one_row_agrees(model, [items[i] for i in fitting[:4]], pad_id, keep_ok)
+    shared = partial(_packed_loglikelihoods if packed else _shared_context_loglikelihoods, model)
     with progress(len(fitting), "multiple choice") as bar, use_packed_attention(model) if one_row else nullcontext():
         for batch in length_sorted_batches([len(items[i][0]) for i in fitting], batch_size):
             picked = [fitting[j] for j in batch]
