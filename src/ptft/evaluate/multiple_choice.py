@@ -383,8 +383,12 @@ def _one_row_agrees(model, items, pad_id: int, keep_ok: bool) -> bool:
     """
     if not all(ctx for ctx, _ in items):
         return True
-    with use_packed_attention(model):
-        one_row = np.concatenate(_varlen_loglikelihoods(model, items, pad_id, keep_ok))
+    try:
+        with use_packed_attention(model):
+            one_row = np.concatenate(_varlen_loglikelihoods(model, items, pad_id, keep_ok))
+    except RuntimeError as e:  # a kernel of this torch that does not take the row
+        log.warning("multiple choice: the one-row path failed (%s); using the masked row", e)
+        return False
     masked = np.concatenate(_packed_loglikelihoods(model, items, pad_id, keep_ok))
     if np.allclose(one_row, masked, rtol=AGREE_RTOL, atol=1e-3):
         return True
