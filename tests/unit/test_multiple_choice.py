@@ -149,8 +149,7 @@ def packed(monkeypatch):
     monkeypatch.setattr("ptft.evaluate.multiple_choice.PACKED_DEVICES", ("cuda", "cpu"))
 
 
-def scored_with_calls(model, tokenizer) -> tuple[list, list[dict], list]:
-    """(per-item log-likelihoods at batch 16, the model calls' keyword arguments, every request's split)."""
+def test_packed_choices_run_in_one_call_and_match_the_reference(model, tokenizer, packed):
     seen = []
     hook = model.register_forward_pre_hook(lambda _, args, kwargs: seen.append(kwargs), with_kwargs=True)
     try:
@@ -160,11 +159,6 @@ def scored_with_calls(model, tokenizer) -> tuple[list, list[dict], list]:
     split = [
         eos_encode_pair(tokenizer, ctx, " " + c) for ctx, item in zip(CONTEXTS, CHOICES, strict=True) for c in item
     ]
-    return per_item, seen, split
-
-
-def test_packed_choices_run_in_one_call_and_match_the_reference(model, tokenizer, packed):
-    per_item, seen, split = scored_with_calls(model, tokenizer)
     # One call; its rows hold each context once and every choice but its last token, nothing else.
     [kwargs] = seen
     assert kwargs["attention_mask"].ndim == 4 and kwargs["input_ids"].shape[0] == len(CONTEXTS)
@@ -250,60 +244,3 @@ def test_packed_choices_keep_absolute_positions(tokenizer, packed):
     ]
     expected = [reference_loglikelihood(model, ctx_ids, cont_ids) for ctx_ids, cont_ids in split]
     np.testing.assert_allclose(np.concatenate(per_item), expected, atol=1e-4)
-
-
-@pytest.fixture
-def one_row(monkeypatch):
-    """The one-row path on a CPU too (a GPU's in half precision): its per-segment SDPA stands in for flash attention."""
-    monkeypatch.setattr("ptft.evaluate.multiple_choice.PACKED_DEVICES", ("cuda", "cpu"))
-    monkeypatch.setattr("ptft.evaluate.multiple_choice._varlen_ready", lambda model: True)
-
-
-@pytest.mark.parametrize("arch", ["llama", "gpt2"])
-def test_one_row_without_padding_matches_the_reference(tokenizer, one_row, arch):
-    """Every context once and every choice less its last token, in one row of one call with no padding;
-    each choice attends to its context and itself only, at its own positions (rotary or learned)."""
-    from helpers.tiny_models import tiny_gpt2
-
-    model = tiny_llama(tokenizer) if arch == "llama" else tiny_gpt2(len(tokenizer), n_positions=128)
-    per_item, seen, split = scored_with_calls(model, tokenizer)
-    assert model.config._attn_implementation == "sdpa"  # switched back
-    # The check of the first 4 items (one row, then the masked row), then the batch in one row.
-    assert len(seen) == 3 and seen[0]["kv_index"] is not None and seen[1]["attention_mask"].ndim == 4
-    kwargs = seen[-1]
-    ctx_tokens = sum(len(eos_encode_pair(tokenizer, ctx, " x")[0]) for ctx in CONTEXTS)
-    assert kwargs["input_ids"].shape == (1, ctx_tokens + sum(len(c) - 1 for _, c in split))
-    assert "attention_mask" not in kwargs and kwargs["kv_index"].numel() > kwargs["input_ids"].numel()
-    flat = np.concatenate(per_item)
-    expected = [reference_loglikelihood(model, ctx_ids, cont_ids) for ctx_ids, cont_ids in split]
-    np.testing.assert_allclose(flat, expected, atol=1e-4)
-    one = score_multiple_choice(model, tokenizer, CONTEXTS, CHOICES, batch_size=1)
-    for a, b in zip(one, per_item, strict=True):
-        np.testing.assert_allclose(a, b, atol=1e-5)
-
-
-def test_a_one_row_path_that_disagrees_with_the_masked_row_is_not_used(model, tokenizer, one_row, monkeypatch, caplog):
-    from ptft.evaluate import multiple_choice
-
-    real = multiple_choice._varlen_loglikelihoods
-    monkeypatch.setattr(multiple_choice, "_varlen_loglikelihoods", lambda *a: [x * 1.1 for x in real(*a)])
-    per_item, _, split = scored_with_calls(model, tokenizer)
-    assert "using the masked row" in caplog.text
-    expected = [reference_loglikelihood(model, ctx_ids, cont_ids) for ctx_ids, cont_ids in split]
-    np.testing.assert_allclose(np.concatenate(per_item), expected, atol=1e-4)
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="flash attention's variable-length kernel needs a GPU")
-def test_one_row_in_flash_attention_matches_the_cached_path_on_a_gpu(tokenizer, monkeypatch, caplog):
-    """bf16 on a GPU: the one-row path (flash attention, its queries aligned with their segment's last
-    keys) gives the cached path's log-likelihoods, within bf16 rounding."""
-    from ptft.evaluate import multiple_choice
-
-    model = tiny_llama(tokenizer).to("cuda", torch.bfloat16)
-    assert multiple_choice._varlen_ready(model)
-    one_row = score_multiple_choice(model, tokenizer, CONTEXTS, CHOICES, batch_size=16)
-    assert "using the masked row" not in caplog.text
-    monkeypatch.setattr(multiple_choice, "PACKED_DEVICES", ())
-    cached = score_multiple_choice(model, tokenizer, CONTEXTS, CHOICES, batch_size=16)
-    for a, b in zip(one_row, cached, strict=True):
-        np.testing.assert_allclose(a, b, rtol=3e-2, atol=0.1)

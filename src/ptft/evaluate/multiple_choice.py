@@ -34,8 +34,7 @@ Log-likelihood (``_loglikelihood_tokens``)
     ``n_ctx`` (first present), else the tokenizer's ``model_max_length`` unless unset, else 2048.
     How it is computed differs from lm-eval: an item's context runs once, and its choices are
     packed after it in the same row under a mask that lets each choice see the context and itself
-    only (on a GPU: in half precision one row for the whole batch without padding,
-    :func:`_varlen_loglikelihoods`, else :func:`_packed_loglikelihoods`; on a CPU, or with an attention implementation
+    only (:func:`_packed_loglikelihoods`, on a GPU; on a CPU, or with an attention implementation
     that takes no 4D mask, the choices continue from the context's KV cache instead); a request-by-request path,
     right-padded, serves items that the window truncates. Both give lm-eval's values up to float32
     rounding. Unlike lm-eval, the log-softmax is taken in float32 even for bf16/fp16 models, so
@@ -50,9 +49,7 @@ Metrics (``process_results``)
 from __future__ import annotations
 
 import copy
-import logging
 from collections.abc import Sequence
-from contextlib import nullcontext
 from functools import partial
 from itertools import chain
 
@@ -62,9 +59,6 @@ import torch
 from ptft.evaluate.batching import left_pad, length_sorted_batches, model_max_length, progress, right_pad
 from ptft.evaluate.encoding import bos_prefix_length, empty_context_split, encode_prompts, encode_texts
 from ptft.evaluate.forward import keeps_logits
-from ptft.finetune.packed_attention import VARLEN_ATTN, use_packed_attention
-
-log = logging.getLogger(__name__)
 
 
 def _split_trailing_whitespace(context: str, continuation: str) -> tuple[str, str]:
@@ -314,89 +308,6 @@ def _packed_loglikelihoods(model, items: list[tuple[list[int], list[list[int]]]]
     return np.split(sums.cpu().numpy(), np.cumsum(n_conts)[:-1])
 
 
-def _varlen_loglikelihoods(model, items: list[tuple[list[int], list[list[int]]]], pad_id: int, keep_ok: bool):
-    """:func:`_shared_context_loglikelihoods` in one forward over one row without padding.
-
-    The row is ``[context 1][choice 1 less its last token]...[context 2]...``, each token at the
-    position it has after its context alone. Attention runs per segment in variable-length flash
-    attention (:func:`ptft.finetune.packed_attention.packed_sdpa_attention`): a context attends to
-    itself, and a choice's tokens to their context's keys and values, gathered in front of their
-    own (``kv_index``), so each conditional probability is that of ``context + continuation``. The
-    LM head runs only at the columns that predict a scored token. Against the padded 4D-mask row
-    (:func:`_packed_loglikelihoods`) this computes no padding and runs flash attention.
-    """
-    device = model.device
-    ids, pos, kv_index = [], [], []
-    bounds_q, bounds_k = [0], [0]
-    cols, targets = [], []  # per scored token: the column whose logits predict it, and the token
-    for ctx, conts in items:
-        start = len(ids)
-        ids += ctx
-        pos += range(len(ctx))
-        context = range(start, start + len(ctx))
-        kv_index += context
-        bounds_q.append(len(ids))
-        bounds_k.append(len(kv_index))
-        for cont in conts:
-            first = len(ids)
-            ids += cont[:-1]
-            pos += range(len(ctx), len(ctx) + len(cont) - 1)
-            cols.append([start + len(ctx) - 1, *range(first, len(ids))])
-            targets.append(cont)
-            if len(cont) > 1:  # a one-token choice is scored from its context's last column alone
-                kv_index += [*context, *range(first, len(ids))]
-                bounds_q.append(len(ids))
-                bounds_k.append(len(kv_index))
-    flat_cols = torch.tensor(list(chain.from_iterable(cols)))
-    keep = flat_cols.unique()  # sorted
-    b_q, b_k = torch.tensor(bounds_q), torch.tensor(bounds_k)
-    kwargs = {"logits_to_keep": keep.to(device)} if keep_ok else {}
-    logits = model(input_ids=torch.tensor([ids], device=device), position_ids=torch.tensor([pos], device=device),
-                   cu_seq_lens_q=b_q.to(device), cu_seq_lens_k=b_k.to(device), max_length_q=int(b_q.diff().max()),
-                   max_length_k=int(b_k.diff().max()), kv_index=torch.tensor(kv_index, device=device), use_cache=False,
-                   **kwargs).logits[0]  # fmt: skip
-    where = torch.searchsorted(keep, flat_cols) if keep_ok else flat_cols
-    flat_targets = torch.tensor(list(chain.from_iterable(targets)), device=device)
-    token_lp = torch.log_softmax(logits[where.to(device)].float(), dim=-1).gather(-1, flat_targets[:, None])[:, 0]
-    lens = torch.tensor([len(t) for t in targets])
-    owner = torch.repeat_interleave(torch.arange(len(targets)), lens).to(device)
-    sums = torch.zeros(len(targets), dtype=torch.float64, device=device).index_add_(0, owner, token_lp.double())
-    return np.split(sums.cpu().numpy(), np.cumsum([len(conts) for _, conts in items])[:-1])
-
-
-def _varlen_ready(model) -> bool:
-    """Whether ``model`` runs the one-row path: SDPA in half precision on a GPU, where flash attention takes it."""
-    return (getattr(model.config, "_attn_implementation", None) == "sdpa" and model.device.type in PACKED_DEVICES
-            and model.dtype in (torch.float16, torch.bfloat16) and VARLEN_ATTN is not None)  # fmt: skip
-
-
-# The one-row path's first items against the 4D-mask row: bf16 sums of about 25 log-probabilities
-# differ by rounding (< 1e-2 relative); attention over the wrong keys differs by far more.
-AGREE_RTOL = 2e-2
-
-
-def _one_row_agrees(model, items, pad_id: int, keep_ok: bool) -> bool:
-    """Whether the one-row path gives the 4D-mask row's values on ``items``; if not, a warning and False.
-
-    Checked at the start of every scoring call: the row depends on flash attention aligning a
-    segment's queries with its last keys, which a kernel of another torch version could do otherwise.
-    """
-    if not all(ctx for ctx, _ in items):
-        return True
-    try:
-        with use_packed_attention(model):
-            one_row = np.concatenate(_varlen_loglikelihoods(model, items, pad_id, keep_ok))
-    except RuntimeError as e:  # a kernel of this torch that does not take the row
-        log.warning("multiple choice: the one-row path failed (%s); using the masked row", e)
-        return False
-    masked = np.concatenate(_packed_loglikelihoods(model, items, pad_id, keep_ok))
-    if np.allclose(one_row, masked, rtol=AGREE_RTOL, atol=1e-3):
-        return True
-    log.warning("multiple choice: the one-row path gives %s where the masked row gives %s; using the masked row",
-                np.round(one_row, 3).tolist(), np.round(masked, 3).tolist())  # fmt: skip
-    return False
-
-
 @torch.no_grad()
 def score_multiple_choice(
     model,
@@ -439,19 +350,12 @@ def score_multiple_choice(
     out: list[np.ndarray] = [np.zeros(len(item)) for item in choices]
     packed = (getattr(model.config, "_attn_implementation", None) in PACKED_ATTENTION
               and model.device.type in PACKED_DEVICES)  # fmt: skip
-    one_row = _varlen_ready(model)
-    fitting = [i for i, ok in enumerate(fits) if ok]
-    if one_row and fitting:
-        one_row = _one_row_agrees(model, [items[i] for i in fitting[:4]], pad_id, keep_ok)
     shared = partial(_packed_loglikelihoods if packed else _shared_context_loglikelihoods, model)
-    with progress(len(fitting), "multiple choice") as bar, use_packed_attention(model) if one_row else nullcontext():
+    fitting = [i for i, ok in enumerate(fits) if ok]
+    with progress(len(fitting), "multiple choice") as bar:
         for batch in length_sorted_batches([len(items[i][0]) for i in fitting], batch_size):
             picked = [fitting[j] for j in batch]
-            batch_items = [items[i] for i in picked]
-            if one_row and all(ctx for ctx, _ in batch_items):
-                scored = _varlen_loglikelihoods(model, batch_items, pad_id, keep_ok)
-            else:
-                scored = shared(batch_items, pad_id, keep_ok)
+            scored = shared([items[i] for i in picked], pad_id, keep_ok)
             for i, lls in zip(picked, scored, strict=True):
                 out[i] = lls
             bar.update(len(batch))

@@ -52,54 +52,35 @@ def _find_varlen():
 VARLEN_ATTN, VARLEN_GQA = _find_varlen()
 
 
-def _varlen_row(query, key, value, bounds_q, bounds_k, max_q: int, max_k: int, scaling, gqa: bool) -> torch.Tensor:
-    """``(1, T, heads, head_dim)`` causal attention of a packed row in one flash-attention call.
-
-    A segment with more keys than queries aligns its queries with its last keys (flash
-    attention's bottom-right causal mask): query ``m`` of ``c`` sees keys up to ``k - c + m``.
-    """
+def _varlen_row(query, key, value, bounds, max_length: int, scaling, gqa: bool) -> torch.Tensor:
+    """``(1, T, heads, head_dim)`` causal attention of a packed row in one flash-attention call."""
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # (T, heads, head_dim)
-    bounds_q, bounds_k = (b.to(device=query.device, dtype=torch.int32) for b in (bounds_q, bounds_k))
+    bounds = bounds.to(device=query.device, dtype=torch.int32)
     gqa_arg = {"enable_gqa": True} if gqa else {}
-    out = VARLEN_ATTN(q, k, v, bounds_q, bounds_k, max_q, max_k, scale=scaling, window_size=(-1, 0), **gqa_arg)
+    out = VARLEN_ATTN(q, k, v, bounds, bounds, max_length, max_length, scale=scaling, window_size=(-1, 0), **gqa_arg)
     return out.unsqueeze(0)
 
 
-def _segment_sdpa(q, k, v, dropout, scaling, gqa) -> torch.Tensor:
-    """Causal SDPA of one segment, its queries aligned with its last keys (as :func:`_varlen_row`)."""
-    n_q, n_k = q.shape[2], k.shape[2]
-    if n_q == n_k:
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, scale=scaling,
-                                              enable_gqa=gqa)  # fmt: skip
-    mask = torch.arange(n_k, device=q.device)[None, :] <= torch.arange(n_q, device=q.device)[:, None] + (n_k - n_q)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scaling, enable_gqa=gqa)
-
-
 def packed_sdpa_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
-    """``(batch, T, heads, head_dim)`` attention output, as ``transformers`` attention functions return.
-
-    ``kv_index`` (multiple choice, :mod:`ptft.evaluate.multiple_choice`): the keys and values are
-    gathered at these positions first, and ``cu_seq_lens_k`` bounds each segment's in the gathered
-    ones; a choice's segment then holds its context's keys and its own.
-    """
+    """``(batch, T, heads, head_dim)`` attention output, as ``transformers`` attention functions return."""
     bounds = kwargs.get("cu_seq_lens_q")
     if bounds is None or query.shape[0] != 1:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
-    bounds_k, index = bounds, kwargs.get("kv_index")
-    if index is not None:
-        key, value, bounds_k = key[:, :, index], value[:, :, index], kwargs["cu_seq_lens_k"]
     gqa = query.shape[1] != key.shape[1]
     varlen = VARLEN_ATTN is not None and (VARLEN_GQA or not gqa)
     if varlen and query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and not dropout:
-        max_q = kwargs.get("max_length_q") or int(bounds.diff().max())
-        max_k = (kwargs.get("max_length_k") or int(bounds_k.diff().max())) if index is not None else max_q
-        return _varlen_row(query, key, value, bounds, bounds_k, max_q, max_k, scaling, gqa), None
-    sizes, sizes_k = bounds.diff().tolist(), bounds_k.diff().tolist()
+        longest = kwargs.get("max_length_q") or int(bounds.diff().max())
+        return _varlen_row(query, key, value, bounds, longest, scaling, gqa), None
+    sizes = bounds.diff().tolist()
     # split, not slicing: the backward of a slice writes its gradient into a zero-filled copy of
     # the whole row, one per example, tensor and layer; split's backward is one concatenation.
-    pieces = zip(query.split(sizes, 2), key.split(sizes_k, 2), value.split(sizes_k, 2), strict=True)
+    pieces = zip(query.split(sizes, 2), key.split(sizes, 2), value.split(sizes, 2), strict=True)
     with sdpa_kernel(PER_EXAMPLE_BACKENDS):
-        out = torch.cat([_segment_sdpa(q, k, v, dropout, scaling, gqa) for q, k, v in pieces], dim=2)
+        out = torch.cat(
+            [F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, scale=scaling, enable_gqa=gqa)
+             for q, k, v in pieces],
+            dim=2,
+        )  # fmt: skip
     return out.transpose(1, 2).contiguous(), None
 
 

@@ -338,7 +338,7 @@ def train_loop(
             next(stream)
 
         graphed = None
-        if lm and cfg.get("cuda_graphs", "auto") is not False:
+        if lm and cfg.get("cuda_graphs", False) is not False:
             why = graphs.eligible(model, cfg, batching, fast, graphs.plain_completion(loss_fn), device, w.sharded)
             if why is None:
                 graphed = graphs.Graphs(model, trainable, pad_id, desc)
