@@ -186,6 +186,11 @@ def make_batches(lengths: list[int], batch_size: int, rng: random.Random, groupe
     return batches
 
 
+def to_device(batch: dict, device) -> dict:
+    """The batch's tensors on ``device`` (its counts as they are)."""
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
 def collate_padded(examples, pad_id: int, device="cpu") -> dict[str, torch.Tensor]:
     """Right-padded rows; no attention mask when no row is padded (SDPA's causal fast path)."""
     width = max(len(ids) for ids, _ in examples)
@@ -199,7 +204,7 @@ def collate_padded(examples, pad_id: int, device="cpu") -> dict[str, torch.Tenso
     batch = {"input_ids": ids, "labels": labels}
     if not bool(mask.all()):
         batch["attention_mask"] = mask
-    return {k: v.to(device) for k, v in batch.items()}
+    return to_device(batch, device)
 
 
 def collate_packed(examples, device="cpu") -> dict:
@@ -224,12 +229,7 @@ def collate_packed(examples, device="cpu") -> dict:
         "cu_seq_lens_q": bounds,
         "cu_seq_lens_k": bounds,
     }
-    return {k: v.to(device) for k, v in batch.items()} | {"max_length_q": max(lengths), "max_length_k": max(lengths)}
-
-
-def to_device(batch: dict, device) -> dict:
-    """The batch's tensors on ``device`` (its counts as they are)."""
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    return to_device(batch, device) | {"max_length_q": max(lengths), "max_length_k": max(lengths)}
 
 
 def collate(examples, batching: str, pad_id: int, device="cpu") -> dict:

@@ -57,14 +57,19 @@ def bucket(tokens: int) -> int:
     return (tokens // step + 1) * step
 
 
+def layout(length: int, n_bounds: int, n_targets: int) -> list[int]:
+    """Sizes of a graph's inputs in their one flat buffer: ids, positions, bounds, target positions, targets."""
+    return [length, length, n_bounds, n_targets, n_targets]
+
+
 class Static:
     """A graph's inputs: device tensors whose addresses the graph holds, refilled before each replay."""
 
     def __init__(self, length: int, n_bounds: int, n_targets: int, device):
         self.length = length
-        self.sizes = [length, length, n_bounds, n_targets, n_targets]
-        self.flat = torch.zeros(sum(self.sizes), dtype=torch.long, device=device)
-        self.ids, self.positions, self.bounds, self.where, self.targets = self.flat.split(self.sizes)
+        sizes = layout(length, n_bounds, n_targets)
+        self.flat = torch.zeros(sum(sizes), dtype=torch.long, device=device)
+        self.ids, self.positions, self.bounds, self.where, self.targets = self.flat.split(sizes)
         self.n_target = torch.ones((), dtype=torch.float32, device=device)
 
     def fill(self, host: torch.Tensor, n_target: float) -> None:
@@ -82,10 +87,10 @@ def host_inputs(batch: dict, pad_id: int) -> tuple[tuple[int, int, int], torch.T
     where = (labels[1:] != IGNORE).nonzero()[:, 0]
     n_targets = -(-max(where.numel(), 1) // TARGET_BUCKET) * TARGET_BUCKET
     bounds = torch.cat([batch["cu_seq_lens_q"].long(), torch.tensor([length])])
-    host = torch.zeros(
-        2 * length + bounds.numel() + 2 * n_targets, dtype=torch.long, pin_memory=torch.cuda.is_available()
-    )  # pinned: copied without waiting
-    ids_h, pos_h, bounds_h, where_h, targets_h = host.split([length, length, bounds.numel(), n_targets, n_targets])
+    sizes = layout(length, bounds.numel(), n_targets)
+    # pinned: copied without waiting
+    host = torch.zeros(sum(sizes), dtype=torch.long, pin_memory=torch.cuda.is_available())
+    ids_h, pos_h, bounds_h, where_h, targets_h = host.split(sizes)
     ids_h.fill_(pad_id)
     ids_h[:n] = ids
     pos_h[:n] = positions
