@@ -40,7 +40,7 @@ PROBE_DEFAULTS = {"every": 25, "examples": 32, "path": None, "set": None, "eos":
 # that upgrading ptft re-runs (and invalidates the resumable state of) no existing run.
 LATER_DEFAULTS = {"warmup_steps": None, "schedule": "linear", "optimizer": "adamw", "max_prompt_length": None,
                   "min_lr_ratio": 0.0, "classifier_head": "linear", "classifier_dropout": 0.1,
-                  "cuda_graphs": False}  # fmt: skip
+                  "cuda_graphs": False, "compile": False}  # fmt: skip
 LATER_PROBE_DEFAULTS = {"set": None, "eos": False, "argmax_of": None}
 LATER_METHOD_DEFAULTS = {"lpft": {"folds": 5, "cs": 10}}  # a method's settings added since runs were made
 SNAPSHOT_DEFAULTS = {"every": None, "steps": None, "per_epoch": False, "start": True, "keep": False,

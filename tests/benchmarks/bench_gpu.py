@@ -199,7 +199,7 @@ def packed_check(base, device: str, vocab: int, seed: int) -> dict:
 
 
 def finetune_pair(base, profile: str, method: str, steps: int, warmup_steps: int, lr: float, seed: int, device: str,
-                  vocab: int, trainer: bool = True) -> dict:  # fmt: skip
+                  vocab: int, trainer: bool = True, compiled: bool = False) -> dict:  # fmt: skip
     examples = PROFILES[profile](steps * BATCH, vocab, seed)
     valid = PROFILES[profile](64, vocab, seed + 1)
     tokens = sum(len(x) for x, _ in examples)
@@ -216,6 +216,8 @@ def finetune_pair(base, profile: str, method: str, steps: int, warmup_steps: int
         _, warm_batches = run_hf_trainer(model, warm, warmup_steps, lr, seed, vocab, bf16)
     model = prepared(base, method, device, seed)
     run_ours(model, warm, warmup_steps, lr, seed, warm_batches, precision)
+    if compiled:  # the compilation (a static, then a dynamic graph) stays out of the timed run, as in a long one
+        run_ours(model, warm, warmup_steps, lr, seed, warm_batches, precision, {"compile": "auto"})
     del model
     release()
 
@@ -234,13 +236,13 @@ def finetune_pair(base, profile: str, method: str, steps: int, warmup_steps: int
         order = np.random.default_rng(seed).permutation(len(examples)).tolist()
         batches = [order[i : i + BATCH] for i in range(0, len(order), BATCH)]
 
-    def ours(cuda_graphs) -> tuple[float, float | None, float, list[float], graphs.Graphs | None]:
+    def ours(cuda_graphs, compile=False) -> tuple[float, float | None, float, list[float], graphs.Graphs | None]:
         model = prepared(base, method, device, seed)
         made, real, losses = [], graphs.Graphs, []
         graphs.Graphs = lambda *a, **k: made.append(real(*a, **k)) or made[-1]
         try:
-            seconds = run_ours(model, examples, steps, lr, seed, batches, precision, {"cuda_graphs": cuda_graphs},
-                               losses)  # fmt: skip
+            seconds = run_ours(model, examples, steps, lr, seed, batches, precision,
+                               {"cuda_graphs": cuda_graphs, "compile": compile}, losses)  # fmt: skip
         finally:
             graphs.Graphs = real
         memory, loss = peak_memory_gib(), validation_loss(model, valid, "grouped", PAD, BATCH, False, device)
@@ -269,6 +271,15 @@ def finetune_pair(base, profile: str, method: str, steps: int, warmup_steps: int
         result["graphs_speedup"] = eager_s / ours_s
         diff = np.abs(np.array(ours_losses) - np.array(eager_losses)) / np.abs(np.array(eager_losses))
         result["graphs_step_loss_rel_diff"] = {"max": float(diff.max()), "mean": float(diff.mean())}
+    if compiled:  # finetune.compile: the blocks compiled, graphs where they apply
+        comp_s, comp_mem, comp_loss, comp_losses, comp_graphed = ours("auto", "auto")
+        result["ours_compiled"] = side(comp_s, comp_mem, comp_loss)
+        if comp_graphed is not None:
+            result["ours_compiled"]["cuda_graphs"] = {"captured": comp_graphed.captured, "off": comp_graphed.off,
+                                                      "capture_s": comp_graphed.capture_s}  # fmt: skip
+        result["compiled_speedup"] = ours_s / comp_s
+        diff = np.abs(np.array(comp_losses) - np.array(ours_losses)) / np.abs(np.array(ours_losses))
+        result["compiled_step_loss_rel_diff"] = {"max": float(diff.max()), "mean": float(diff.mean())}
     if trainer:
         result["transformers_trainer"] = side(hf_s, hf_mem, hf_loss)
         result["speedup"] = hf_s / ours_s
@@ -287,10 +298,11 @@ def eval_throughput(base, device: str, n: int, vocab: int, seed: int, batch_size
                     names: tuple[str, ...] = ("tokenprob", "multiple_choice", "generation")) -> dict:  # fmt: skip
     from unittest import mock
 
+    from ptft.evaluate import generate as generate_module
     from ptft.evaluate import multiple_choice as multiple_choice_module
     from ptft.evaluate import tokenprob as tokenprob_module
     from ptft.evaluate.forward import set_compile
-    from ptft.evaluate.generate import generate_greedy
+    from ptft.evaluate.generate import auto_batch_size, generate_greedy
     from ptft.evaluate.multiple_choice import score_multiple_choice
     from ptft.evaluate.tokenprob import score_token_prob
 
@@ -320,6 +332,16 @@ def eval_throughput(base, device: str, n: int, vocab: int, seed: int, batch_size
 
     def generation():
         return generate_greedy(model, tok, gen_prompts, 60, "\n", batch_size, decoder=decoder)
+
+    chosen: list[int] = []  # evaluate.generation_batch_size: auto, as it chose
+
+    def generation_auto():
+        def recorded(*args, **kwargs):
+            chosen.append(auto_batch_size(*args, **kwargs))
+            return chosen[-1]
+
+        with mock.patch.object(generate_module, "auto_batch_size", recorded):
+            return generate_greedy(model, tok, gen_prompts, 60, "\n", "auto", decoder="static")
 
     def choices():
         return [int(np.argmax(s)) for s in score_multiple_choice(model, tok, mc_contexts, mc_choices, batch_size)]
@@ -357,6 +379,8 @@ def eval_throughput(base, device: str, n: int, vocab: int, seed: int, batch_size
                 "multiple_choice": old_choices if mode == "today" else choices,
                 "generation": generation,
             }
+            if mode == "compiled" and device == "cuda":  # auto reads the GPU's free memory
+                paths["generation_auto"] = generation_auto
             paths = {k: v for k, v in paths.items() if k in names}
             if mode == "eager":
                 paths.pop("generation", None)  # eager generation is today's
@@ -365,9 +389,11 @@ def eval_throughput(base, device: str, n: int, vocab: int, seed: int, batch_size
                 got: list = []
                 s = timed(lambda fn=fn, got=got: got.extend(fn()))
                 row = {"seconds": s, "items_per_s": n / s, "first_pass_s": warm_s}
-                if mode != "today":
-                    row["same_as_today"] = sum(a == b for a, b in zip(got, out["today"][name]["predictions"],
-                                                                      strict=True))  # fmt: skip
+                if name == "generation_auto":
+                    row["batch_size"] = chosen[-1]
+                today = out.get("today", {}).get(name.removesuffix("_auto"))
+                if mode != "today" and today is not None:
+                    row["same_as_today"] = sum(a == b for a, b in zip(got, today["predictions"], strict=True))
                 row["predictions"] = got
                 out.setdefault(mode, {})[name] = row
                 release()
@@ -421,6 +447,10 @@ def summary_lines(result: dict) -> list[str]:
                          f"{g['tokens_per_s_without_captures']:.0f} tok/s without them; eagerly {e['tokens_per_s']:.0f}"
                          f" tok/s ({r['graphs_speedup']:.2f}x), step losses within "
                          f"{r['graphs_step_loss_rel_diff']['max']:.1e}")  # fmt: skip
+        if "ours_compiled" in r:
+            c = r["ours_compiled"]
+            lines.append(f"  compiled blocks: {c['tokens_per_s']:.0f} tok/s ({r['compiled_speedup']:.2f}x ours), step "
+                         f"losses within {r['compiled_step_loss_rel_diff']['max']:.1e}")  # fmt: skip
     for e in result.get("evaluate", []):
         for mode in ("today", "eager", "compiled"):
             paths = ", ".join(f"{k} {v['items_per_s']:.1f}" for k, v in e.get(mode, {}).items())
@@ -441,7 +471,9 @@ def main() -> None:
     p.add_argument("--methods", default="full,lora")
     p.add_argument("--lr", type=float, default=2e-6, help="the study's lr (full); LoRA runs use 100x")
     p.add_argument("--eval-items", type=int, default=512, help="items per evaluation path (0: skip evaluation)")
-    p.add_argument("--eval-paths", default="tokenprob,multiple_choice,generation,tokenprob_fixed,generation_fixed")
+    p.add_argument(
+        "--eval-paths", default="tokenprob,multiple_choice,generation,generation_auto,tokenprob_fixed,generation_fixed"
+    )
     p.add_argument("--eval-batch-sizes", default=f"{EVAL_BATCH},64", help="the study's 16, and a larger one")
     p.add_argument(
         "--trainer",
@@ -454,6 +486,11 @@ def main() -> None:
         type=int,
         default=graphs.MAX_TOKENS,
         help="finetune.cuda_graphs: the longest row replayed as a graph (ptft.finetune.graphs.MAX_TOKENS)",
+    )
+    p.add_argument(
+        "--finetune-compile",
+        action="store_true",
+        help="also run ours with finetune.compile: auto (compiled blocks, graphs where they apply), side by side",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None)
@@ -482,7 +519,8 @@ def main() -> None:
     for profile in filter(None, a.profiles.split(",")):
         for method in a.methods.split(","):
             lr = a.lr * (100 if method == "lora" else 1)
-            r = finetune_pair(base, profile, method, a.steps, a.warmup_steps, lr, a.seed, device, vocab, a.trainer)
+            r = finetune_pair(base, profile, method, a.steps, a.warmup_steps, lr, a.seed, device, vocab, a.trainer,
+                              a.finetune_compile)  # fmt: skip
             result["finetune"].append(r)
             print("\n".join(summary_lines(result)[2:]), flush=True)
             if a.out:  # what is done so far survives a run cut short

@@ -1,7 +1,7 @@
 """evaluate.compile: the compiled forward gives the eager scores and texts.
 
 On a GPU ``auto`` compiles; here (CPU) the test forces it, so that the paths that call the
-compiled forward (TokenProb, multiple choice with a shared context, the static decoder's prompt and
+compiled forward (TokenProb, multiple choice with its choices packed after the context, the static decoder's prompt and
 decode step) are traced by dynamo, and compared with eager. The backend is ``aot_eager``, dynamo's
 tracing and AOTAutograd without inductor's code generation (a minute on 2 cores), so what is checked
 is that every path traces and keeps its values; inductor's kernels are checked on the GPU
@@ -70,7 +70,9 @@ def test_compiled_scores_equal_eager_ones(models):
             assert pred.tolist() == ref_pred.tolist()
             np.testing.assert_allclose(got, ref, atol=1e-4)
         ref = score_multiple_choice(eager, tok, PROMPTS, CHOICES, 2)
-        got = score_multiple_choice(compiled, tok, PROMPTS, CHOICES, 2)
+        with pytest.MonkeyPatch.context() as mp:  # the GPU's path: choices packed after the context, compiled
+            mp.setattr("ptft.evaluate.multiple_choice.PACKED_DEVICES", ("cuda", "cpu"))
+            got = score_multiple_choice(compiled, tok, PROMPTS, CHOICES, 2)
     for a, b in zip(got, ref, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-4)
     ref = generate_greedy(eager, tok, PROMPTS, 10, "\n", 2, decoder="generate")

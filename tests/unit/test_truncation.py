@@ -95,3 +95,27 @@ def test_scorers_return_the_truncated_tokens_column(model_and_tokenizer):
     cfg = {"batch_size": 2, "classification": "tokenprob"}
     [result] = score_items(model, tok, NLI, items, prompts, cfg)
     assert result["truncated_tokens"][0] == 0 and result["truncated_tokens"][1] > 0
+
+
+def test_part_starts_find_the_tokens_the_offsets_give(model_and_tokenizer):
+    """part_start_tokens (the fast tokenizer's char_to_token) against its definition: the first token
+    whose offset is at or after the part's first character, read from the offset mapping. Starts
+    fall on words, on spaces and newlines before them, inside words and at the end."""
+    from ptft.data.prompts import Prompt
+    from ptft.evaluate.encoding import part_start_tokens
+
+    _, tok = model_and_tokenizer
+    rng = np.random.default_rng(0)
+    words = ["the", " dog", "\n\n", "Premise:", " ran", "é", "  ", "ball", ".", "\n", "Hypothèse", " 42"]
+    texts = []
+    for _ in range(40):
+        text = "".join(rng.choice(words, size=int(rng.integers(5, 40))))
+        starts = sorted(set(rng.integers(0, len(text) + 1, size=4).tolist()))
+        texts.append(Prompt(text, starts))
+    texts.append("a plain string has no parts")
+    got = part_start_tokens(tok, texts)
+    offsets = tok(texts, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    for text, spans, found in zip(texts, offsets, got, strict=True):
+        expected = [next((j for j, (a, _) in enumerate(spans) if a >= s), len(spans))
+                    for s in getattr(text, "part_starts", ())]  # fmt: skip
+        assert found == expected, (text, text.part_starts)

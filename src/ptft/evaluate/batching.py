@@ -18,6 +18,19 @@ def progress(total: int, desc: str) -> tqdm:
     return tqdm(total=total, desc=desc, unit="item", mininterval=PROGRESS_SECONDS, leave=False)
 
 
+def to_device(tensor: torch.Tensor, device) -> torch.Tensor:
+    """``tensor`` (on the CPU) on ``device``, without waiting for the work queued there.
+
+    A plain host-to-GPU copy waits until the GPU has finished everything queued before it, so a
+    scorer that builds its next batch while the GPU runs the last one would stall at every copy;
+    from pinned memory the copy is queued like a kernel instead. Scorers then read their results
+    back once, after the last batch.
+    """
+    if torch.device(device).type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:
     """Indices grouped into batches of similar length, longest first (fails early on memory)."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])

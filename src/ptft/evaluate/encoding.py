@@ -115,17 +115,15 @@ def fit_to_window(
     if not long:
         return ids, [0] * len(ids)
     prefix = bos_prefix_length(tokenizer, texts, add_bos)
-    offsets = tokenizer(
-        [texts[i] for i in long], add_special_tokens=False, return_offsets_mapping=True, return_attention_mask=False
-    )["offset_mapping"]
     out, cut = list(ids), [0] * len(ids)
-    for i, spans in zip(long, offsets, strict=True):
+    # A cut at the first character would keep everything: a prompt without a later part is cut as a plain string.
+    cuttable = [texts[i] if any(start > 0 for start in getattr(texts[i], "part_starts", ())) else str(texts[i])
+                for i in long]  # fmt: skip
+    for i, part_tokens in zip(long, part_start_tokens(tokenizer, cuttable), strict=True):
         head, body = ids[i][: prefix[i]], ids[i][prefix[i] :]
         room = max(0, limit - len(head))
         keep_from = len(body) - room  # plain left truncation
-        for start in sorted(getattr(texts[i], "part_starts", ())):
-            # The first token at or after the part's first character begins that part.
-            token = next((k for k, (a, _) in enumerate(spans) if a >= start), len(body))
+        for token in part_tokens:
             if token >= keep_from:
                 keep_from = token
                 break
@@ -135,3 +133,41 @@ def fit_to_window(
             out[i] = out[i][-limit:]
         cut[i] = len(ids[i]) - len(out[i])
     return out, cut
+
+
+def part_start_tokens(tokenizer, texts: Sequence[str]) -> list[list[int]]:
+    """Per text, for each part start (:attr:`ptft.data.prompts.Prompt.part_starts`, in order), the
+    index among its ids (:func:`encode_texts`) of the first token at or after that character; a
+    plain string has none.
+
+    The fast tokenizer's own encodings answer it (``char_to_token``) without building every
+    token's offsets as Python objects: for 512 prompts of 3,000 words that took longer than the
+    encoding itself.
+    """
+    out: list[list[int]] = [[] for _ in texts]
+    with_parts = [k for k, t in enumerate(texts) if getattr(t, "part_starts", ())]
+    if not with_parts:
+        return out
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:  # not a fast tokenizer: from the offsets (which need one; the error says so)
+        offsets = tokenizer([texts[k] for k in with_parts], add_special_tokens=False, return_offsets_mapping=True,
+                            return_attention_mask=False)["offset_mapping"]  # fmt: skip
+        for k, spans in zip(with_parts, offsets, strict=True):
+            out[k] = [next((j for j, (a, _) in enumerate(spans) if a >= start), len(spans))
+                      for start in sorted(texts[k].part_starts)]  # fmt: skip
+        return out
+    encodings = backend.encode_batch([str(texts[k]) for k in with_parts], add_special_tokens=False)
+    for k, enc in zip(with_parts, encodings, strict=True):
+        out[k] = [_first_token_from(enc, start, len(texts[k])) for start in sorted(texts[k].part_starts)]
+    return out
+
+
+def _first_token_from(enc, start: int, length: int) -> int:
+    """The first token of ``enc`` whose first character is at or after ``start`` (its token count if none)."""
+    for char in range(start, length):
+        token = enc.char_to_token(char)
+        if token is None:  # a character no token holds (whitespace the pre-tokenizer dropped)
+            continue
+        # A token that began before ``start`` (merged across it) is not in the part; the next one is.
+        return token if enc.token_to_chars(token)[0] >= start else token + 1
+    return len(enc.ids)

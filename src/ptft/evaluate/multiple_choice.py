@@ -56,9 +56,9 @@ from itertools import chain
 import numpy as np
 import torch
 
-from ptft.evaluate.batching import left_pad, length_sorted_batches, model_max_length, progress, right_pad
+from ptft.evaluate.batching import left_pad, length_sorted_batches, model_max_length, progress, right_pad, to_device
 from ptft.evaluate.encoding import bos_prefix_length, empty_context_split, encode_prompts, encode_texts
-from ptft.evaluate.forward import keeps_logits
+from ptft.evaluate.forward import forward, keeps_logits
 
 
 def _split_trailing_whitespace(context: str, continuation: str) -> tuple[str, str]:
@@ -205,7 +205,8 @@ def _select_cache_rows(cache, rows: torch.Tensor):
 
 
 def _shared_context_loglikelihoods(model, items: list[tuple[list[int], list[list[int]]]], pad_id: int, keep_ok: bool):
-    """Per item (context tokens, continuation token lists), each continuation's summed log-likelihood.
+    """Of items (context tokens, continuation token lists), each continuation's summed log-likelihood,
+    item after item (float64, on the model's device).
 
     The context runs once, left-padded (positions count real tokens only); the first token of
     every continuation is scored from its last position. The other continuation tokens run
@@ -240,9 +241,7 @@ def _shared_context_loglikelihoods(model, items: list[tuple[list[int], list[list
         ).logits
         tails = _summed_logprobs(logits, [0] * len(picked), [conts[r][1:] for r in picked])
         row_lp[torch.tensor(picked, device=device)] += tails
-    row_lp = row_lp.cpu().numpy()
-    bounds = np.cumsum([len(item_conts) for _, item_conts in items])[:-1]
-    return np.split(row_lp, bounds)
+    return row_lp
 
 
 # Attention implementations that take a 4D mask as given; the packed rows need one.
@@ -261,7 +260,9 @@ def _packed_loglikelihoods(model, items: list[tuple[list[int], list[list[int]]]]
     choice's earlier tokens only, and each sits at the position it has after the context alone, so
     the conditional probabilities are those of ``context + continuation``. Against a KV cache
     copied per choice, this saves the copies (a batch's context cache once per choice) and one
-    forward call per group of choice lengths.
+    forward call per group of choice lengths. The forward is the compiled one where evaluation
+    compiles (:mod:`ptft.evaluate.forward`), and nothing here waits for the GPU: the inputs are
+    copied from pinned memory (:func:`ptft.evaluate.batching.to_device`) and the sums stay on it.
     """
     device = model.device
     width_ctx = max(len(ctx) for ctx, _ in items)
@@ -283,7 +284,18 @@ def _packed_loglikelihoods(model, items: list[tuple[list[int], list[list[int]]]]
         ids.append(row_ids + [pad_id] * fill)
         pos.append(row_pos + [0] * fill)
         seg.append(row_seg + [-1] * fill)
-    seg = torch.tensor(seg, device=device)
+    first = width_ctx - 1
+    offset = first if keep_ok else 0
+    lens = torch.tensor([len(t) for t in targets])
+    n_conts = torch.tensor([len(conts) for _, conts in items])
+    rows = torch.repeat_interleave(torch.repeat_interleave(torch.arange(len(items)), n_conts), lens)
+    owner = torch.repeat_interleave(torch.arange(len(targets)), lens)
+    flat_cols = torch.tensor(list(chain.from_iterable(cols))) - offset
+    flat_targets = torch.tensor(list(chain.from_iterable(targets)))
+    ids, pos, seg, rows, owner, flat_cols, flat_targets = (
+        to_device(t if isinstance(t, torch.Tensor) else torch.tensor(t), device)
+        for t in (ids, pos, seg, rows, owner, flat_cols, flat_targets)
+    )
     order = torch.arange(width, device=device)
     same = (seg[:, None, :] == 0) | (seg[:, None, :] == seg[:, :, None])
     real = seg >= 0
@@ -291,21 +303,10 @@ def _packed_loglikelihoods(model, items: list[tuple[list[int], list[list[int]]]]
     visible |= torch.eye(width, dtype=torch.bool, device=device)  # padding sees itself: no empty softmax
     dtype = next(model.parameters()).dtype
     mask = torch.zeros(visible.shape, dtype=dtype, device=device).masked_fill_(~visible, torch.finfo(dtype).min)
-    first = width_ctx - 1
     kwargs = {"logits_to_keep": width - first} if keep_ok else {}
-    logits = model(input_ids=torch.tensor(ids, device=device), attention_mask=mask[:, None],
-                   position_ids=torch.tensor(pos, device=device), **kwargs).logits  # fmt: skip
-    offset = first if keep_ok else 0
-    n_conts = [len(conts) for _, conts in items]
-    row_of = torch.repeat_interleave(torch.arange(len(items)), torch.tensor(n_conts))
-    lens = torch.tensor([len(t) for t in targets])
-    rows = torch.repeat_interleave(row_of, lens).to(device)
-    flat_cols = torch.tensor(list(chain.from_iterable(cols)), device=device) - offset
-    flat_targets = torch.tensor(list(chain.from_iterable(targets)), device=device)
+    logits = forward(model)(input_ids=ids, attention_mask=mask[:, None], position_ids=pos, **kwargs).logits
     token_lp = torch.log_softmax(logits[rows, flat_cols].float(), dim=-1).gather(-1, flat_targets[:, None])[:, 0]
-    owner = torch.repeat_interleave(torch.arange(len(targets)), lens).to(device)
-    sums = torch.zeros(len(targets), dtype=torch.float64, device=device).index_add_(0, owner, token_lp.double())
-    return np.split(sums.cpu().numpy(), np.cumsum(n_conts)[:-1])
+    return torch.zeros(len(targets), dtype=torch.float64, device=device).index_add_(0, owner, token_lp.double())
 
 
 @torch.no_grad()
@@ -352,13 +353,17 @@ def score_multiple_choice(
               and model.device.type in PACKED_DEVICES)  # fmt: skip
     shared = partial(_packed_loglikelihoods if packed else _shared_context_loglikelihoods, model)
     fitting = [i for i, ok in enumerate(fits) if ok]
+    done, sums = [], []  # read back once at the end: the GPU runs a batch while the next one is built
     with progress(len(fitting), "multiple choice") as bar:
         for batch in length_sorted_batches([len(items[i][0]) for i in fitting], batch_size):
             picked = [fitting[j] for j in batch]
-            scored = shared([items[i] for i in picked], pad_id, keep_ok)
-            for i, lls in zip(picked, scored, strict=True):
-                out[i] = lls
+            sums.append(shared([items[i] for i in picked], pad_id, keep_ok))
+            done += picked
             bar.update(len(batch))
+    if done:
+        flat = torch.cat(sums).cpu().numpy()
+        for i, lls in zip(done, np.split(flat, np.cumsum([len(choices[i]) for i in done])[:-1]), strict=True):
+            out[i] = lls
     long = [i for i, ok in enumerate(fits) if not ok and choices[i]]
     if long:
         flat = continuation_loglikelihoods(

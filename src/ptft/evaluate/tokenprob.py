@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ptft.evaluate.batching import context_limit, progress, right_pad
+from ptft.evaluate.batching import context_limit, progress, right_pad, to_device
 from ptft.evaluate.encoding import encode_prompts, fit_to_window
 from ptft.evaluate.forward import forward, keeps_logits
 from ptft.evaluate.prefix import expanded, prefix_batches
@@ -58,14 +58,17 @@ def score_token_prob(
         tokenizer, prompts, encode_prompts(tokenizer, prompts, add_bos), context_limit(model), add_bos
     )
     scores = np.zeros((len(prompts), len(labels)), dtype=np.float64)
+    done, per_batch = [], []  # read back once at the end: the GPU runs a batch while the next one is built
     with progress(len(prompts), "TokenProb") as bar:
         for shared, cache, batch in prefix_batches(model, encoded, batch_size, shared_prefix):
             past = expanded(model, cache, len(batch)) if cache is not None else None
             logits = last_logits(model, [encoded[i][shared:] for i in batch], tokenizer.pad_token_id, past).float()
             logp = torch.log_softmax(logits, dim=-1)
-            per_label = torch.stack([logp[:, ids].max(dim=-1).values for ids in sets], dim=-1)
-            scores[batch] = per_label.double().cpu().numpy()
+            per_batch.append(torch.stack([logp[:, ids].max(dim=-1).values for ids in sets], dim=-1).double())
+            done += batch
             bar.update(len(batch))
+    if done:
+        scores[done] = torch.cat(per_batch).cpu().numpy()
     if return_truncated:
         return scores.argmax(axis=1), scores, cut
     return scores.argmax(axis=1), scores
@@ -81,15 +84,16 @@ def last_logits(model, seqs: Sequence[Sequence[int]], pad_id: int | None, past=N
     positions, shared by the rows; at most one per row).
     """
     ids, mask = right_pad(seqs, pad_id if pad_id is not None else 0)
-    last = (mask.sum(-1) - 1).to(model.device)
-    rows = torch.arange(len(seqs), device=model.device)
+    device = model.device
+    last = mask.sum(-1) - 1
+    rows = to_device(torch.arange(len(seqs)), device)
     # A cache is passed only where there is one: a model given past_key_values=None still builds one.
     cached = {"past_key_values": past, "use_cache": True} if past is not None else {}
     if not keeps_logits(model):
-        return model(input_ids=ids.to(model.device), **cached).logits[rows, last]
-    keep = torch.unique(last)  # sorted
+        return model(input_ids=to_device(ids, device), **cached).logits[rows, to_device(last, device)]
+    keep = torch.unique(last)  # sorted; on the CPU, where finding it does not wait for the GPU
     # A forward from a prefix's cache runs eagerly: compiled, dynamo specialised on the cache's length
     # and recompiled for every group (a minute each on one H200).
     run = forward(model) if past is None else model
-    logits = run(input_ids=ids.to(model.device), logits_to_keep=keep, **cached).logits
-    return logits[rows, torch.searchsorted(keep, last)]
+    logits = run(input_ids=to_device(ids, device), logits_to_keep=to_device(keep, device), **cached).logits
+    return logits[rows, to_device(torch.searchsorted(keep, last), device)]

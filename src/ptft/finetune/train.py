@@ -45,7 +45,7 @@ from tqdm import tqdm
 from ptft import io, provenance, signals
 from ptft.checkpoints.load import load_pretrained
 from ptft.data.registry import get_dataset
-from ptft.finetune import graphs, heads, optim, probes, sharded, snapshots, state
+from ptft.finetune import compiled, graphs, heads, optim, probes, sharded, snapshots, state
 from ptft.finetune.batching import (
     collate,
     collate_padded,
@@ -344,6 +344,13 @@ def train_loop(
                 graphed = graphs.Graphs(model, trainable, pad_id, desc)
             elif cfg.get("cuda_graphs") is True:
                 raise ValueError(f"{desc}: finetune.cuda_graphs is true, but {why}; set it to auto or false")
+
+        if compiled.wanted(cfg, device):
+            why = compiled.eligible(model, cfg, w.sharded)
+            if why is None:
+                cleanup.enter_context(compiled.compiled_blocks(model, desc))
+            elif cfg.get("compile") is True:
+                raise ValueError(f"{desc}: finetune.compile is true, but {why}; set it to auto or false")
 
         def probe(at_step: int) -> None:
             # Probe time is kept out of the wall time, so tokens/s is the training's own.
