@@ -1,4 +1,5 @@
-"""finetune.compile (ptft.finetune.compiled): training through compiled blocks is the eager training.
+"""finetune.compile (ptft.finetune.compiled): training through compiled blocks and the compiled AdamW
+step is the eager training.
 
 On a CPU the backend is ``aot_eager`` (dynamo's tracing and AOTAutograd's forward and backward
 graphs, without inductor's code generation), so what is checked is that every block traces, trains
@@ -14,7 +15,7 @@ from test_cuda_graphs import examples
 
 from ptft.checkpoints.load import load_pretrained
 from ptft.finetune import compiled
-from ptft.finetune.train import train_loop
+from ptft.finetune.train import clip_coefficient, clip_gradients, train_loop
 
 CFG = {"epochs": 1, "batch_size": 4, "grad_accum": 2, "warmup_ratio": 0.1, "weight_decay": 0.01, "max_steps": 4,
        "save_every": 100, "precision": "fp32", "max_grad_norm": 1.0}  # fmt: skip
@@ -53,7 +54,11 @@ def test_compiled_blocks_train_as_the_eager_ones(tiny_model_dir, aot_eager, monk
     calls = []
     real = torch.nn.Module.compile
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: calls.append(self) or real(self, **kw))
+    steps = []
+    real_step = compiled.AdamWStep.step
+    monkeypatch.setattr(compiled.AdamWStep, "step", lambda self, *a, **k: steps.append(a) or real_step(self, *a, **k))
     got = train_loop(compiled_model, data, {**cfg, "compile": True}, 1e-3, 0, tok.pad_token_id)
+    assert len(steps) == CFG["max_steps"] and min(coef for (coef,) in steps) < 1  # it did the steps, and clipped
     layers = list(compiled_model.model.layers)
     assert calls == layers
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # traced, not run eagerly
@@ -69,3 +74,44 @@ def test_compile_true_where_the_run_cannot_stops_naming_the_key(tiny_model_dir):
     cfg = {**CFG, "batching": "grouped", "compile": True, "gradient_checkpointing": True}
     with pytest.raises(ValueError, match=r"finetune.compile is true, but gradient checkpointing is on"):
         train_loop(model, examples(model.config.vocab_size, 8), cfg, 1e-3, 0, tok.pad_token_id)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_the_compiled_adamw_step_is_torchs_adamw_after_clipping(aot_eager, fused):
+    """Clipping then AdamW (PyTorch's, single-tensor and fused) against the compiled step with the
+    clipping coefficient inside, over steps that clip and steps that do not; then the state, saved
+    by one, resumes in the other."""
+    torch.manual_seed(0)
+    shapes = [(7, 5), (5,), (3, 4, 2)]
+    ref = [torch.randn(s, requires_grad=True) for s in shapes]
+    ours = [p.detach().clone().requires_grad_() for p in ref]
+    kw = {"lr": 3e-2, "betas": (0.8, 0.95), "eps": 1e-6, "weight_decay": 0.1, "fused": fused}
+    ref_opt, our_opt = torch.optim.AdamW(ref, **kw), torch.optim.AdamW(ours, **kw)
+    assert compiled.AdamWStep.usable(our_opt) and not compiled.AdamWStep.usable(torch.optim.AdamW(ours, amsgrad=True))
+    stepper = compiled.AdamWStep(our_opt)
+    for step, scale in enumerate([5.0, 0.01, 3.0, 0.02]):  # gradient norms above and below max_norm 1
+        grads = [torch.randn(s) * scale for s in shapes]
+        for p, q, g in zip(ref, ours, grads, strict=True):
+            p.grad, q.grad = g.clone(), g.clone()
+        for group in (*ref_opt.param_groups, *our_opt.param_groups):
+            group["lr"] = 3e-2 / (step + 1)  # a schedule: lr changes without a recompile
+        norm = clip_gradients(ref, 1.0)
+        ref_opt.step()
+        stepper.step(clip_coefficient(norm, 1.0), zero_grads=step % 2 == 0)
+        for p, q in zip(ref, ours, strict=True):
+            torch.testing.assert_close(q, p, rtol=1e-6, atol=1e-7)
+            assert (q.grad == 0).all() == (step % 2 == 0)
+    for p, q in zip(ref, ours, strict=True):
+        for key in ("exp_avg", "exp_avg_sq", "step"):
+            torch.testing.assert_close(our_opt.state[q][key], ref_opt.state[p][key], rtol=1e-6, atol=1e-9)
+    # Resume across paths: torch's optimizer on our state, our step on torch's.
+    swapped_ref, swapped_ours = torch.optim.AdamW(ours, **kw), torch.optim.AdamW(ref, **kw)
+    swapped_ref.load_state_dict(our_opt.state_dict())
+    swapped_ours.load_state_dict(ref_opt.state_dict())
+    grads = [torch.randn(s) for s in shapes]
+    for p, q, g in zip(ref, ours, grads, strict=True):
+        p.grad, q.grad = g.clone(), g.clone()
+    swapped_ref.step()  # on ours
+    compiled.AdamWStep(swapped_ours).step(1.0, zero_grads=False)  # on ref
+    for p, q in zip(ref, ours, strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)

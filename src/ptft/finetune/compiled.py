@@ -1,4 +1,6 @@
-"""The model's repeated blocks compiled one by one for the training loop (``finetune.compile``).
+"""The training loop compiled (``finetune.compile``): the model's repeated blocks, and AdamW's step.
+
+**The blocks.**
 
 Eagerly on a GPU, a step's forward and backward spend about as long in elementwise kernels (norms,
 rotary embeddings, activations, the autocast casts, each reading and writing the activations) as
@@ -10,9 +12,21 @@ reuses its code for all of them ("regional compilation"), with dynamic lengths a
 shape. Compiled kernels replay under CUDA graphs (:mod:`ptft.finetune.graphs`) like eager ones.
 
 The blocks are compiled for the loop only: validation, snapshots and the saved model are the
-eager model's. ``auto`` compiles on a GPU; ``true`` compiles anywhere (a CPU gains little); runs
-that cannot (sharded, gradient checkpointing, a model without named blocks) train eagerly, or stop
-with ``true``.
+eager model's.
+
+**The optimizer step** (:class:`AdamWStep`). After the backward, PyTorch's own path makes three
+passes over every parameter's memory: clipping scales the gradients, fused AdamW reads parameter,
+gradient and both moments and writes three of them back, and zeroing writes the gradients (with
+CUDA graphs they are zeroed, not freed). On an H200 that was 2.8 + 12 + 1.8 ms of a 38 ms
+MNLI-length OLMo-1B step. Here the clipping coefficient is applied inside the update and the
+zeroing after it, in one compiled function over all parameters, so inductor makes one pass: 32
+bytes a parameter instead of 44. The arithmetic is PyTorch's AdamW (decoupled weight decay, bias
+corrections, ``eps`` outside the square root), and the state is the AdamW optimizer's own, so a
+state saved by either path resumes on the other.
+
+``auto`` compiles on a GPU; ``true`` compiles anywhere (a CPU gains little); runs that cannot
+(sharded, gradient checkpointing, a model without named blocks) train eagerly, or stop with
+``true``. The step is compiled where the optimizer is AdamW.
 """
 
 from __future__ import annotations
@@ -67,3 +81,72 @@ def compiled_blocks(model, desc: str):
     finally:
         for block in found:
             block._compiled_call_impl = None  # what nn.Module.compile set: calls go to the eager forward again
+
+
+def _adamw(params, grads, exp_avgs, exp_avg_sqs, scalars, beta1: float, beta2: float, eps: float, wd: float,
+           zero_grads: bool):  # fmt: skip
+    """One AdamW update of every tensor on its gradient times ``coef``; ``scalars``: (lr, coef,
+    lr / bias correction 1, sqrt of bias correction 2), a device tensor, so that their values
+    change without recompiling."""
+    lr, coef, step_size, bc2_sqrt = scalars.unbind()
+    clipped = torch._foreach_mul(grads, coef)
+    if wd:
+        torch._foreach_mul_(params, 1 - lr * wd)
+    torch._foreach_lerp_(exp_avgs, clipped, 1 - beta1)
+    torch._foreach_mul_(exp_avg_sqs, beta2)
+    torch._foreach_addcmul_(exp_avg_sqs, clipped, clipped, 1 - beta2)
+    denom = torch._foreach_sqrt(exp_avg_sqs)
+    torch._foreach_div_(denom, bc2_sqrt)
+    torch._foreach_add_(denom, eps)
+    update = torch._foreach_div(exp_avgs, denom)
+    torch._foreach_mul_(update, step_size)
+    torch._foreach_sub_(params, update)
+    if zero_grads:
+        torch._foreach_zero_(grads)
+
+
+class AdamWStep:
+    """``opt.step()`` of a ``torch.optim.AdamW`` on gradients scaled by the clipping coefficient, and
+    optionally the gradients zeroed, compiled as one function (the module's docstring)."""
+
+    def __init__(self, opt: torch.optim.Optimizer):
+        self.opt = opt
+        self.update = torch.compile(_adamw, backend=BACKEND, dynamic=False)
+        self.steps: int | None = None  # the optimizer's step count, read from its state once
+
+    @staticmethod
+    def usable(opt) -> bool:
+        defaults = opt.defaults
+        return type(opt) is torch.optim.AdamW and not (defaults.get("amsgrad") or defaults.get("maximize"))
+
+    def _state(self, p: torch.Tensor, group: dict) -> dict:
+        state = self.opt.state[p]
+        if not state:  # as AdamW starts it: the step on the parameter's device where the kernel is fused
+            on = p.device if group.get("fused") or group.get("capturable") else "cpu"
+            state["step"] = torch.tensor(0.0, dtype=torch.float32, device=on)
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        return state
+
+    @torch.no_grad()
+    def step(self, coef: float, zero_grads: bool) -> None:
+        """Update every parameter with a gradient, on ``coef`` × its gradient."""
+        for group in self.opt.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            states = [self._state(p, group) for p in params]
+            if self.steps is None:  # one read of the saved count (a resumed run's), then counted here
+                self.steps = int(states[0]["step"])
+            t = self.steps + 1
+            beta1, beta2 = group["betas"]
+            lr = float(group["lr"])
+            scalars = torch.tensor([lr, coef, lr / (1 - beta1**t), (1 - beta2**t) ** 0.5], dtype=torch.float32)
+            if params[0].is_cuda:
+                scalars = scalars.pin_memory()
+            scalars = scalars.to(params[0].device, non_blocking=True)
+            self.update(params, [p.grad for p in params], [s["exp_avg"] for s in states],
+                        [s["exp_avg_sq"] for s in states], scalars, beta1, beta2, group["eps"],
+                        group["weight_decay"], zero_grads)  # fmt: skip
+            torch._foreach_add_([s["step"] for s in states], 1.0)
+        self.steps = (self.steps or 0) + 1

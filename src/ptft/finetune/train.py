@@ -79,12 +79,22 @@ def count_steps(n_examples: int, cfg: dict) -> int:
     return min(steps, cfg.get("max_steps") or steps)
 
 
+def gradient_norm(params: list[torch.Tensor]) -> torch.Tensor:
+    """The total L2 norm of the gradients (of the whole model, where it is sharded)."""
+    return sharded.full_norm(torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]))
+
+
+def clip_coefficient(norm: float, max_norm: float) -> float:
+    """What ``clip_grad_norm_`` multiplies the gradients by: ``max_norm / (norm + 1e-6)``, at most 1."""
+    return min(1.0, max_norm / (norm + 1e-6))
+
+
 def clip_gradients(params: list[torch.Tensor], max_norm: float) -> float:
     """``clip_grad_norm_`` that skips the rescaling pass over every gradient when it would be
     a multiplication by 1 (the usual case after warmup); returns the norm before clipping."""
-    norm = sharded.full_norm(torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]))
+    norm = gradient_norm(params)
     value = float(norm)
-    if max_norm / (value + 1e-6) < 1:
+    if clip_coefficient(value, max_norm) < 1:
         torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
     return value
 
@@ -345,10 +355,12 @@ def train_loop(
             elif cfg.get("cuda_graphs") is True:
                 raise ValueError(f"{desc}: finetune.cuda_graphs is true, but {why}; set it to auto or false")
 
+        stepper = None  # the compiled AdamW step, which also clips (and zeroes where graphs keep the gradients)
         if compiled.wanted(cfg, device):
             why = compiled.eligible(model, cfg, w.sharded)
             if why is None:
                 cleanup.enter_context(compiled.compiled_blocks(model, desc))
+                stepper = compiled.AdamWStep(opt) if compiled.AdamWStep.usable(opt) else None
             elif cfg.get("compile") is True:
                 raise ValueError(f"{desc}: finetune.compile is true, but {why}; set it to auto or false")
 
@@ -406,7 +418,10 @@ def train_loop(
             loss_sum, n_tokens = sharded.all_sum([loss_sum, n_tokens], device)
             if kept is not None:
                 kept.settle()
-            grad_norm = clip_gradients(trainable, cfg["max_grad_norm"])
+            if stepper is None:
+                grad_norm = clip_gradients(trainable, cfg["max_grad_norm"])
+            else:  # the compiled step applies the clipping coefficient itself
+                grad_norm = float(gradient_norm(trainable))
             if not (math.isfinite(loss_sum) and math.isfinite(grad_norm)):
                 message = (f"{desc}, lr {lr:g}, seed {seed}: the loss is {loss_sum} and the gradient norm "
                            f"{grad_norm} at optimizer step {step + 1} of {total_steps}; training diverged and stopped "
@@ -414,10 +429,13 @@ def train_loop(
                            f"the data.")  # fmt: skip
                 result = LoopResult(progress, total_steps, batching, fast, untargeted)
                 raise Diverged(message, step + 1, loss_sum, grad_norm, result)
-            opt.step()
+            if stepper is None:
+                opt.step()
+            else:
+                stepper.step(clip_coefficient(grad_norm, cfg["max_grad_norm"]), zero_grads=graphed is not None)
             if kept is not None:
                 kept.zero_grad(opt)
-            else:  # graphs add into the gradients' memory: it is zeroed, not freed
+            elif stepper is None or graphed is None:  # graphs add into the gradients' memory: zeroed, not freed
                 opt.zero_grad(set_to_none=graphed is None)
             step += 1
 
