@@ -102,7 +102,10 @@ def _adamw(params, grads, exp_avgs, exp_avg_sqs, scalars, beta1: float, beta2: f
     torch._foreach_mul_(update, step_size)
     torch._foreach_sub_(params, update)
     if zero_grads:
-        torch._foreach_zero_(grads)
+        # One zero_ per tensor, not _foreach_zero_: inductor has no lowering for the latter and would
+        # allocate zeros and copy them over (three passes); these fuse into the update's one.
+        for grad in grads:
+            grad.zero_()
 
 
 class AdamWStep:
