@@ -11,7 +11,7 @@ import copy
 
 import pytest
 import torch
-from test_cuda_graphs import examples, trained
+from test_cuda_graphs import assert_trains_alike, examples, tiny_olmo_on_gpu, trained
 
 from ptft.checkpoints.load import load_pretrained
 from ptft.finetune import compiled
@@ -121,19 +121,12 @@ def test_the_compiled_adamw_step_is_torchs_adamw_after_clipping(aot_eager, fused
 def test_compiled_blocks_and_step_under_graphs_train_as_eager_on_a_gpu(tiny_model_dir, monkeypatch):
     """bf16 on a GPU with inductor: compiled blocks captured in CUDA graphs, and the compiled AdamW
     step, follow the eager loop step by step (bf16 rounding apart)."""
-    from transformers import OlmoConfig, OlmoForCausalLM
-
     tok = load_pretrained(tiny_model_dir)[1]
-    torch.manual_seed(0)
-    model = OlmoForCausalLM(OlmoConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=256, num_hidden_layers=2,
-                                       num_attention_heads=4, pad_token_id=tok.pad_token_id,
-                                       attn_implementation="sdpa")).cuda()  # fmt: skip
+    model = tiny_olmo_on_gpu(tok)
     data = examples(model.config.vocab_size, 64, lo=20, hi=120)
     cfg = {**CFG, "precision": "bf16", "batching": "packed", "grad_accum": 1, "max_steps": 16}
     m0, m1 = copy.deepcopy(model), copy.deepcopy(model)
     eager, _ = trained(m0, data, cfg, tok, monkeypatch)
     got, made = trained(m1, data, {**cfg, "cuda_graphs": True, "compile": "auto"}, tok, monkeypatch)
     assert len(made) == 1 and not made[0].off and made[0].replayed >= 1
-    torch.testing.assert_close(torch.tensor(got), torch.tensor(eager), rtol=2e-2, atol=0)
-    for (name, p), q in zip(m1.named_parameters(), m0.parameters(), strict=True):
-        torch.testing.assert_close(p, q, rtol=0, atol=5e-3, msg=name)
+    assert_trains_alike(got, eager, m1, m0)

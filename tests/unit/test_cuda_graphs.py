@@ -115,13 +115,8 @@ def test_graph_replayed_training_matches_eager_training_on_a_gpu(tiny_model_dir,
 
     OLMo's architecture, whose 1B model captured on an H200; the tiny LLaMA of the other tests copies
     a CPU tensor inside its forward, which a capture refuses (graphs then switch off)."""
-    from transformers import OlmoConfig, OlmoForCausalLM
-
     tok = load_pretrained(tiny_model_dir)[1]
-    torch.manual_seed(0)
-    model = OlmoForCausalLM(OlmoConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=256, num_hidden_layers=2,
-                                       num_attention_heads=4, pad_token_id=tok.pad_token_id,
-                                       attn_implementation="sdpa")).cuda()  # fmt: skip
+    model = tiny_olmo_on_gpu(tok)
     data = examples(model.config.vocab_size, 64, lo=20, hi=120)
     cfg = {**CFG, "max_steps": 16}
     m0, m1 = copy.deepcopy(model), copy.deepcopy(model)
@@ -130,6 +125,21 @@ def test_graph_replayed_training_matches_eager_training_on_a_gpu(tiny_model_dir,
     assert not made0 and len(made1) == 1
     g = made1[0]
     assert not g.off and g.captured >= 1 and g.replayed >= 1 and g.captured + g.replayed == 16
-    torch.testing.assert_close(torch.tensor(graphed), torch.tensor(eager), rtol=2e-2, atol=0)
-    for (name, p), q in zip(m1.named_parameters(), m0.parameters(), strict=True):
+    assert_trains_alike(graphed, eager, m1, m0)
+
+
+def tiny_olmo_on_gpu(tok):
+    """OLMo's architecture, tiny, on the GPU, attending with SDPA (hence ptft's packed attention)."""
+    from transformers import OlmoConfig, OlmoForCausalLM
+
+    torch.manual_seed(0)
+    return OlmoForCausalLM(OlmoConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=256, num_hidden_layers=2,
+                                      num_attention_heads=4, pad_token_id=tok.pad_token_id,
+                                      attn_implementation="sdpa")).cuda()  # fmt: skip
+
+
+def assert_trains_alike(losses, ref_losses, model, ref_model):
+    """bf16 training on a GPU: the same step losses (bf16 rounding apart) and weights as close as bf16 allows."""
+    torch.testing.assert_close(torch.tensor(losses), torch.tensor(ref_losses), rtol=2e-2, atol=0)
+    for (name, p), q in zip(model.named_parameters(), ref_model.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=0, atol=5e-3, msg=name)
