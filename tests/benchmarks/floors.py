@@ -15,7 +15,8 @@ Each figure is measured on the machine, the same day as the benchmark it bounds,
   under bf16 autocast, eager and compiled, against 6·N·tokens over the matmul peak;
 - **prefill**: one bf16 forward of a batch of prompts (TokenProb's 4-shot MNLI-like length and
   generation's 4-shot XSum-like length at the window), only the last position projected to the
-  vocabulary, compiled; against 2·N·tokens (plus attention) over the matmul peak;
+  vocabulary, compiled; against 2·N·tokens (plus attention) over the matmul peak; with the
+  attention evaluation runs (:mod:`ptft.evaluate.causal_attention`) and, for comparison, stock SDPA;
 - **decode step**: one bf16 token for every row of a batch against a static KV cache at the
   window's length, compiled into a CUDA graph; against the weights' and the cache's bytes over
   the bandwidth.
@@ -34,6 +35,8 @@ import sys
 import torch
 from bench_gpu import SIZES, build_model, timed
 from report import emit
+
+from ptft.evaluate import causal_attention
 
 DTYPE = torch.bfloat16
 
@@ -98,10 +101,18 @@ def parameters(model) -> int:
 
 
 def prefill(model, batch: int, length: int, vocab: int, repeat: int, peak_tflops: float) -> dict:
+    """Timed with the attention evaluation uses (:mod:`ptft.evaluate.causal_attention`) and with
+    stock SDPA, which on some transformers builds a causal mask while compiled."""
     device = next(model.parameters()).device
     ids = torch.randint(10, vocab, (batch, length), device=device)
-    forward = torch.compile(model, dynamic=False)
-    s = median_seconds(lambda: forward(input_ids=ids, use_cache=False, logits_to_keep=1), repeat)
+    ms = {}
+    for attention in ("sdpa", causal_attention.NAME):
+        model.set_attn_implementation(attention)
+        torch._dynamo.reset()
+        forward = torch.compile(model, dynamic=False)
+        run = lambda f=forward: f(input_ids=ids, use_cache=False, logits_to_keep=1)  # noqa: E731
+        ms[attention] = 1e3 * median_seconds(run, repeat)
+    s = ms[causal_attention.NAME] / 1e3
     cfg = model.config
     # Matmuls of the layers (2 FLOPs a weight a token; the embedding is a lookup) plus causal attention
     # (QK^T and AV: 2 · 2 · length² / 2 · hidden a layer a row), and the last position's projection.
@@ -109,7 +120,7 @@ def prefill(model, batch: int, length: int, vocab: int, repeat: int, peak_tflops
     flops = 2 * body * batch * length + 2 * cfg.num_hidden_layers * cfg.hidden_size * length**2 * batch
     flops += 2 * cfg.vocab_size * cfg.hidden_size * batch
     floor = flops / (peak_tflops * 1e12)
-    return {"batch": batch, "length": length, "ms": 1e3 * s, "items_per_s": batch / s,
+    return {"batch": batch, "length": length, "ms": 1e3 * s, "items_per_s": batch / s, "ms_by_attention": ms,
             "arithmetic_floor_ms": 1e3 * floor, "fraction_of_floor": floor / s}  # fmt: skip
 
 

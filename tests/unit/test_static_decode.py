@@ -40,6 +40,48 @@ def test_static_decoder_gives_generates_texts(peaked, stop, batch_size):
     assert len({t for t in ref if t}) >= 3  # the texts differ: the rows are not all the same
 
 
+def reference(model, seqs, max_new_tokens):
+    """Each sequence's greedy new tokens, by the whole forward of the sequence so far at every step."""
+    out = []
+    for seq in seqs:
+        new = []
+        for _ in range(max_new_tokens):
+            new.append(int(model(input_ids=torch.tensor([seq + new])).logits[0, -1].argmax()))
+        out.append(new)
+    return out
+
+
+@pytest.mark.parametrize(
+    "seqs",
+    [[[5], [9]], [[5], [7, 8, 9, 10, 11, 12]], [[3, 4], [7, 8, 9]]],
+    ids=["one-token prompts", "one-token prompt among longer", "short"],
+)
+def test_the_first_decode_step_runs_each_prompts_last_token(peaked, seqs):
+    model, tok = peaked
+    batch = left_pad(seqs, tok.pad_token_id)
+    args = (batch["input_ids"], batch["attention_mask"], batch["position_ids"])
+    with torch.no_grad():
+        new = StaticDecoder(model, [], tok.pad_token_id)(*args, max_new_tokens=6)
+        assert new.tolist() == reference(model, seqs, 6)
+
+
+def test_a_prefix_of_all_but_the_last_token_runs_no_prompt_forward(peaked):
+    from transformers import DynamicCache
+
+    from ptft.evaluate.generate import behind
+    from ptft.evaluate.prefix import expanded
+
+    model, tok = peaked
+    prefix = [4, 5, 6, 7, 8, 9]
+    with torch.no_grad():
+        cache = DynamicCache(config=model.config)
+        model(input_ids=torch.tensor([prefix]), past_key_values=cache, use_cache=True)
+        inputs = behind(prefix, left_pad([[11], [12]], tok.pad_token_id))
+        args = (inputs["input_ids"], inputs["attention_mask"], inputs["position_ids"])
+        new = StaticDecoder(model, [], tok.pad_token_id)(*args, max_new_tokens=5, past=expanded(model, cache, 2))
+        assert new.tolist() == reference(model, [prefix + [11], prefix + [12]], 5)
+
+
 def test_rows_after_a_stop_are_padding_and_the_loop_ends_early(peaked):
     model, tok = peaked
     batch = left_pad([tok.encode("the fox is quick . the owl"), tok.encode("anna has")], tok.pad_token_id)

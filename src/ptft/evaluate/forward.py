@@ -17,6 +17,8 @@ import inspect
 
 import torch
 
+from ptft.evaluate.causal_attention import use_causal_attention
+
 COMPILE = ("auto", True, False)
 # torch.compile's backend: a test swaps in "aot_eager" (dynamo's tracing without code generation).
 BACKEND = "inductor"
@@ -47,6 +49,7 @@ def forward(model):
         return model
     compiled = model.__dict__.get("_ptft_compiled")
     if compiled is None:
+        use_causal_attention(model)  # unpadded or right-padded rows run SDPA's flash kernel (its module says why)
         compiled = compile_fn(model, dynamic=True)
         # Past nn.Module's __setattr__: registered, the compiled module would be a submodule of its
         # own model (state_dict, .to() and .modules() would recurse); a plain cycle is collected.

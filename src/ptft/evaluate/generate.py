@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from ptft.evaluate.batching import context_limit, left_pad, model_max_length, progress
+from ptft.evaluate.causal_attention import use_causal_attention
 from ptft.evaluate.encoding import encode_prompts, fit_to_window
 from ptft.evaluate.forward import compile_fn, compiling, keeps_logits, spans_devices
 from ptft.evaluate.prefix import expanded, prefix_batches
@@ -250,6 +251,7 @@ class StaticDecoder:
         self.keep = {"logits_to_keep": 1} if keeps_logits(model) else {}
         self.step, self.prefill = self._step, self._prefill
         if compiling(model):
+            use_causal_attention(model)  # the prompts' forward runs SDPA's flash kernel (its module says why)
             # A graph per (rows, cache bucket): more than dynamo's default of 8 in one evaluation.
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
             self.step = compile_fn(self._step, dynamic=False, graphs=True)
@@ -257,19 +259,18 @@ class StaticDecoder:
             # separate kernels); compiled, one graph serves every batch shape.
             self.prefill = compile_fn(self._prefill, dynamic=True)
 
-    def _prefill(self, input_ids, attention_mask, position_ids, past=None):
-        """The prompt's forward into a dynamic cache: its attention is causal over the prompt alone (a
-        static cache's would run over the whole cache length with a mask, at a third of the speed).
-        With ``past`` (a shared prefix's cache), only the ids past its length run."""
+    def _prefill(self, input_ids, position_ids, attention_mask=None, past=None):
+        """The cache of the prompts' forward (a dynamic one: its attention is causal over the prompt
+        alone, where a static cache's would run over the whole cache length with a mask, at a third of
+        the speed). With ``past`` (a shared prefix's cache), only the ids past its length run."""
         from transformers import DynamicCache
 
         if past is None:
             past = DynamicCache(config=self.model.config)
         done = past.get_seq_length()
-        logits = self.model(input_ids=input_ids[:, done:], attention_mask=attention_mask,
-                            position_ids=position_ids[:, done:], past_key_values=past, use_cache=True,
-                            **self.keep).logits  # fmt: skip
-        return logits[:, -1].argmax(-1), past
+        self.model(input_ids=input_ids[:, done:], attention_mask=attention_mask, position_ids=position_ids[:, done:],
+                   past_key_values=past, use_cache=True, **self.keep)  # fmt: skip
+        return past
 
     def _step(self, token, position, cache_position, mask, cache):
         logits = self.model(input_ids=token, position_ids=position, cache_position=cache_position,
@@ -294,28 +295,53 @@ class StaticDecoder:
         device = input_ids.device
         length = cache_length(self.model, width, max_new_tokens)
         cache = self._cache(rows, length)
-        # Left padding stays masked; the positions after the prompt are open, and causality (the
-        # cache position) hides those not written yet.
+        # The prompts but their last tokens fill the cache; the first decode step runs the last
+        # tokens. So the prompt forward needs no row's logits, wherever its prompt ends.
         mask = torch.ones(rows, length, dtype=attention_mask.dtype, device=device)
-        mask[:, :width] = attention_mask
-        # With a prefix's cache the prompt's forward runs eagerly: compiled, dynamo specialised on the
-        # cache's length and recompiled for every group (minutes on one H200).
-        prefill = self.prefill if past is None else self._prefill
-        token, past = prefill(input_ids, attention_mask, position_ids, past)
-        for index, layer in enumerate(past.layers):  # the static cache fills from its start (reset above)
-            cache.update(layer.keys, layer.values, index, {"cache_position": torch.arange(width, device=device)})
+        head = (input_ids[:, :-1], attention_mask[:, :-1], position_ids[:, :-1])
+        if past is None:
+            # Right-padded and unmasked: causality alone keeps each row's tokens from the padding after
+            # them, and SDPA runs its flash kernel. Each row's keys and values fill the cache from slot
+            # 0, its padding after them, masked for the decode steps; slots need not follow positions,
+            # which the rotary embedding took from the position ids.
+            ids, positions, mask[:, : width - 1] = right_padded(*head, self.pad_id)
+            if width > 1:
+                past = self.prefill(ids, positions)
+        else:
+            mask[:, :width] = attention_mask
+            # From a prefix's cache the prompt's forward runs eagerly: compiled, dynamo specialised on the
+            # cache's length and recompiled for every group (minutes on one H200).
+            if width - 1 > past.get_seq_length():
+                past = self._prefill(head[0], head[2], head[1], past)
+        for index, layer in enumerate(past.layers if past is not None else []):  # the cache fills from its start
+            filled = torch.arange(layer.keys.shape[2], device=device)
+            cache.update(layer.keys, layer.values, index, {"cache_position": filled})
         del past
-        position = position_ids[:, -1:]
-        out = [token]
-        done = torch.isin(token, self.stops)
-        for t in range(1, max_new_tokens):
-            if t % CHECK_EVERY == 0 and bool(done.all()):
+        token, position = input_ids[:, -1], position_ids[:, -1:]
+        out = []
+        done = torch.zeros(rows, dtype=torch.bool, device=device)
+        for t in range(max_new_tokens):
+            if t and t % CHECK_EVERY == 0 and bool(done.all()):
                 break
-            position = position + 1
-            cache_position = torch.full((1,), width + t - 1, dtype=torch.long, device=device)
+            cache_position = torch.full((1,), width - 1 + t, dtype=torch.long, device=device)
             # clone: a CUDA graph's output is overwritten by its next replay
-            token = self.step(token[:, None], position, cache_position, mask, cache).clone()
+            token = self.step(token[:, None], position + t, cache_position, mask, cache).clone()
             token = torch.where(done, self.pad_id, token)
             out.append(token)
             done |= torch.isin(token, self.stops)
         return torch.stack(out, 1)
+
+
+def right_padded(input_ids, attention_mask, position_ids, pad_id: int):
+    """Left-padded rows' ids, positions and mask, right-padded (on their device, without a sync).
+    The padding's positions count on from 0: causality keeps them from every real token."""
+    width = input_ids.shape[1]
+    lengths = attention_mask.sum(1, keepdim=True)
+    column = torch.arange(width, device=input_ids.device)[None]
+    source = (column + width - lengths).clamp(max=width - 1)
+    real = column < lengths
+    return (
+        torch.where(real, input_ids.gather(1, source), pad_id),
+        torch.where(real, position_ids.gather(1, source), column),
+        real.to(attention_mask.dtype),
+    )

@@ -56,6 +56,7 @@ from itertools import chain
 import numpy as np
 import torch
 
+from ptft.evaluate import causal_attention
 from ptft.evaluate.batching import left_pad, length_sorted_batches, model_max_length, progress, right_pad, to_device
 from ptft.evaluate.encoding import bos_prefix_length, empty_context_split, encode_prompts, encode_texts
 from ptft.evaluate.forward import forward, keeps_logits
@@ -245,7 +246,7 @@ def _shared_context_loglikelihoods(model, items: list[tuple[list[int], list[list
 
 
 # Attention implementations that take a 4D mask as given; the packed rows need one.
-PACKED_ATTENTION = ("sdpa", "eager")
+PACKED_ATTENTION = ("sdpa", "eager", causal_attention.NAME)
 # Where the packed rows are used. On a GPU they save the KV cache's copies and the forward calls
 # per group of choice lengths; on a CPU neither costs much, while a dense mask over a row's
 # context and all its choices does, so the CPU keeps the cached path it was measured with.
