@@ -216,8 +216,9 @@ def finetune_pair(base, profile: str, method: str, steps: int, warmup_steps: int
         _, warm_batches = run_hf_trainer(model, warm, warmup_steps, lr, seed, vocab, bf16)
     model = prepared(base, method, device, seed)
     run_ours(model, warm, warmup_steps, lr, seed, warm_batches, precision)
-    if compiled:  # the compilation (a static, then a dynamic graph) stays out of the timed run, as in a long one
-        run_ours(model, warm, warmup_steps, lr, seed, warm_batches, precision, {"compile": "auto"})
+    if compiled:  # the compilation stays out of the timed run, as in a long one
+        run_ours(model, warm, warmup_steps, lr, seed, warm_batches, precision,
+                 {"cuda_graphs": "auto", "compile": "auto"})  # fmt: skip
     del model
     release()
 
@@ -294,8 +295,20 @@ def timed(fn) -> float:
     return time.perf_counter() - t
 
 
+def stripped(out: dict) -> dict:
+    """Evaluation results without the predictions kept to compare the paths."""
+
+    def rows(v):
+        return {k: ({f: x for f, x in r.items() if f != "predictions"} if isinstance(r, dict) else r)
+                for k, r in v.items()}  # fmt: skip
+
+    return {k: rows(v) if isinstance(v, dict) else v for k, v in out.items()}
+
+
 def eval_throughput(base, device: str, n: int, vocab: int, seed: int, batch_size: int,
-                    names: tuple[str, ...] = ("tokenprob", "multiple_choice", "generation")) -> dict:  # fmt: skip
+                    names: tuple[str, ...] = ("tokenprob", "multiple_choice", "generation"),
+                    save=None) -> dict:  # fmt: skip
+    """Items/s of each evaluation path (the module's docstring); ``save(results so far)`` after each path."""
     from unittest import mock
 
     from ptft.evaluate import generate as generate_module
@@ -396,6 +409,8 @@ def eval_throughput(base, device: str, n: int, vocab: int, seed: int, batch_size
                     row["same_as_today"] = sum(a == b for a, b in zip(got, today["predictions"], strict=True))
                 row["predictions"] = got
                 out.setdefault(mode, {})[name] = row
+                if save:
+                    save(stripped(out))
                 release()
         # Fixed shots (evaluate.fewshot: fixed), compiled: the whole prompts, then from the shared prefix's cache.
         for kind in [k for k in ("tokenprob", "generation") if f"{k}_fixed" in names]:
@@ -413,11 +428,9 @@ def eval_throughput(base, device: str, n: int, vocab: int, seed: int, batch_size
             rows["speedup"] = rows["whole"]["seconds"] / rows["shared_prefix"]["seconds"]
             rows["mean_prompt_tokens"] = float(np.mean([min(len(p.split()), 2048 - 60) for p in fixed_prompts[kind]]))
             out.setdefault("fixed_shots", {})[kind] = rows
-    for mode in out:
-        if isinstance(out[mode], dict):
-            for row in out[mode].values():
-                if isinstance(row, dict):
-                    row.pop("predictions", None)
+            if save:
+                save(stripped(out))
+    out = stripped(out)
     out["tokenprob_mean_prompt_tokens"] = float(np.mean([len(p.split()) for p in cls_prompts]))
     out["generation_mean_prompt_tokens"] = gen_mean
     out["peak_memory_gib"] = peak_memory_gib()
@@ -527,8 +540,15 @@ def main() -> None:
                 Path(a.out).write_text(json.dumps(result, indent=2))
     result["evaluate"] = []
     for batch_size in map(int, a.eval_batch_sizes.split(",") if a.eval_items else []):
-        result["evaluate"].append(eval_throughput(base, device, a.eval_items, vocab, a.seed, batch_size,
-                                                  tuple(a.eval_paths.split(","))))  # fmt: skip
+        result["evaluate"].append({})
+
+        def save(partial: dict, at: int = len(result["evaluate"]) - 1) -> None:
+            result["evaluate"][at] = partial
+            if a.out:  # what is done so far survives a run cut short
+                Path(a.out).write_text(json.dumps(result, indent=2))
+
+        result["evaluate"][-1] = eval_throughput(base, device, a.eval_items, vocab, a.seed, batch_size,
+                                                 tuple(a.eval_paths.split(",")), save)  # fmt: skip
         release()
     emit(result, a.out)
     print("\n".join(summary_lines(result)))

@@ -69,6 +69,14 @@ def test_compiled_blocks_train_as_the_eager_ones(tiny_model_dir, aot_eager, monk
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
 
 
+def test_the_blocks_compile_once_for_every_row_length(tiny_model_dir, aot_eager):
+    model, _ = load_pretrained(tiny_model_dir)
+    with compiled.compiled_blocks(model, "test"), torch.no_grad():
+        for length in (7, 19, 33):
+            model(input_ids=torch.randint(3, model.config.vocab_size, (2, length)), use_cache=False)
+    assert torch._dynamo.utils.counters["frames"]["ok"] == 1  # one graph, shared by the layers and the lengths
+
+
 def test_compile_true_where_the_run_cannot_stops_naming_the_key(tiny_model_dir):
     model, tok = load_pretrained(tiny_model_dir)
     cfg = {**CFG, "batching": "grouped", "compile": True, "gradient_checkpointing": True}

@@ -8,8 +8,8 @@ in matmuls: one 480-token OLMo-1B row took 56 ms eagerly and 30 ms compiled on a
 (``tests/benchmarks/floors.py``). ``torch.compile`` fuses them. Compiling the whole model costs
 minutes and recompiles for each new row length; compiling each repeated block (the classes a
 ``transformers`` model lists in ``_no_split_modules``, its decoder layers) traces one block and
-reuses its code for all of them ("regional compilation"), with dynamic lengths after the second
-shape. Compiled kernels replay under CUDA graphs (:mod:`ptft.finetune.graphs`) like eager ones.
+reuses its code for all of them ("regional compilation"), with dynamic lengths from the start.
+Compiled kernels replay under CUDA graphs (:mod:`ptft.finetune.graphs`) like eager ones.
 
 The blocks are compiled for the loop only: validation, snapshots and the saved model are the
 eager model's.
@@ -74,7 +74,9 @@ def compiled_blocks(model, desc: str):
     found = blocks(model)
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
     for block in found:
-        block.compile(backend=BACKEND)
+        # Dynamic from the start: row lengths change every step, and a static first graph costs a
+        # second compilation (half a minute for an OLMo-1B layer on an H100) at the second length.
+        block.compile(backend=BACKEND, dynamic=True)
     log.info("%s: %d blocks (%s) compiled", desc, len(found), type(found[0]).__name__)
     try:
         yield found
