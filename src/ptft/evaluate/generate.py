@@ -334,7 +334,7 @@ class StaticDecoder:
 
 def right_padded(input_ids, attention_mask, position_ids, pad_id: int):
     """Left-padded rows' ids, positions and mask, right-padded (on their device, without a sync).
-    The padding's positions count on from 0: causality keeps them from every real token."""
+    A padding token's position is its column: causality keeps it from every real token."""
     width = input_ids.shape[1]
     lengths = attention_mask.sum(1, keepdim=True)
     column = torch.arange(width, device=input_ids.device)[None]
