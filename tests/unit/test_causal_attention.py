@@ -15,7 +15,7 @@ from ptft.evaluate.causal_attention import NAME, causal_sdpa_mask, use_causal_at
 from ptft.evaluate.generate import right_padded
 
 
-def attention_calls(model, **inputs) -> list[dict]:
+def attention_calls(model, **inputs) -> tuple[list[dict], torch.Tensor]:
     """The keyword arguments of every SDPA call in ``model``'s forward as dynamo traces it, and its logits."""
     graphs = []
 

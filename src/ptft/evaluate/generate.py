@@ -298,13 +298,14 @@ class StaticDecoder:
         # The prompts but their last tokens fill the cache; the first decode step runs the last
         # tokens. So the prompt forward needs no row's logits, wherever its prompt ends.
         mask = torch.ones(rows, length, dtype=attention_mask.dtype, device=device)
-        head = (input_ids[:, :-1], attention_mask[:, :-1], position_ids[:, :-1])
+        head_ids, head_mask, head_positions = input_ids[:, :-1], attention_mask[:, :-1], position_ids[:, :-1]
         if past is None:
             # Right-padded and unmasked: causality alone keeps each row's tokens from the padding after
             # them, and SDPA runs its flash kernel. Each row's keys and values fill the cache from slot
             # 0, its padding after them, masked for the decode steps; slots need not follow positions,
             # which the rotary embedding took from the position ids.
-            ids, positions, mask[:, : width - 1] = right_padded(*head, self.pad_id)
+            ids, positions, filled = right_padded(head_ids, head_mask, head_positions, self.pad_id)
+            mask[:, : width - 1] = filled
             if width > 1:
                 past = self.prefill(ids, positions)
         else:
@@ -312,10 +313,10 @@ class StaticDecoder:
             # From a prefix's cache the prompt's forward runs eagerly: compiled, dynamo specialised on the
             # cache's length and recompiled for every group (minutes on one H200).
             if width - 1 > past.get_seq_length():
-                past = self._prefill(head[0], head[2], head[1], past)
+                past = self._prefill(head_ids, head_positions, head_mask, past)
         for index, layer in enumerate(past.layers if past is not None else []):  # the cache fills from its start
-            filled = torch.arange(layer.keys.shape[2], device=device)
-            cache.update(layer.keys, layer.values, index, {"cache_position": filled})
+            slots = torch.arange(layer.keys.shape[2], device=device)
+            cache.update(layer.keys, layer.values, index, {"cache_position": slots})
         del past
         token, position = input_ids[:, -1], position_ids[:, -1:]
         out = []
