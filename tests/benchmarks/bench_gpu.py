@@ -305,6 +305,14 @@ def stripped(out: dict) -> dict:
     return {k: rows(v) if isinstance(v, dict) else v for k, v in out.items()}
 
 
+def allocator_counts(device: str) -> dict[str, int]:
+    """The CUDA caching allocator's retries (cache freed, allocation tried again) and out-of-memory errors so far."""
+    if device != "cuda":
+        return {}
+    stats = torch.cuda.memory_stats()
+    return {"alloc_retries": stats.get("num_alloc_retries", 0), "ooms": stats.get("num_ooms", 0)}
+
+
 def eval_throughput(base, device: str, n: int, vocab: int, seed: int, batch_size: int,
                     names: tuple[str, ...] = ("tokenprob", "multiple_choice", "generation"),
                     save=None) -> dict:  # fmt: skip
@@ -363,7 +371,9 @@ def eval_throughput(base, device: str, n: int, vocab: int, seed: int, batch_size
         prompts = fixed_prompts[kind]
         if kind == "tokenprob":
             return score_token_prob(model, tok, prompts, labels, batch_size, shared_prefix=shared)[0].tolist()
-        return generate_greedy(model, tok, prompts, 60, "\n", batch_size, decoder="static", shared_prefix=shared)
+        # Measured from the prefix although the compiled decoder runs whole prompts (PREFIX_WHEN_COMPILED).
+        with mock.patch.object(generate_module, "PREFIX_WHEN_COMPILED", True):
+            return generate_greedy(model, tok, prompts, 60, "\n", batch_size, decoder="static", shared_prefix=shared)
 
     # Each path as it ran before issue 27 (today: eager, TokenProb left-padded with the vocabulary
     # projection at every position, generate()), then eager as it runs now, then compiled
@@ -400,8 +410,12 @@ def eval_throughput(base, device: str, n: int, vocab: int, seed: int, batch_size
             for name, fn in paths.items():
                 warm_s = timed(fn)
                 got: list = []
+                before = allocator_counts(device)
                 s = timed(lambda fn=fn, got=got: got.extend(fn()))
                 row = {"seconds": s, "items_per_s": n / s, "first_pass_s": warm_s}
+                # A batch near the memory's limit makes the allocator free its cache and retry, or
+                # run out (the batch then runs in halves): both slow a pass without failing it.
+                row.update({k: v - before[k] for k, v in allocator_counts(device).items()})
                 if name == "generation_auto":
                     row["batch_size"] = chosen[-1]
                 today = out.get("today", {}).get(name.removesuffix("_auto"))

@@ -20,7 +20,7 @@ The study's plan (:func:`ptft.plan.build_plan`) gives every fine-tuning run and 
 With ``--eval-measured`` the evaluation rates come from another benchmark file (an H200 run of
 ``bench_gpu.py --profiles ""``), ``--eval-mode`` picks its paths (``compiled``: as a GPU runs
 them now, plus a row for the compilation, once per evaluation job: each path's first pass less its
-second), and ``--fewshot fixed`` takes TokenProb and generation from the shared prefix's cache.
+second), and ``--fewshot fixed`` takes TokenProb and generation with fixed shots (:func:`eval_rates`).
 
 Not counted: loading checkpoints, writing models, data preparation, and the validation passes
 of lr selection (seconds to minutes a job). ``--lr-grid N`` multiplies the fine-tuning (and the
@@ -85,12 +85,15 @@ def eval_rates(e: dict, mode: str | None = None, fewshot: str = "per_item") -> d
 
     ``mode``: the paths as they ran (``today``, ``eager``, ``compiled``), for files that time
     several; None for files with one set of paths. ``fewshot: fixed`` takes TokenProb and
-    generation from the shared prefix's cache where the file measured it.
+    generation with fixed shots where the file measured them: from the shared prefix's cache, but
+    compiled generation as whole prompts, as the evaluator runs them.
     """
     paths = e[mode] if mode else e
     rates = {k: paths[k]["items_per_s"] for k in RATE_KEY.values() if k in paths}
     if fewshot == "fixed":
-        rates.update({k: r["shared_prefix"]["items_per_s"] for k, r in e.get("fixed_shots", {}).items()})
+        for kind, r in e.get("fixed_shots", {}).items():
+            # The compiled static decoder runs fixed shots as whole prompts (generate.PREFIX_WHEN_COMPILED).
+            rates[kind] = r["whole" if kind == "generation" and mode == "compiled" else "shared_prefix"]["items_per_s"]
     return rates
 
 

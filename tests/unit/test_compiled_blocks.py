@@ -137,4 +137,4 @@ def test_compiled_blocks_and_step_under_graphs_train_as_eager_on_a_gpu(tiny_mode
     eager, _ = trained(m0, data, cfg, tok, monkeypatch)
     got, made = trained(m1, data, {**cfg, "cuda_graphs": True, "compile": "auto"}, tok, monkeypatch)
     assert len(made) == 1 and not made[0].off and made[0].replayed >= 1
-    assert_trains_alike(got, eager, m1, m0)
+    assert_trains_alike(got, eager, m1, m0, model)

@@ -125,7 +125,7 @@ def test_graph_replayed_training_matches_eager_training_on_a_gpu(tiny_model_dir,
     assert not made0 and len(made1) == 1
     g = made1[0]
     assert not g.off and g.captured >= 1 and g.replayed >= 1 and g.captured + g.replayed == 16
-    assert_trains_alike(graphed, eager, m1, m0)
+    assert_trains_alike(graphed, eager, m1, m0, model)
 
 
 def tiny_olmo_on_gpu(tok):
@@ -138,8 +138,16 @@ def tiny_olmo_on_gpu(tok):
                                       attn_implementation="sdpa")).cuda()  # fmt: skip
 
 
-def assert_trains_alike(losses, ref_losses, model, ref_model):
-    """bf16 training on a GPU: the same step losses (bf16 rounding apart) and weights as close as bf16 allows."""
+def assert_trains_alike(losses, ref_losses, model, ref_model, init_model):
+    """bf16 training on a GPU: the same step losses (bf16 rounding apart), and every parameter moved
+    from ``init_model`` as in the reference run, to within a tenth of how far it moved.
+
+    Not the weights' largest difference: Adam turns a rounding difference in a gradient near zero
+    into a full step of the other sign, so a few elements of a correct run differ by several steps
+    (5e-3 after 16 steps of lr 1e-3 on the CPU, with only the optimizer step compiled). Relative to
+    the movement, a different attention kernel gives 0.036 and the compiled path 0.048 (on the CPU,
+    inductor and bf16 autocast), while an update with 0.8 of the lr gives 0.20 for every parameter."""
     torch.testing.assert_close(torch.tensor(losses), torch.tensor(ref_losses), rtol=2e-2, atol=0)
-    for (name, p), q in zip(model.named_parameters(), ref_model.parameters(), strict=True):
-        torch.testing.assert_close(p, q, rtol=0, atol=5e-3, msg=name)
+    params = zip(model.named_parameters(), ref_model.parameters(), init_model.parameters(), strict=True)
+    apart = {name: float((p - q).norm() / (q - p0).norm()) for (name, p), q, p0 in params}
+    assert max(apart.values()) <= 0.1, {name: f"{r:.3f}" for name, r in apart.items() if r > 0.1}

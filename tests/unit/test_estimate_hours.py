@@ -52,7 +52,8 @@ def test_compiled_rates_fixed_shots_and_the_compilation_row(tmp_path):
     evaluated = {"device": "test", "evaluate": [{
         "batch_size": 64, "today": {k: path(1.0, 10.0) for k in paths}, "compiled": paths,
         "fixed_shots": {"tokenprob": {"shared_prefix": {"items_per_s": 200.0}},
-                        "generation": {"shared_prefix": {"items_per_s": 20.0}}}}]}  # fmt: skip
+                        "generation": {"shared_prefix": {"items_per_s": 20.0},
+                                       "whole": {"items_per_s": 40.0}}}}]}  # fmt: skip
 
     def evals(table):
         return table[table["stage"] != "finetune"].set_index("name")
@@ -63,6 +64,7 @@ def test_compiled_rates_fixed_shots_and_the_compilation_row(tmp_path):
     assert table.loc["torch.compile", "jobs"] == 48
     assert table.loc["torch.compile", "seconds_per_job"] == pytest.approx(30 + 90 + 2)
     fixed = evals(estimate(plan, MEASURED, 64, evaluated=evaluated, mode="compiled", fewshot="fixed"))
-    assert fixed.loc["xsum", "hours"] == pytest.approx(table.loc["xsum", "hours"] / 2)
+    # Compiled generation runs fixed shots as whole prompts (generate.PREFIX_WHEN_COMPILED).
+    assert fixed.loc["xsum", "hours"] == pytest.approx(table.loc["xsum", "hours"] / 4)
     assert fixed.loc["rte", "hours"] == pytest.approx(table.loc["rte", "hours"] / 2)
     assert fixed.loc["hellaswag", "hours"] == table.loc["hellaswag", "hours"]  # multiple choice: no prefix cache

@@ -11,6 +11,7 @@ from helpers.eval_data import write_eval_data
 from helpers.fixed_shots import QUERIES, SHOTS, fixed_prompts
 from ptft.data.prompts import SHOT_SEPARATOR
 from ptft.data.registry import get_dataset
+from ptft.evaluate import generate as generate_module
 from ptft.evaluate import prefix as prefix_module
 from ptft.evaluate.generate import generate_greedy
 from ptft.evaluate.prefix import MIN_SHARED, common_length, shared_prefix_groups
@@ -65,6 +66,24 @@ def test_generation_from_the_shared_prefix_gives_the_same_texts(peaked, monkeypa
     got = generate_greedy(model, tok, prompts, shared_prefix=True, **kwargs)
     assert got == ref and len(cached) == 1 and cached[0] > MIN_SHARED
     assert len(set(ref)) >= 3  # the rows' texts differ
+
+
+def test_the_compiled_static_decoder_runs_whole_prompts(peaked, monkeypatch):
+    """Where the static decoder compiles, fixed shots run as whole prompts (measured faster on an
+    H200): no prefix is cached, and the texts are the prefix path's."""
+    model, tok = peaked
+    prompts = fixed_prompts()
+    kwargs = {"max_new_tokens": 10, "stop": "\n", "batch_size": 2, "decoder": "static", "shared_prefix": True}
+    ref = generate_greedy(model, tok, prompts, **kwargs)
+    cached = counting_prefixes(monkeypatch)
+    generate_module.StaticDecoder._made.clear()
+    monkeypatch.setattr(generate_module, "compiling", lambda model: True)
+    monkeypatch.setattr(generate_module, "compile_fn", lambda fn, **kwargs: fn)  # the eager steps: a CPU
+    try:
+        got = generate_greedy(model, tok, prompts, **kwargs)
+    finally:
+        generate_module.StaticDecoder._made.clear()
+    assert got == ref and cached == []
 
 
 def test_prompts_cut_to_the_window_share_what_they_kept(peaked, monkeypatch):

@@ -10,6 +10,7 @@ import torch
 
 from ptft.evaluate.batching import left_pad
 from ptft.evaluate.generate import (
+    AUTO_MAX_ROWS,
     CACHE_BUCKET,
     StaticDecoder,
     auto_batch_size,
@@ -133,6 +134,8 @@ def test_auto_batch_size_fills_the_free_memory_it_counts(peaked, monkeypatch):
     assert auto_batch_size(model, 100, 20, limit=10**6) in range(4 * rows, 4 * rows + 4)
     assert auto_batch_size(model, 900, 20, limit=10**6) < auto_batch_size(model, 100, 20, limit=10**6)
     assert auto_batch_size(model, 100, 20, limit=7) == 7
+    free["bytes"] = 10**15  # room for thousands of rows: lm-evaluation-harness's cap
+    assert auto_batch_size(model, 100, 20) == AUTO_MAX_ROWS == 64
     free["bytes"] = 0
     assert auto_batch_size(model, 100, 20) == 1
 

@@ -79,13 +79,14 @@ def generate_greedy(
     (texts, prompt tokens each lost). ``decoder``: see the module's docstring.
 
     ``batch_size`` ``"auto"`` (``evaluate.generation_batch_size``) is, with the static decoder on a
-    GPU, the most rows whose caches fit in the free memory (:func:`auto_batch_size`); elsewhere
+    GPU, the most rows, up to 64, whose caches fit in the free memory (:func:`auto_batch_size`); elsewhere
     :data:`AUTO_FALLBACK`. A batch that runs out of GPU memory anyway is split in halves.
 
     With ``shared_prefix`` (``evaluate.fewshot: fixed``), prompts that begin alike run from one KV
     cache of their beginning (:mod:`ptft.evaluate.prefix`): a batch's rows are that beginning, the
     left padding of the batch, then each prompt's own tokens, the padding masked and the positions
-    counting real tokens, as in a batch of whole prompts.
+    counting real tokens, as in a batch of whole prompts. The static decoder, where it compiles,
+    runs the whole prompts instead: measured faster (:data:`PREFIX_WHEN_COMPILED`). The texts are the same.
     """
     prompts = list(prompts)
     encoded, cut = fit_to_window(
@@ -97,6 +98,8 @@ def generate_greedy(
     )
     decoder = resolve_decoder(model, decoder, constrained=allowed is not None)
     static = StaticDecoder.of(model, tokenizer, stop) if decoder == "static" else None
+    if static is not None and compiling(model) and not PREFIX_WHEN_COMPILED:
+        shared_prefix = False
     if batch_size == "auto":
         longest = max(map(len, encoded), default=1)
         batch_size = auto_batch_size(model, longest, max_new_tokens) if static is not None else AUTO_FALLBACK
@@ -144,15 +147,28 @@ def generation_batch_size(cfg: dict) -> int | str:
     return cfg.get("generation_batch_size") or cfg["batch_size"]
 
 
+# Whether the static decoder, compiled, runs fixed shots from their shared prefix's cache. No: whole
+# prompts run compiled, right-padded and without a mask (flash attention), while from a prefix's
+# cache the prompt forward runs eagerly with one. On one H200, 4-shot XSum from the prefix ran at
+# 67.3 items/s against 76.7 whole, and its first pass took 386 s against 147 s (it compiles a decode
+# step for each group's odd batch). The benchmark turns it on to measure it.
+PREFIX_WHEN_COMPILED = False
+
 # What "auto" means where no memory is measured (a CPU, or generate()).
 AUTO_FALLBACK = 32
+# The most rows "auto" gives, as lm-evaluation-harness's HFLM caps its auto search (max_batch_size
+# 64). Past it, rows add little: the decode step reads each row's own cache (at 64 rows the weights
+# are 0.5 ms of a 5.7 ms step on an H200) and the prompt forward is bound by arithmetic. They cost
+# much: on one H200 the 149 rows that fit ran at 8.7 items/s against 71.1 at 64
+# (docs/performance.md).
+AUTO_MAX_ROWS = 64
 # The share of the free GPU memory auto_batch_size plans to fill: the rest is for what it does not
 # count (the compiled graphs' pools, the allocator's fragmentation).
 AUTO_MEMORY_SHARE = 0.8
 
 
-def auto_batch_size(model, prompt_tokens: int, max_new_tokens: int, limit: int = 1024) -> int:
-    """The most rows of ``prompt_tokens`` the static decoder can run in the GPU's free memory.
+def auto_batch_size(model, prompt_tokens: int, max_new_tokens: int, limit: int = AUTO_MAX_ROWS) -> int:
+    """The most rows of ``prompt_tokens``, up to ``limit``, the static decoder can run in the GPU's free memory.
 
     Like lm-evaluation-harness's ``batch_size: auto``, the largest batch that fits; computed, not
     found by trial: per row, the static cache (keys and values of every layer over the cache
