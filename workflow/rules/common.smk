@@ -331,6 +331,11 @@ from ptft.provenance import CONFIG_ENV, config_sha256
 
 os.environ[CONFIG_ENV] = config_sha256(config)
 
+# torch.compile's kernels in one folder for every study and job, not each node's /tmp (ptft.compile_cache).
+from ptft import compile_cache
+
+compile_cache.share(os.path.dirname(PLAN.root))
+
 
 # The mechanistic section's per-model jobs (workflow/rules/mechanistic.smk).
 def get_probe_inputs(_wildcards):
