@@ -1,6 +1,7 @@
 """Where an optimizer step of the GPU benchmark goes: torch.profiler over a few steps (not run in CI).
 
     python tests/benchmarks/profile_gpu_step.py --size olmo-1b --profile mnli --steps 6
+    python tests/benchmarks/profile_gpu_step.py --profile mnli --steps 20 --no-trainer --finetune-compile
 
 Runs ours and ``transformers.Trainer`` (as ``bench_gpu`` runs them) under ``torch.profiler`` and
 prints the operators that take the most CPU and GPU time, then a bare loop (padded batch,
@@ -52,6 +53,12 @@ def main() -> None:
     p.add_argument("--method", choices=["full", "lora"], default="full")
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--rows", type=int, default=25)
+    p.add_argument("--trainer", action=argparse.BooleanOptionalAction, default=True,
+                   help="profile transformers.Trainer too (--no-trainer: ours only, in Trainer's order)")  # fmt: skip
+    p.add_argument("--finetune-compile", action="store_true",
+                   help="ours with finetune.compile: auto (compiled blocks and AdamW step)")  # fmt: skip
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="ours with finetune.cuda_graphs: auto (the profile shows replays, not kernels)")  # fmt: skip
     a = p.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     vocab = SIZES[a.size]["vocab_size"]
@@ -60,20 +67,22 @@ def main() -> None:
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
     precision = "bf16" if device == "cuda" else "fp32"
 
+    extra = {"compile": "auto" if a.finetune_compile else False, "cuda_graphs": "auto" if a.cuda_graphs else False}
     model = prepared(base, a.method, device, 0)
-    _, batches = run_hf_trainer(model, examples, a.steps, 1e-6, 0, vocab, device == "cuda")  # warm-up
+    _, batches = run_hf_trainer(model, examples, a.steps, 1e-6, 0, vocab, device == "cuda")  # warm-up, and the order
     model = prepared(base, a.method, device, 0)
-    run_ours(model, examples, a.steps, 1e-6, 0, batches, precision)  # warm-up
+    run_ours(model, examples, a.steps, 1e-6, 0, batches, precision, extra)  # warm-up (compiles, captures)
     del model
 
+    if a.trainer:
+        model = prepared(base, a.method, device, 0)
+        with profile(activities=activities) as prof:
+            s = run_hf_trainer(model, examples, a.steps, 1e-6, 0, vocab, device == "cuda")[0]
+        show(prof, f"Trainer, {a.steps} steps in {s:.2f} s", a.rows)
     model = prepared(base, a.method, device, 0)
     with profile(activities=activities) as prof:
-        s = run_hf_trainer(model, examples, a.steps, 1e-6, 0, vocab, device == "cuda")[0]
-    show(prof, f"Trainer, {a.steps} steps in {s:.2f} s", a.rows)
-    model = prepared(base, a.method, device, 0)
-    with profile(activities=activities) as prof:
-        s = run_ours(model, examples, a.steps, 1e-6, 0, batches, precision)
-    show(prof, f"ours, {a.steps} steps in {s:.2f} s", a.rows)
+        s = run_ours(model, examples, a.steps, 1e-6, 0, batches, precision, extra)
+    show(prof, f"ours ({', '.join(k for k, v in extra.items() if v) or 'eager'}), {a.steps} steps in {s:.2f} s", a.rows)
     if a.method == "full":
         model = prepared(base, a.method, device, 0)
         times = bare_loop(model, examples, a.steps, device)
