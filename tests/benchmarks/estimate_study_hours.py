@@ -39,6 +39,7 @@ import pandas as pd
 
 from ptft.config import load_study
 from ptft.data.registry import get_dataset
+from ptft.evaluate.generate import PREFIX_WHEN_COMPILED
 from ptft.finetune.train import count_steps
 from ptft.plan import build_plan
 
@@ -92,8 +93,8 @@ def eval_rates(e: dict, mode: str | None = None, fewshot: str = "per_item") -> d
     rates = {k: paths[k]["items_per_s"] for k in RATE_KEY.values() if k in paths}
     if fewshot == "fixed":
         for kind, r in e.get("fixed_shots", {}).items():
-            # The compiled static decoder runs fixed shots as whole prompts (generate.PREFIX_WHEN_COMPILED).
-            rates[kind] = r["whole" if kind == "generation" and mode == "compiled" else "shared_prefix"]["items_per_s"]
+            whole = kind == "generation" and mode == "compiled" and not PREFIX_WHEN_COMPILED  # as generate_greedy runs
+            rates[kind] = r["whole" if whole else "shared_prefix"]["items_per_s"]
     return rates
 
 
