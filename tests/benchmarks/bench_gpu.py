@@ -67,7 +67,7 @@ from bench_finetune import BATCH, EOS, PAD, mnli_like, run_hf_trainer, run_ours,
 from report import emit
 
 from ptft.data.prompts import Prompt
-from ptft.finetune import graphs, methods
+from ptft.finetune import bf16_weights, graphs, methods
 from ptft.finetune.batching import IGNORE
 from ptft.finetune.train import peak_flops, validation_loss
 
@@ -216,9 +216,11 @@ def finetune_pair(base, profile: str, method: str, steps: int, warmup_steps: int
         _, warm_batches = run_hf_trainer(model, warm, warmup_steps, lr, seed, vocab, bf16)
     model = prepared(base, method, device, seed)
     run_ours(model, warm, warmup_steps, lr, seed, warm_batches, precision)
-    if compiled:  # the compilation stays out of the timed run, as in a long one
-        run_ours(model, warm, warmup_steps, lr, seed, warm_batches, precision,
-                 {"cuda_graphs": "auto", "compile": "auto"})  # fmt: skip
+    if compiled:  # the compilation stays out of the timed run, as in a long one: with bf16 copies and without
+        for copies in (True, False):
+            with bf16_copies(copies):
+                run_ours(model, warm, warmup_steps, lr, seed, warm_batches, precision,
+                         {"cuda_graphs": "auto", "compile": "auto"})  # fmt: skip
     del model
     release()
 
@@ -272,19 +274,42 @@ def finetune_pair(base, profile: str, method: str, steps: int, warmup_steps: int
         result["graphs_speedup"] = eager_s / ours_s
         diff = np.abs(np.array(ours_losses) - np.array(eager_losses)) / np.abs(np.array(eager_losses))
         result["graphs_step_loss_rel_diff"] = {"max": float(diff.max()), "mean": float(diff.mean())}
-    if compiled:  # finetune.compile: the blocks compiled, graphs where they apply
-        comp_s, comp_mem, comp_loss, comp_losses, comp_graphed = ours("auto", "auto")
-        result["ours_compiled"] = side(comp_s, comp_mem, comp_loss)
-        if comp_graphed is not None:
-            result["ours_compiled"]["cuda_graphs"] = {"captured": comp_graphed.captured, "off": comp_graphed.off,
-                                                      "capture_s": comp_graphed.capture_s}  # fmt: skip
+    if compiled:  # finetune.compile: the blocks compiled, graphs where they apply; with bf16 copies, then without
+        comp = {}
+        for copies in (True, False):
+            with bf16_copies(copies):
+                comp[copies] = ours("auto", "auto")
+        comp_s, comp_losses, fp32_run = comp[True][0], comp[True][3], comp[False]
+        for key, (seconds, memory, loss, _, made) in (("ours_compiled", comp[True]),
+                                                      ("ours_compiled_fp32_weights", fp32_run)):  # fmt: skip
+            result[key] = side(seconds, memory, loss)
+            if made is not None:
+                result[key]["cuda_graphs"] = {
+                    "captured": made.captured,
+                    "off": made.off,
+                    "capture_s": made.capture_s,
+                    "tokens_per_s_without_captures": tokens / (seconds - made.capture_s),
+                }
         result["compiled_speedup"] = ours_s / comp_s
         diff = np.abs(np.array(comp_losses) - np.array(ours_losses)) / np.abs(np.array(ours_losses))
         result["compiled_step_loss_rel_diff"] = {"max": float(diff.max()), "mean": float(diff.mean())}
+        result["bf16_weights_speedup"] = fp32_run[0] / comp_s
+        diff = np.abs(np.array(comp_losses) - np.array(fp32_run[3])) / np.abs(np.array(fp32_run[3]))
+        result["bf16_weights_step_loss_rel_diff"] = {"max": float(diff.max()), "mean": float(diff.mean())}
     if trainer:
         result["transformers_trainer"] = side(hf_s, hf_mem, hf_loss)
         result["speedup"] = hf_s / ours_s
     return result
+
+
+@contextlib.contextmanager
+def bf16_copies(on: bool):
+    """The compiled step with bf16 copies of the matmul weights (ptft.finetune.bf16_weights), or without."""
+    was, bf16_weights.ENABLED = bf16_weights.ENABLED, on
+    try:
+        yield
+    finally:
+        bf16_weights.ENABLED = was
 
 
 def timed(fn) -> float:
@@ -478,6 +503,10 @@ def summary_lines(result: dict) -> list[str]:
             c = r["ours_compiled"]
             lines.append(f"  compiled blocks: {c['tokens_per_s']:.0f} tok/s ({r['compiled_speedup']:.2f}x ours), step "
                          f"losses within {r['compiled_step_loss_rel_diff']['max']:.1e}")  # fmt: skip
+            f32 = r["ours_compiled_fp32_weights"]
+            lines.append(f"  compiled, fp32 weights under autocast: {f32['tokens_per_s']:.0f} tok/s (bf16 copies "
+                         f"{r['bf16_weights_speedup']:.2f}x that, step losses within "
+                         f"{r['bf16_weights_step_loss_rel_diff']['max']:.1e})")  # fmt: skip
     for e in result.get("evaluate", []):
         for mode in ("today", "eager", "compiled"):
             paths = ", ".join(f"{k} {v['items_per_s']:.1f}" for k, v in e.get(mode, {}).items())

@@ -36,6 +36,7 @@ from contextlib import contextmanager
 
 import torch
 
+from ptft.finetune.bf16_weights import Bf16Weights
 from ptft.finetune.methods import unwrap
 
 log = logging.getLogger(__name__)
@@ -86,12 +87,13 @@ def compiled_blocks(model, desc: str):
 
 
 def _adamw(params, grads, exp_avgs, exp_avg_sqs, scalars, beta1: float, beta2: float, eps: float, wd: float,
-           zero_grads: bool):  # fmt: skip
+           zero_grads: bool, copies):  # fmt: skip
     """One AdamW update of every tensor on its gradient times ``coef``; ``scalars``: (lr, coef,
     lr / bias correction 1, sqrt of bias correction 2), a device tensor, so that their values
-    change without recompiling."""
+    change without recompiling. ``copies[i]`` gets the bf16 rounding of the updated ``params[i]``
+    (:mod:`ptft.finetune.bf16_weights`), whose gradient ``grads[i]`` is then bf16."""
     lr, coef, step_size, bc2_sqrt = scalars.unbind()
-    clipped = torch._foreach_mul(grads, coef)
+    clipped = torch._foreach_mul([g.float() for g in grads], coef)
     if wd:
         torch._foreach_mul_(params, 1 - lr * wd)
     torch._foreach_lerp_(exp_avgs, clipped, 1 - beta1)
@@ -103,6 +105,8 @@ def _adamw(params, grads, exp_avgs, exp_avg_sqs, scalars, beta1: float, beta2: f
     update = torch._foreach_div(exp_avgs, denom)
     torch._foreach_mul_(update, step_size)
     torch._foreach_sub_(params, update)
+    if copies:
+        torch._foreach_copy_(copies, params[: len(copies)])
     if zero_grads:
         # One zero_ per tensor, not _foreach_zero_: inductor has no lowering for the latter and would
         # allocate zeros and copy them over (three passes); these fuse into the update's one.
@@ -111,11 +115,14 @@ def _adamw(params, grads, exp_avgs, exp_avg_sqs, scalars, beta1: float, beta2: f
 
 
 class AdamWStep:
-    """``opt.step()`` of a ``torch.optim.AdamW`` on gradients scaled by the clipping coefficient, and
-    optionally the gradients zeroed, compiled as one function (the module's docstring)."""
+    """``opt.step()`` of a ``torch.optim.AdamW`` on gradients scaled by the clipping coefficient, then
+    the gradients zeroed or freed, compiled as one function (the module's docstring). With
+    ``copies`` the gradients of the weights it holds are their bf16 copies', and the step refreshes
+    the copies (:mod:`ptft.finetune.bf16_weights`)."""
 
-    def __init__(self, opt: torch.optim.Optimizer):
+    def __init__(self, opt: torch.optim.Optimizer, copies: Bf16Weights | None = None):
         self.opt = opt
+        self.copies = copies
         self.update = torch.compile(_adamw, backend=BACKEND, dynamic=False)
         self.steps: int | None = None  # the optimizer's step count, read from its state once
 
@@ -123,6 +130,10 @@ class AdamWStep:
     def usable(opt) -> bool:
         defaults = opt.defaults
         return type(opt) is torch.optim.AdamW and not (defaults.get("amsgrad") or defaults.get("maximize"))
+
+    def holders(self, params: list[torch.Tensor]) -> list[torch.Tensor]:
+        """For each of ``params``, the tensor whose ``.grad`` holds its gradient."""
+        return params if self.copies is None else self.copies.holders(params)
 
     def _state(self, p: torch.Tensor, group: dict) -> dict:
         state = self.opt.state[p]
@@ -135,11 +146,16 @@ class AdamWStep:
 
     @torch.no_grad()
     def step(self, coef: float, zero_grads: bool) -> None:
-        """Update every parameter with a gradient, on ``coef`` × its gradient."""
+        """Update every parameter with a gradient, on ``coef`` × its gradient; then zero the gradients
+        (``zero_grads``: CUDA graphs add into their memory) or free them."""
         for group in self.opt.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
+            pairs = [(p, h) for p, h in zip(group["params"], self.holders(group["params"]), strict=True)
+                     if h.grad is not None]  # fmt: skip
+            if not pairs:
                 continue
+            pairs.sort(key=lambda ph: ph[1] is ph[0])  # the copied weights first: copies[i] is params[i]'s
+            params, grads = [p for p, _ in pairs], [h.grad for _, h in pairs]
+            copies = [h for p, h in pairs if h is not p]
             states = [self._state(p, group) for p in params]
             if self.steps is None:  # one read of the saved count (a resumed run's), then counted here
                 self.steps = int(states[0]["step"])
@@ -150,8 +166,10 @@ class AdamWStep:
             if params[0].is_cuda:
                 scalars = scalars.pin_memory()
             scalars = scalars.to(params[0].device, non_blocking=True)
-            self.update(params, [p.grad for p in params], [s["exp_avg"] for s in states],
-                        [s["exp_avg_sq"] for s in states], scalars, beta1, beta2, group["eps"],
-                        group["weight_decay"], zero_grads)  # fmt: skip
+            self.update(params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], scalars,
+                        beta1, beta2, group["eps"], group["weight_decay"], zero_grads, copies)  # fmt: skip
             torch._foreach_add_([s["step"] for s in states], 1.0)
+            if not zero_grads:
+                for _, h in pairs:
+                    h.grad = None
         self.steps = (self.steps or 0) + 1

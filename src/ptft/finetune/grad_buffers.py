@@ -123,6 +123,10 @@ class KeptGrads:
         self.buffers = list(buffers.values())
         self._embed_buffer, self._head_buffer = buffers[id(self.embedding.weight)], buffers[id(self.lm_head.weight)]
 
+    def weights(self) -> tuple[torch.Tensor, ...]:
+        """The weights whose gradients this computes into their own ``.grad``."""
+        return tuple(b.weight for b in self.buffers)
+
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         return _Embedding.apply(ids, self.embedding.weight, self.embedding.padding_idx, self._embed_buffer)
 

@@ -45,7 +45,7 @@ from tqdm import tqdm
 from ptft import io, provenance, signals
 from ptft.checkpoints.load import load_pretrained
 from ptft.data.registry import get_dataset
-from ptft.finetune import compiled, graphs, heads, optim, probes, sharded, snapshots, state
+from ptft.finetune import bf16_weights, compiled, graphs, heads, optim, probes, sharded, snapshots, state
 from ptft.finetune.batching import (
     collate,
     collate_padded,
@@ -81,7 +81,18 @@ def count_steps(n_examples: int, cfg: dict) -> int:
 
 def gradient_norm(params: list[torch.Tensor]) -> torch.Tensor:
     """The total L2 norm of the gradients (of the whole model, where it is sharded)."""
-    return sharded.full_norm(torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]))
+    grads = [p.grad for p in params if p.grad is not None]
+    narrow = [g.dtype.itemsize < 4 for g in grads]
+    if not any(narrow):
+        return sharded.full_norm(torch.nn.utils.get_total_norm(grads))
+    # bf16 gradients (bf16_weights): each tensor's norm in fp32, and combined in the order get_total_norm
+    # combines fp32 ones, so that the norm, hence the clipping, is the one of their fp32 widening
+    norms = {}
+    for kind, dtype in ((False, None), (True, torch.float32)):
+        at = [i for i, n in enumerate(narrow) if n == kind]
+        if at:
+            norms |= zip(at, torch._foreach_norm([grads[i] for i in at], 2.0, dtype=dtype), strict=True)
+    return sharded.full_norm(torch.linalg.vector_norm(torch.stack([norms[i] for i in range(len(grads))])))
 
 
 def clip_coefficient(norm: float, max_norm: float) -> float:
@@ -347,22 +358,30 @@ def train_loop(
         for _ in range(step * accum):
             next(stream)
 
-        graphed = None
-        if lm and cfg.get("cuda_graphs", False) is not False:
-            why = graphs.eligible(model, cfg, batching, fast, graphs.plain_completion(loss_fn), device, w.sharded)
-            if why is None:
-                graphed = graphs.Graphs(model, trainable, pad_id, desc)
-            elif cfg.get("cuda_graphs") is True:
-                raise ValueError(f"{desc}: finetune.cuda_graphs is true, but {why}; set it to auto or false")
-
-        stepper = None  # the compiled AdamW step, which also clips (and zeroes where graphs keep the gradients)
+        stepper = None  # the compiled AdamW step, which also clips, and zeroes or frees the gradients
+        copies = None  # bf16 copies of the matmul weights, which the compiled step keeps (bf16_weights)
         if compiled.wanted(cfg, device):
             why = compiled.eligible(model, cfg, w.sharded)
             if why is None:
                 cleanup.enter_context(compiled.compiled_blocks(model, desc))
-                stepper = compiled.AdamWStep(opt) if compiled.AdamWStep.usable(opt) else None
+                if compiled.AdamWStep.usable(opt):
+                    # KeptGrads (CPU) computes the LM head's gradient itself, into the fp32 weight's .grad
+                    own = kept.weights() if kept is not None and kept.active else ()
+                    copies = bf16_weights.Bf16Weights(model, exclude=own) if bf16_weights.eligible(cfg) else None
+                    stepper = compiled.AdamWStep(opt, copies or None)
             elif cfg.get("compile") is True:
                 raise ValueError(f"{desc}: finetune.compile is true, but {why}; set it to auto or false")
+        # The tensors whose .grad the backward writes: a weight's bf16 copy, or the weight.
+        holders = stepper.holders(trainable) if stepper is not None else trainable
+        swapped = copies.swapped if copies else contextlib.nullcontext
+
+        graphed = None
+        if lm and cfg.get("cuda_graphs", False) is not False:
+            why = graphs.eligible(model, cfg, batching, fast, graphs.plain_completion(loss_fn), device, w.sharded)
+            if why is None:
+                graphed = graphs.Graphs(model, holders, pad_id, desc)
+            elif cfg.get("cuda_graphs") is True:
+                raise ValueError(f"{desc}: finetune.cuda_graphs is true, but {why}; set it to auto or false")
 
         def probe(at_step: int) -> None:
             # Probe time is kept out of the wall time, so tokens/s is the training's own.
@@ -403,25 +422,28 @@ def train_loop(
             if n_target == 0:  # unreachable after with_targets; a guard against a NaN loss of 0 / 0
                 raise RuntimeError(f"{desc}: optimizer step {step + 1} has no target token")
             t0 = time.time()
-            loss_sum = 0.0
+            losses = []
             for b, r in zip(batches, real, strict=True):
-                loss = graphed.run(b, n_target) if graphed is not None else None
-                if loss is None:
-                    with autocast:
-                        loss = loss_fn(model, to_device(b, device), fast, kept) / n_target
-                    if not r:  # collectives need every process's forward and backward; its gradient must not count
-                        loss = loss * 0
-                    loss.backward()
-                loss_sum += loss.item()
+                with swapped():
+                    loss = graphed.run(b, n_target) if graphed is not None else None
+                    if loss is None:
+                        with autocast:
+                            loss = loss_fn(model, to_device(b, device), fast, kept) / n_target
+                        if not r:  # collectives need every process's forward and backward; its gradient must not count
+                            loss = loss * 0
+                        loss.backward()
+                losses.append(loss.detach().float())
+            if kept is not None:
+                kept.settle()
+            # One wait for the device a step: the losses, and the gradient norm the compiled step clips with.
+            norm = [gradient_norm(holders)] if stepper is not None else []
+            values = torch.stack(losses + norm).tolist()
+            loss_sum = sum(values[: len(losses)], 0.0)
             n_tokens = sum(int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel()
                            for b, r in zip(batches, real, strict=True) if r)  # fmt: skip
             loss_sum, n_tokens = sharded.all_sum([loss_sum, n_tokens], device)
-            if kept is not None:
-                kept.settle()
-            if stepper is None:
-                grad_norm = clip_gradients(trainable, cfg["max_grad_norm"])
-            else:  # the compiled step applies the clipping coefficient itself
-                grad_norm = float(gradient_norm(trainable))
+            # the compiled step applies the clipping coefficient itself
+            grad_norm = values[-1] if stepper is not None else clip_gradients(trainable, cfg["max_grad_norm"])
             if not (math.isfinite(loss_sum) and math.isfinite(grad_norm)):
                 message = (f"{desc}, lr {lr:g}, seed {seed}: the loss is {loss_sum} and the gradient norm "
                            f"{grad_norm} at optimizer step {step + 1} of {total_steps}; training diverged and stopped "
@@ -429,14 +451,17 @@ def train_loop(
                            f"the data.")  # fmt: skip
                 result = LoopResult(progress, total_steps, batching, fast, untargeted)
                 raise Diverged(message, step + 1, loss_sum, grad_norm, result)
+            # Captured graphs add into the gradients' memory: it is zeroed, not freed. Until a shape is
+            # captured the backward adopts fresh gradients, which is one pass less than adding into zeros.
+            keep = graphed is not None and bool(graphed.graphs)
             if stepper is None:
                 opt.step()
-            else:
-                stepper.step(clip_coefficient(grad_norm, cfg["max_grad_norm"]), zero_grads=graphed is not None)
+            else:  # it zeroes or frees the gradients itself
+                stepper.step(clip_coefficient(grad_norm, cfg["max_grad_norm"]), zero_grads=keep)
             if kept is not None:
                 kept.zero_grad(opt)
-            elif stepper is None or graphed is None:  # graphs add into the gradients' memory: zeroed, not freed
-                opt.zero_grad(set_to_none=graphed is None)
+            elif stepper is None:
+                opt.zero_grad(set_to_none=not keep)
             step += 1
 
             progress.log.append({"step": step, "loss": loss_sum, "lr": opt.param_groups[0]["lr"],
