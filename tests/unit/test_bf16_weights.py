@@ -6,6 +6,7 @@ the GPU benchmark's (``tests/benchmarks/bench_gpu.py --finetune-compile``).
 """
 
 import copy
+import math
 
 import pytest
 import torch
@@ -14,7 +15,8 @@ from test_cuda_graphs import examples
 
 from ptft.checkpoints.load import load_pretrained
 from ptft.finetune import bf16_weights, compiled
-from ptft.finetune.train import gradient_norm, train_loop
+from ptft.finetune.loss import completion_loss
+from ptft.finetune.train import Diverged, gradient_norm, train_loop
 
 CFG = {"epochs": 1, "batch_size": 4, "grad_accum": 1, "warmup_ratio": 0.1, "weight_decay": 0.01, "max_steps": 6,
        "save_every": 100, "precision": "bf16", "batching": "packed", "max_grad_norm": 1.0, "compile": True}  # fmt: skip
@@ -131,9 +133,39 @@ def test_the_compiled_step_writes_the_rounded_update_into_the_copies(aot_eager):
             return [copy_ if q is p else q for q in params]
 
     stepper = compiled.AdamWStep(opt, One())
-    stepper.step(0.5, zero_grads=False)
-    ref.grad.mul_(0.5)
+    stepper.step(torch.tensor(4.0), 2.0, zero_grads=True)  # clipped by half
+    ref.grad.mul_(2.0 / (4.0 + 1e-6))
     ref_opt.step()
     torch.testing.assert_close(p, ref, rtol=0, atol=0)
     torch.testing.assert_close(copy_.detach(), p.detach().to(torch.bfloat16), rtol=0, atol=0)
-    assert copy_.grad is None and p.grad is None  # freed: the next backward adopts a fresh gradient
+    assert (copy_.grad == 0).all() and copy_.grad.dtype == torch.bfloat16 and p.grad is None
+
+    # A step whose loss or norm is not finite leaves the weights and their copies as they are.
+    before, rounded = p.detach().clone(), copy_.detach().clone()
+    copy_.grad = torch.full((6, 4), float("nan"), dtype=torch.bfloat16)
+    stepper.step(torch.tensor(float("nan")), 2.0, zero_grads=False, finite=torch.tensor(False))
+    assert torch.equal(p.detach(), before) and torch.equal(copy_.detach(), rounded)
+    assert torch.isfinite(opt.state[p]["exp_avg"]).all() and torch.isfinite(opt.state[p]["exp_avg_sq"]).all()
+
+
+def test_a_step_that_diverges_under_the_compiled_step_leaves_the_last_finite_weights(tiny_model_dir, aot_eager,  # noqa: F811
+                                                                                     monkeypatch):  # fmt: skip
+    """The compiled step is queued before the loss and the norm are read; a NaN step must not reach the weights."""
+    model, tok = load_pretrained(tiny_model_dir)
+    calls = []
+
+    def nan_at_third(m, batch, fast, kept=None):
+        calls.append(1)
+        loss = completion_loss(m, batch, fast, kept)
+        return loss * float("nan") if len(calls) == 3 else loss
+
+    two, diverging = copy.deepcopy(model), copy.deepcopy(model)
+    cfg = {**CFG, "schedule": "constant"}  # the first two steps' lr whatever the run's length
+    run(two, tok, {**cfg, "max_steps": 2}, monkeypatch, enabled=True)
+    monkeypatch.setattr(bf16_weights, "ENABLED", True)
+    data = examples(model.config.vocab_size, 32)
+    with pytest.raises(Diverged) as err:
+        train_loop(diverging, data, cfg, 1e-3, 0, tok.pad_token_id, loss_fn=nan_at_third)
+    assert err.value.step == 3 and math.isnan(err.value.loss)
+    for (name, p), q in zip(diverging.named_parameters(), two.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=0, msg=name)

@@ -86,14 +86,20 @@ def compiled_blocks(model, desc: str):
             block._compiled_call_impl = None  # what nn.Module.compile set: calls go to the eager forward again
 
 
-def _adamw(params, grads, exp_avgs, exp_avg_sqs, scalars, beta1: float, beta2: float, eps: float, wd: float,
-           zero_grads: bool, copies):  # fmt: skip
-    """One AdamW update of every tensor on its gradient times ``coef``; ``scalars``: (lr, coef,
-    lr / bias correction 1, sqrt of bias correction 2), a device tensor, so that their values
-    change without recompiling. ``copies[i]`` gets the bf16 rounding of the updated ``params[i]``
-    (:mod:`ptft.finetune.bf16_weights`), whose gradient ``grads[i]`` is then bf16."""
-    lr, coef, step_size, bc2_sqrt = scalars.unbind()
-    clipped = torch._foreach_mul([g.float() for g in grads], coef)
+def _adamw(params, grads, exp_avgs, exp_avg_sqs, scalars, norm, finite, max_norm: float, beta1: float, beta2: float,
+           eps: float, wd: float, zero_grads: bool, copies):  # fmt: skip
+    """One AdamW update of every tensor on its gradient clipped by the gradients' total ``norm`` (a
+    device tensor, as ``clip_grad_norm_`` computes the coefficient); ``scalars``: (lr, lr / bias
+    correction 1, sqrt of bias correction 2), a device tensor, so that their values change without
+    recompiling. Where ``finite`` (a device bool) is false, the weights stay as they are.
+    ``copies[i]`` gets the bf16 rounding of the updated ``params[i]`` (:mod:`ptft.finetune.bf16_weights`),
+    whose gradient ``grads[i]`` is then bf16."""
+    lr, step_size, bc2_sqrt = scalars.unbind()
+    coef = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+    # A non-finite step (the loop raises Diverged after it) updates nothing: no lr, and zero gradients
+    # in place of NaN ones, which would reach the weights through the moments even at lr 0.
+    lr, step_size = lr * finite, step_size * finite
+    clipped = [torch.where(finite, g.float() * coef, 0.0) for g in grads]
     if wd:
         torch._foreach_mul_(params, 1 - lr * wd)
     torch._foreach_lerp_(exp_avgs, clipped, 1 - beta1)
@@ -115,8 +121,8 @@ def _adamw(params, grads, exp_avgs, exp_avg_sqs, scalars, beta1: float, beta2: f
 
 
 class AdamWStep:
-    """``opt.step()`` of a ``torch.optim.AdamW`` on gradients scaled by the clipping coefficient, then
-    the gradients zeroed or freed, compiled as one function (the module's docstring). With
+    """``opt.step()`` of a ``torch.optim.AdamW`` on gradients scaled by the clipping coefficient, and
+    optionally the gradients zeroed, compiled as one function (the module's docstring). With
     ``copies`` the gradients of the weights it holds are their bf16 copies', and the step refreshes
     the copies (:mod:`ptft.finetune.bf16_weights`)."""
 
@@ -145,9 +151,11 @@ class AdamWStep:
         return state
 
     @torch.no_grad()
-    def step(self, coef: float, zero_grads: bool) -> None:
-        """Update every parameter with a gradient, on ``coef`` × its gradient; then zero the gradients
-        (``zero_grads``: CUDA graphs add into their memory) or free them."""
+    def step(self, norm: torch.Tensor, max_norm: float, zero_grads: bool, finite: torch.Tensor | None = None) -> None:
+        """Update every parameter with a gradient on its gradient clipped to ``max_norm`` by their total
+        ``norm``, then zero the gradients (``zero_grads``: CUDA graphs add into their memory), unless
+        ``finite`` is false. Neither tensor is read on the host: the update is queued without waiting."""
+        finite = torch.ones((), dtype=torch.bool, device=norm.device) if finite is None else finite
         for group in self.opt.param_groups:
             pairs = [(p, h) for p, h in zip(group["params"], self.holders(group["params"]), strict=True)
                      if h.grad is not None]  # fmt: skip
@@ -162,14 +170,12 @@ class AdamWStep:
             t = self.steps + 1
             beta1, beta2 = group["betas"]
             lr = float(group["lr"])
-            scalars = torch.tensor([lr, coef, lr / (1 - beta1**t), (1 - beta2**t) ** 0.5], dtype=torch.float32)
+            scalars = torch.tensor([lr, lr / (1 - beta1**t), (1 - beta2**t) ** 0.5], dtype=torch.float32)
             if params[0].is_cuda:
                 scalars = scalars.pin_memory()
             scalars = scalars.to(params[0].device, non_blocking=True)
             self.update(params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], scalars,
-                        beta1, beta2, group["eps"], group["weight_decay"], zero_grads, copies)  # fmt: skip
+                        norm, finite, float(max_norm), beta1, beta2, group["eps"], group["weight_decay"], zero_grads,
+                        copies)  # fmt: skip
             torch._foreach_add_([s["step"] for s in states], 1.0)
-            if not zero_grads:
-                for _, h in pairs:
-                    h.grad = None
         self.steps = (self.steps or 0) + 1

@@ -102,7 +102,7 @@ class KeptGrads:
     """The model's input-embedding and LM-head weights, when both are plain and trained.
 
     ``embed(ids)`` and ``head(hidden)`` replace the modules' calls in the loss;
-    ``zero_grad(opt)`` replaces ``opt.zero_grad``; ``settle()`` goes between the last backward
+    ``zero_grad(params)`` replaces freeing the gradients of ``params``; ``settle()`` goes between the last backward
     and whatever reads the gradients (clipping, the optimizer).
     """
 
@@ -133,9 +133,10 @@ class KeptGrads:
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
         return _Head.apply(hidden, self.lm_head.weight, self._head_buffer)
 
-    def zero_grad(self, opt: torch.optim.Optimizer) -> None:
+    def zero_grad(self, params: list[torch.Tensor]) -> None:
         kept = [(b, b.weight.grad) for b in self.buffers]
-        opt.zero_grad(set_to_none=True)
+        for p in params:
+            p.grad = None
         for b, grad in kept:
             b.weight.grad = grad
             b.stale = grad is not None

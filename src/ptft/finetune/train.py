@@ -409,14 +409,18 @@ def train_loop(
         model.train()
         start = time.time() - progress.wall_time_s - progress.probe_time_s - progress.snapshot_time_s
         bar = cleanup.enter_context(tqdm(total=total_steps, initial=step, desc=desc, mininterval=5, disable=not w.main))
+
+        def prepare() -> tuple[list[dict], list[bool]]:
+            """The next optimizer step's micro-batches and which of them count (:func:`ptft.finetune.sharded.share`),
+            collated on the CPU: the step's counts need no wait for the device, and graphs take host inputs."""
+            parts = [sharded.share(next(stream), w) for _ in range(accum)]  # this process's part of each
+            return [collate([examples[i] for i in part], batching, pad_id) for part, _ in parts], [r for _, r in parts]
+
+        upcoming = None
         while step < total_steps:
             for group in opt.param_groups:
                 group["lr"] = lr * optim.lr_multiplier(step, total_steps, warmup, cfg)
-            # A sharded run's process trains on its part of each micro-batch (sharded.share).
-            parts = [sharded.share(next(stream), w) for _ in range(accum)]
-            # Collated on the CPU: the step's counts need no wait for the device, and graphs take host inputs.
-            batches = [collate([examples[i] for i in part], batching, pad_id) for part, _ in parts]
-            real = [is_real for _, is_real in parts]
+            batches, real = upcoming if upcoming is not None else prepare()
             targets = sum(step_weight(b) for b, r in zip(batches, real, strict=True) if r)
             (n_target,) = sharded.all_sum([targets], device)
             if n_target == 0:  # unreachable after with_targets; a guard against a NaN loss of 0 / 0
@@ -435,14 +439,22 @@ def train_loop(
                 losses.append(loss.detach().float())
             if kept is not None:
                 kept.settle()
-            # One wait for the device a step: the losses, and the gradient norm the compiled step clips with.
-            norm = [gradient_norm(holders)] if stepper is not None else []
-            values = torch.stack(losses + norm).tolist()
-            loss_sum = sum(values[: len(losses)], 0.0)
+            # Captured graphs add into the gradients' memory: it is zeroed, not freed. Until a shape is
+            # captured the backward adopts fresh gradients, which is one pass less than adding into zeros.
+            keep = graphed is not None and bool(graphed.graphs)
+            read = torch.stack(losses)
+            if stepper is not None:
+                # Queued before the host waits for the device: the step clips on the device, and updates
+                # nothing where the loss or the norm is not finite (Diverged is raised below).
+                norm = gradient_norm(holders)
+                stepper.step(norm, cfg["max_grad_norm"], keep, torch.isfinite(read).all() & torch.isfinite(norm))
+                read = torch.cat([read, norm[None]])
+            upcoming = prepare() if step + 1 < total_steps else None  # while the device works on this step
+            values = read.tolist()  # the step's one wait for the device
+            loss_sum = sum(values[:accum], 0.0)
             n_tokens = sum(int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel()
                            for b, r in zip(batches, real, strict=True) if r)  # fmt: skip
             loss_sum, n_tokens = sharded.all_sum([loss_sum, n_tokens], device)
-            # the compiled step applies the clipping coefficient itself
             grad_norm = values[-1] if stepper is not None else clip_gradients(trainable, cfg["max_grad_norm"])
             if not (math.isfinite(loss_sum) and math.isfinite(grad_norm)):
                 message = (f"{desc}, lr {lr:g}, seed {seed}: the loss is {loss_sum} and the gradient norm "
@@ -451,17 +463,16 @@ def train_loop(
                            f"the data.")  # fmt: skip
                 result = LoopResult(progress, total_steps, batching, fast, untargeted)
                 raise Diverged(message, step + 1, loss_sum, grad_norm, result)
-            # Captured graphs add into the gradients' memory: it is zeroed, not freed. Until a shape is
-            # captured the backward adopts fresh gradients, which is one pass less than adding into zeros.
-            keep = graphed is not None and bool(graphed.graphs)
             if stepper is None:
                 opt.step()
-            else:  # it zeroes or frees the gradients itself
-                stepper.step(clip_coefficient(grad_norm, cfg["max_grad_norm"]), zero_grads=keep)
-            if kept is not None:
-                kept.zero_grad(opt)
-            elif stepper is None:
-                opt.zero_grad(set_to_none=not keep)
+            if keep:
+                if stepper is None:  # (the compiled step zeroed them)
+                    opt.zero_grad(set_to_none=False)
+            elif kept is not None:
+                kept.zero_grad(holders)
+            else:
+                for h in holders:
+                    h.grad = None
             step += 1
 
             progress.log.append({"step": step, "loss": loss_sum, "lr": opt.param_groups[0]["lr"],
