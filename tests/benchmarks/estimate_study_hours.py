@@ -17,6 +17,9 @@ The study's plan (:func:`ptft.plan.build_plan`) gives every fine-tuning run and 
   bound for the shorter question-generation prompts and for models that stop early), multiple
   choice for multiple choice.
 
+``--finetune-path ours_compiled`` prices fine-tuning at the compiled loop's rate (``bench_gpu.py
+--finetune-compile``), and ``--steady`` without the CUDA graphs' captures.
+
 With ``--eval-measured`` the evaluation rates come from another benchmark file (an H200 run of
 ``bench_gpu.py --profiles ""``), ``--eval-mode`` picks its paths (``compiled``: as a GPU runs
 them now, plus a row for the compilation, once per evaluation job: each path's first pass less its
@@ -64,8 +67,16 @@ def train_examples(task: str, data_cfg: dict) -> int:
     return data_cfg["train_size"]
 
 
-def finetune_rows(plan, measured: dict, lr_grid: int) -> list[dict]:
-    rates = {(r["profile"], r["method"]): r["ours"]["tokens_per_s"] for r in measured["finetune"]}
+def finetune_rows(plan, measured: dict, lr_grid: int, path: str = "ours", steady: bool = False) -> list[dict]:
+    """``path``: the benchmark's run to price with (``ours``, ``ours_compiled``); ``steady``: its rate
+    without the CUDA graphs' captures, which a run of thousands of steps spreads thin."""
+
+    def rate_of(r: dict) -> float:
+        run = r[path]
+        return run["cuda_graphs"]["tokens_per_s_without_captures"] if steady and "cuda_graphs" in run else (
+            run["tokens_per_s"])  # fmt: skip
+
+    rates = {(r["profile"], r["method"]): rate_of(r) for r in measured["finetune"]}
     rows = []
     for task in plan.train_tasks:
         cfg = plan.finetune_configs[task]
@@ -129,13 +140,14 @@ def evaluation_rows(plan, measured: dict, batch_size: int, lr_grid: int, mode: s
 
 
 def estimate(plan, measured: dict, batch_size: int = 16, lr_grid: int = 1, evaluated: dict | None = None,
-             mode: str | None = None, fewshot: str = "per_item") -> pd.DataFrame:  # fmt: skip
+             mode: str | None = None, fewshot: str = "per_item", finetune_path: str = "ours",
+             steady: bool = False) -> pd.DataFrame:  # fmt: skip
     """One row per training task and per eval set: jobs, seconds a job, GPU-hours in all.
 
     ``evaluated``: another benchmark file for the evaluation rates (``measured``'s otherwise).
     """
     evals = evaluation_rows(plan, evaluated or measured, batch_size, lr_grid, mode, fewshot)
-    return pd.DataFrame(finetune_rows(plan, measured, lr_grid) + evals)
+    return pd.DataFrame(finetune_rows(plan, measured, lr_grid, finetune_path, steady) + evals)
 
 
 def main() -> None:
@@ -147,14 +159,19 @@ def main() -> None:
     p.add_argument("--eval-measured", default=None, help="evaluation rates from this file instead")
     p.add_argument("--eval-mode", default=None, help="today, eager or compiled, in files that time each")
     p.add_argument("--fewshot", choices=["per_item", "fixed"], default="per_item")
+    p.add_argument("--finetune-path", choices=["ours", "ours_compiled"], default="ours",
+                   help="ours_compiled: the compiled loop (finetune.compile and cuda_graphs: auto)")  # fmt: skip
+    p.add_argument("--steady", action="store_true", help="fine-tuning rates without the graphs' captures")
     a = p.parse_args()
     measured = json.loads(open(a.measured).read())
     evaluated = json.loads(open(a.eval_measured).read()) if a.eval_measured else None
     plan = build_plan(load_study(a.study), tempfile.mkdtemp())
-    table = estimate(plan, measured, a.eval_batch_size, a.lr_grid, evaluated, a.eval_mode, a.fewshot)
+    table = estimate(
+        plan, measured, a.eval_batch_size, a.lr_grid, evaluated, a.eval_mode, a.fewshot, a.finetune_path, a.steady
+    )
     device = measured["device"] + (f", evaluation on {evaluated['device']}" if evaluated else "")
-    print(f"{device}; eval batch {a.eval_batch_size} ({a.eval_mode or 'as measured'}, {a.fewshot} shots); "
-          f"lr grid x{a.lr_grid}")  # fmt: skip
+    print(f"{device}; fine-tuning {a.finetune_path}{' (steady)' if a.steady else ''}; eval batch "
+          f"{a.eval_batch_size} ({a.eval_mode or 'as measured'}, {a.fewshot} shots); lr grid x{a.lr_grid}")  # fmt: skip
     print(table.round(2).to_string(index=False))
     by_stage = table.groupby(table["stage"].str.split(" ").str[0])["hours"].sum()
     print({k: round(v, 1) for k, v in by_stage.items()}, f"total {table['hours'].sum():.1f} GPU-hours")

@@ -68,3 +68,18 @@ def test_compiled_rates_fixed_shots_and_the_compilation_row(tmp_path):
     assert fixed.loc["xsum", "hours"] == pytest.approx(table.loc["xsum", "hours"] / 4)
     assert fixed.loc["rte", "hours"] == pytest.approx(table.loc["rte", "hours"] / 2)
     assert fixed.loc["hellaswag", "hours"] == table.loc["hellaswag", "hours"]  # multiple choice: no prefix cache
+
+
+def test_fine_tuning_priced_at_the_compiled_loop_with_or_without_its_captures(tmp_path):
+    plan = build_plan(load_study(ROOT / "workflow/studies/amuro-char-olmo1b.yaml"), tmp_path)
+    compiled = {"tokens_per_s": 4000.0, "cuda_graphs": {"tokens_per_s_without_captures": 5000.0}}
+    measured = {**MEASURED, "finetune": [{**r, "ours_compiled": compiled} for r in MEASURED["finetune"]]}
+
+    def mnli_hours(**kw):
+        return estimate(plan, measured, **kw).set_index("name").loc["mnli", "hours"]
+
+    hours = 8 * 2250 * 8 * 60 / 3600  # 8 runs of 2250 steps of 8 examples of 60 tokens, over the rate
+    assert mnli_hours() == pytest.approx(hours / 1000)
+    assert mnli_hours(finetune_path="ours_compiled") == pytest.approx(hours / 4000)
+    assert mnli_hours(finetune_path="ours_compiled", steady=True) == pytest.approx(hours / 5000)
+    assert mnli_hours(steady=True) == pytest.approx(hours / 1000)  # a run without graphs has no captures

@@ -20,9 +20,14 @@ gradient and both moments and writes three of them back, and zeroing writes the 
 CUDA graphs they are zeroed, not freed). On an H200 that was 2.8 + 12 + 1.8 ms of a 38 ms
 MNLI-length OLMo-1B step. Here the clipping coefficient is applied inside the update and the
 zeroing after it, in one compiled function over all parameters, so inductor makes one pass: 32
-bytes a parameter instead of 44. The arithmetic is PyTorch's AdamW (decoupled weight decay, bias
-corrections, ``eps`` outside the square root), and the state is the AdamW optimizer's own, so a
-state saved by either path resumes on the other.
+bytes a parameter instead of 44 (12.8 ms for OLMo-1B on an H100, at its copy bandwidth; see
+``tests/benchmarks/bench_adamw_step.py``). The arithmetic is PyTorch's AdamW (decoupled weight
+decay, bias corrections, ``eps`` outside the square root), and the state is the AdamW optimizer's
+own, so a state saved by either path resumes on the other. The clipping coefficient is computed on
+the device from the norm, as ``clip_grad_norm_`` computes it, so the step is queued without the
+host reading the norm first; a step whose loss or norm is not finite updates nothing (the loop
+raises :class:`ptft.finetune.train.Diverged` once it reads them). With bf16 copies of the matmul
+weights (:mod:`ptft.finetune.bf16_weights`) the step also writes the copies.
 
 ``auto`` compiles on a GPU; ``true`` compiles anywhere (a CPU gains little); runs that cannot
 (sharded, gradient checkpointing, a model without named blocks) train eagerly, or stop with
