@@ -358,7 +358,7 @@ def train_loop(
         for _ in range(step * accum):
             next(stream)
 
-        stepper = None  # the compiled AdamW step, which also clips, and zeroes or frees the gradients
+        stepper = None  # the compiled AdamW step, which also clips (and zeroes the gradients graphs keep)
         copies = None  # bf16 copies of the matmul weights, which the compiled step keeps (bf16_weights)
         if compiled.wanted(cfg, device):
             why = compiled.eligible(model, cfg, w.sharded)
