@@ -68,6 +68,7 @@ from report import emit
 
 from ptft.data.prompts import Prompt
 from ptft.finetune import bf16_weights, graphs, methods
+from ptft.finetune import compiled as compiled_step
 from ptft.finetune.batching import IGNORE
 from ptft.finetune.train import peak_flops, validation_loss
 
@@ -216,9 +217,9 @@ def finetune_pair(base, profile: str, method: str, steps: int, warmup_steps: int
         _, warm_batches = run_hf_trainer(model, warm, warmup_steps, lr, seed, vocab, bf16)
     model = prepared(base, method, device, seed)
     run_ours(model, warm, warmup_steps, lr, seed, warm_batches, precision)
-    if compiled:  # the compilation stays out of the timed run, as in a long one: with bf16 copies and without
-        for copies in (True, False):
-            with bf16_copies(copies):
+    if compiled:  # the compilation stays out of the timed run, as in a long one: each variant below
+        for copies, form in COMPILED_VARIANTS.values():
+            with compiled_variant(copies, form):
                 run_ours(model, warm, warmup_steps, lr, seed, warm_batches, precision,
                          {"cuda_graphs": "auto", "compile": "auto"})  # fmt: skip
     del model
@@ -274,14 +275,14 @@ def finetune_pair(base, profile: str, method: str, steps: int, warmup_steps: int
         result["graphs_speedup"] = eager_s / ours_s
         diff = np.abs(np.array(ours_losses) - np.array(eager_losses)) / np.abs(np.array(eager_losses))
         result["graphs_step_loss_rel_diff"] = {"max": float(diff.max()), "mean": float(diff.mean())}
-    if compiled:  # finetune.compile: the blocks compiled, graphs where they apply; with bf16 copies, then without
+    if compiled:  # finetune.compile: the blocks compiled, graphs where they apply; the variants side by side
         comp = {}
-        for copies in (True, False):
-            with bf16_copies(copies):
-                comp[copies] = ours("auto", "auto")
-        comp_s, comp_losses, fp32_run = comp[True][0], comp[True][3], comp[False]
-        for key, (seconds, memory, loss, _, made) in (("ours_compiled", comp[True]),
-                                                      ("ours_compiled_fp32_weights", fp32_run)):  # fmt: skip
+        for key, (copies, form) in COMPILED_VARIANTS.items():
+            with compiled_variant(copies, form):
+                comp[key] = ours("auto", "auto")
+        comp_s, comp_losses = comp["ours_compiled"][0], comp["ours_compiled"][3]
+        fp32_run, per_tensor = comp["ours_compiled_fp32_weights"], comp["ours_compiled_per_tensor_step"]
+        for key, (seconds, memory, loss, _, made) in comp.items():
             result[key] = side(seconds, memory, loss)
             if made is not None:
                 result[key]["cuda_graphs"] = {
@@ -296,20 +297,29 @@ def finetune_pair(base, profile: str, method: str, steps: int, warmup_steps: int
         result["bf16_weights_speedup"] = fp32_run[0] / comp_s
         diff = np.abs(np.array(comp_losses) - np.array(fp32_run[3])) / np.abs(np.array(fp32_run[3]))
         result["bf16_weights_step_loss_rel_diff"] = {"max": float(diff.max()), "mean": float(diff.mean())}
+        result["per_tensor_step_speedup"] = comp_s / per_tensor[0]
+        result["per_tensor_step_losses_equal"] = per_tensor[3] == comp_losses
     if trainer:
         result["transformers_trainer"] = side(hf_s, hf_mem, hf_loss)
         result["speedup"] = hf_s / ours_s
     return result
 
 
+# The compiled loop's variants timed: (bf16 copies of the matmul weights, the AdamW step's form); the first is ptft's.
+COMPILED_VARIANTS = {"ours_compiled": (True, "foreach"), "ours_compiled_fp32_weights": (False, "foreach"),
+                     "ours_compiled_per_tensor_step": (True, "per_tensor")}  # fmt: skip
+
+
 @contextlib.contextmanager
-def bf16_copies(on: bool):
-    """The compiled step with bf16 copies of the matmul weights (ptft.finetune.bf16_weights), or without."""
-    was, bf16_weights.ENABLED = bf16_weights.ENABLED, on
+def compiled_variant(copies: bool, form: str):
+    """The compiled loop with bf16 copies (ptft.finetune.bf16_weights) or without, and the step in ``form``
+    (ptft.finetune.compiled.STEP_FORM)."""
+    was = bf16_weights.ENABLED, compiled_step.STEP_FORM
+    bf16_weights.ENABLED, compiled_step.STEP_FORM = copies, form
     try:
         yield
     finally:
-        bf16_weights.ENABLED = was
+        bf16_weights.ENABLED, compiled_step.STEP_FORM = was
 
 
 def timed(fn) -> float:
@@ -507,6 +517,10 @@ def summary_lines(result: dict) -> list[str]:
             lines.append(f"  compiled, fp32 weights under autocast: {f32['tokens_per_s']:.0f} tok/s (bf16 copies "
                          f"{r['bf16_weights_speedup']:.2f}x that, step losses within "
                          f"{r['bf16_weights_step_loss_rel_diff']['max']:.1e})")  # fmt: skip
+            pt = r["ours_compiled_per_tensor_step"]
+            lines.append(f"  compiled, AdamW step per tensor: {pt['tokens_per_s']:.0f} tok/s "
+                         f"({r['per_tensor_step_speedup']:.2f}x the foreach step; same step losses: "
+                         f"{r['per_tensor_step_losses_equal']})")  # fmt: skip
     for e in result.get("evaluate", []):
         for mode in ("today", "eager", "compiled"):
             paths = ", ".join(f"{k} {v['items_per_s']:.1f}" for k, v in e.get(mode, {}).items())

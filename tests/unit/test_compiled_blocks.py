@@ -139,3 +139,37 @@ def test_compiled_blocks_and_step_under_graphs_train_as_eager_on_a_gpu(tiny_mode
     got, made = trained(m1, data, {**cfg, "cuda_graphs": True, "compile": "auto"}, tok, monkeypatch)
     assert len(made) == 1 and not made[0].off and made[0].replayed >= 1
     assert_trains_alike(got, eager, m1, m0, model)
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_the_per_tensor_form_of_the_step_is_the_foreach_form(monkeypatch, backend):
+    """compiled.STEP_FORM: the two forms of the step, with bf16 copies, weight decay and zeroing, give
+    the same weights, copies and moments bit for bit, and leave a non-finite step undone."""
+    monkeypatch.setattr(compiled, "BACKEND", backend)
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    shapes = [(7, 5), (5,), (3, 4, 2)]
+    start = [torch.randn(s) for s in shapes]
+    grads = [[torch.randn(s) for s in shapes] for _ in range(3)]
+    got = {}
+    for form in ("foreach", "per_tensor"):
+        monkeypatch.setattr(compiled, "STEP_FORM", form)
+        params = [torch.nn.Parameter(x.clone()) for x in start]
+        copies = [torch.nn.Parameter(x.to(torch.bfloat16)) for x in start[:2]]  # the first two are copied
+
+        class Two:
+            def __init__(self, copies):
+                self.copies = copies
+
+            def holders(self, ps):
+                return [self.copies[i] if i < 2 else q for i, q in enumerate(ps)]
+
+        opt = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.1)
+        step = compiled.AdamWStep(opt, Two(copies))
+        for k, gs in enumerate(grads):
+            for h, g in zip(step.holders(params), gs, strict=True):
+                h.grad = g.to(h.dtype, copy=True)  # the step zeroes it in place
+            bad = k == 1  # the second step is not finite: nothing moves
+            step.step(torch.tensor(3.0), 1.0, zero_grads=True, finite=torch.tensor(not bad))
+        got[form] = [*params, *copies, *(opt.state[q][key] for q in params for key in ("exp_avg", "exp_avg_sq"))]
+    assert all(torch.equal(a, b) for a, b in zip(got["foreach"], got["per_tensor"], strict=True))

@@ -91,6 +91,15 @@ def compiled_blocks(model, desc: str):
             block._compiled_call_impl = None  # what nn.Module.compile set: calls go to the eager forward again
 
 
+def _step_scalars(scalars, norm, finite, max_norm: float):
+    """(lr, step size, sqrt of bias correction 2, clipping coefficient) of the step, on the device."""
+    lr, step_size, bc2_sqrt = scalars.unbind()
+    coef = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+    # A non-finite step (the loop raises Diverged after it) updates nothing: no lr, and zero gradients
+    # in place of NaN ones, which would reach the weights through the moments even at lr 0.
+    return lr * finite, step_size * finite, bc2_sqrt, coef
+
+
 def _adamw(params, grads, exp_avgs, exp_avg_sqs, scalars, norm, finite, max_norm: float, beta1: float, beta2: float,
            eps: float, wd: float, zero_grads: bool, copies):  # fmt: skip
     """One AdamW update of every tensor on its gradient clipped by the gradients' total ``norm`` (a
@@ -99,11 +108,7 @@ def _adamw(params, grads, exp_avgs, exp_avg_sqs, scalars, norm, finite, max_norm
     recompiling. Where ``finite`` (a device bool) is false, the weights stay as they are.
     ``copies[i]`` gets the bf16 rounding of the updated ``params[i]`` (:mod:`ptft.finetune.bf16_weights`),
     whose gradient ``grads[i]`` is then bf16."""
-    lr, step_size, bc2_sqrt = scalars.unbind()
-    coef = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
-    # A non-finite step (the loop raises Diverged after it) updates nothing: no lr, and zero gradients
-    # in place of NaN ones, which would reach the weights through the moments even at lr 0.
-    lr, step_size = lr * finite, step_size * finite
+    lr, step_size, bc2_sqrt, coef = _step_scalars(scalars, norm, finite, max_norm)
     clipped = [torch.where(finite, g.float() * coef, 0.0) for g in grads]
     if wd:
         torch._foreach_mul_(params, 1 - lr * wd)
@@ -125,6 +130,33 @@ def _adamw(params, grads, exp_avgs, exp_avg_sqs, scalars, norm, finite, max_norm
             grad.zero_()
 
 
+def _adamw_per_tensor(params, grads, exp_avgs, exp_avg_sqs, scalars, norm, finite, max_norm: float, beta1: float,
+                      beta2: float, eps: float, wd: float, zero_grads: bool, copies):  # fmt: skip
+    """:func:`_adamw`'s arithmetic, op for op, one tensor at a time: inductor makes one kernel of each
+    tensor's update, copy and zeroing. On an H100 the foreach form wrote the copies and zeroed their
+    gradients in kernels of their own after the update (15.5 ms a step for OLMo-1B against 12.8 without
+    copies; ``tests/benchmarks/bench_adamw_step.py``); this form is there to measure against it."""
+    lr, step_size, bc2_sqrt, coef = _step_scalars(scalars, norm, finite, max_norm)
+    for i, (p, g, m, v) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs, strict=True)):
+        clipped = torch.where(finite, g.float() * coef, 0.0)
+        if wd:
+            p.mul_(1 - lr * wd)
+        m.lerp_(clipped, 1 - beta1)
+        v.mul_(beta2)
+        # addcmul_ rounds differently from _foreach_addcmul_ (1 ulp); the one-tensor list keeps the two forms equal
+        torch._foreach_addcmul_([v], [clipped], [clipped], 1 - beta2)
+        p.sub_(m / (v.sqrt() / bc2_sqrt + eps) * step_size)
+        if i < len(copies):
+            copies[i].copy_(p)
+        if zero_grads:
+            g.zero_()
+
+
+# The compiled step's form; bench_gpu and bench_adamw_step time both.
+STEP_FORMS = {"foreach": _adamw, "per_tensor": _adamw_per_tensor}
+STEP_FORM = "foreach"
+
+
 class AdamWStep:
     """``opt.step()`` of a ``torch.optim.AdamW`` on gradients scaled by the clipping coefficient, and
     optionally the gradients zeroed, compiled as one function (the module's docstring). With
@@ -134,7 +166,7 @@ class AdamWStep:
     def __init__(self, opt: torch.optim.Optimizer, copies: Bf16Weights | None = None):
         self.opt = opt
         self.copies = copies
-        self.update = torch.compile(_adamw, backend=BACKEND, dynamic=False)
+        self.update = torch.compile(STEP_FORMS[STEP_FORM], backend=BACKEND, dynamic=False)
         self.steps: int | None = None  # the optimizer's step count, read from its state once
 
     @staticmethod
