@@ -82,13 +82,16 @@ def run(model, tok, cfg, monkeypatch, enabled: bool, state_path=None):
     return [(r["loss"], r["grad_norm"]) for r in result.progress.log], made
 
 
-def test_the_copies_train_as_fp32_weights_under_autocast(tiny_model_dir, aot_eager, monkeypatch):  # noqa: F811
+def test_the_copies_train_as_fp32_weights_under_autocast_and_resume(tiny_model_dir, aot_eager, monkeypatch,  # noqa: F811
+                                                                    tmp_path):  # fmt: skip
     """One micro-batch a step: the bf16 copies' training is autocast's, bit for bit (on this CPU), step
-    for step and weight for weight."""
+    for step and weight for weight; the state saved at step 3 holds the fp32 weights, and the run
+    resumed from it rounds them into its copies and ends as the uninterrupted one."""
     model, tok = load_pretrained(tiny_model_dir)
-    m_fp32, m_bf16 = copy.deepcopy(model), copy.deepcopy(model)
+    path, cfg = tmp_path / "state.pt", {**CFG, "save_every": 3}
+    m_fp32, m_bf16, resumed = copy.deepcopy(model), copy.deepcopy(model), copy.deepcopy(model)
     ref, none = run(m_fp32, tok, CFG, monkeypatch, enabled=False)
-    got, made = run(m_bf16, tok, CFG, monkeypatch, enabled=True)
+    got, made = run(m_bf16, tok, cfg, monkeypatch, enabled=True, state_path=path)
     # all but the LM head, whose gradient KeptGrads computes on a CPU (grad_buffers)
     assert not none and len(made) == 1 and len(made[0]) == len(linear_weights(model)) - 1
     assert id(m_bf16.lm_head.weight) not in made[0].copy_of
@@ -97,26 +100,20 @@ def test_the_copies_train_as_fp32_weights_under_autocast(tiny_model_dir, aot_eag
         assert not torch.equal(p, p0), name  # it trained
         torch.testing.assert_close(p, q, rtol=0, atol=0, msg=name)
 
-
-def test_more_micro_batches_a_step_keep_fp32_gradients(tiny_model_dir, aot_eager, monkeypatch):  # noqa: F811
-    model, tok = load_pretrained(tiny_model_dir)
-    _, made = run(model, tok, {**CFG, "grad_accum": 2, "max_steps": 2}, monkeypatch, enabled=True)
-    assert not made and not bf16_weights.eligible({**CFG, "precision": "fp32"})
-
-
-def test_a_resumed_run_rounds_the_resumed_weights_into_its_copies(tiny_model_dir, aot_eager, monkeypatch, tmp_path):  # noqa: F811
-    """The state saved at step 3 holds the fp32 weights; the run resumed from it ends as the uninterrupted one."""
-    model, tok = load_pretrained(tiny_model_dir)
-    path, cfg = tmp_path / "state.pt", {**CFG, "save_every": 3}
-    whole = copy.deepcopy(model)
-    steps, made = run(whole, tok, cfg, monkeypatch, enabled=True, state_path=path)
-    assert made and torch.load(path, weights_only=False)["step"] == 3
-    assert all(v.dtype == torch.float32 for v in torch.load(path, weights_only=False)["model"].values())
-    resumed = copy.deepcopy(model)
+    saved = torch.load(path, weights_only=False)
+    assert saved["step"] == 3 and all(v.dtype == torch.float32 for v in saved["model"].values())
     rest, _ = run(resumed, tok, cfg, monkeypatch, enabled=True, state_path=path)
-    assert rest == steps  # the saved log of steps 1-3, then the same steps 4-6
-    for (name, p), q in zip(resumed.named_parameters(), whole.parameters(), strict=True):
+    assert rest == got  # the saved log of steps 1-3, then the same steps 4-6
+    for (name, p), q in zip(resumed.named_parameters(), m_bf16.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=0, atol=0, msg=name)
+
+
+def test_more_micro_batches_a_step_keep_fp32_gradients(monkeypatch):
+    assert bf16_weights.eligible(CFG)
+    assert not bf16_weights.eligible({**CFG, "grad_accum": 2})
+    assert not bf16_weights.eligible({**CFG, "precision": "fp32"})
+    monkeypatch.setattr(bf16_weights, "ENABLED", False)
+    assert not bf16_weights.eligible(CFG)
 
 
 def test_the_compiled_step_writes_the_rounded_update_into_the_copies(aot_eager):  # noqa: F811
