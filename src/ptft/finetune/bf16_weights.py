@@ -26,6 +26,7 @@ differs a little from autocast's (step losses within 5e-5, relative, on a tiny m
 
 from __future__ import annotations
 
+from collections import Counter
 from contextlib import contextmanager
 
 import torch
@@ -45,9 +46,7 @@ class Bf16Weights:
     def __init__(self, model: torch.nn.Module, exclude: tuple[torch.Tensor, ...] = ()):
         """``exclude``: weights whose gradient something else computes into their own ``.grad``."""
         skip = {id(e) for e in exclude}
-        uses: dict[int, int] = {}
-        for _, p in model.named_parameters(remove_duplicate=False):
-            uses[id(p)] = uses.get(id(p), 0) + 1
+        uses = Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
         # (module, attribute name, fp32 parameter, its bf16 copy)
         self.slots: list[tuple[torch.nn.Module, str, torch.nn.Parameter, torch.nn.Parameter]] = []
         for module in model.modules():
