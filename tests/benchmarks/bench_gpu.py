@@ -218,8 +218,8 @@ def finetune_pair(base, profile: str, method: str, steps: int, warmup_steps: int
     model = prepared(base, method, device, seed)
     run_ours(model, warm, warmup_steps, lr, seed, warm_batches, precision)
     if compiled:  # the compilation stays out of the timed run, as in a long one: each variant below
-        for copies, form in COMPILED_VARIANTS.values():
-            with compiled_variant(copies, form):
+        for variant in COMPILED_VARIANTS.values():
+            with compiled_variant(*variant):
                 run_ours(model, warm, warmup_steps, lr, seed, warm_batches, precision,
                          {"cuda_graphs": "auto", "compile": "auto"})  # fmt: skip
     del model
@@ -277,8 +277,8 @@ def finetune_pair(base, profile: str, method: str, steps: int, warmup_steps: int
         result["graphs_step_loss_rel_diff"] = {"max": float(diff.max()), "mean": float(diff.mean())}
     if compiled:  # finetune.compile: the blocks compiled, graphs where they apply; the variants side by side
         comp = {}
-        for key, (copies, form) in COMPILED_VARIANTS.items():
-            with compiled_variant(copies, form):
+        for key, variant in COMPILED_VARIANTS.items():
+            with compiled_variant(*variant):
                 comp[key] = ours("auto", "auto")
         comp_s, comp_losses = comp["ours_compiled"][0], comp["ours_compiled"][3]
         fp32_run, per_tensor = comp["ours_compiled_fp32_weights"], comp["ours_compiled_per_tensor_step"]
@@ -299,27 +299,34 @@ def finetune_pair(base, profile: str, method: str, steps: int, warmup_steps: int
         result["bf16_weights_step_loss_rel_diff"] = {"max": float(diff.max()), "mean": float(diff.mean())}
         result["per_tensor_step_speedup"] = comp_s / per_tensor[0]
         result["per_tensor_step_losses_equal"] = per_tensor[3] == comp_losses
+        kept = comp["ours_compiled_kept_grads"]
+        result["own_grads_speedup"] = kept[0] / comp_s
+        diff = np.abs(np.array(comp_losses) - np.array(kept[3])) / np.abs(np.array(kept[3]))
+        result["own_grads_step_loss_rel_diff"] = {"max": float(diff.max()), "mean": float(diff.mean())}
     if trainer:
         result["transformers_trainer"] = side(hf_s, hf_mem, hf_loss)
         result["speedup"] = hf_s / ours_s
     return result
 
 
-# The compiled loop's variants timed: (bf16 copies of the matmul weights, the AdamW step's form); the first is ptft's.
-COMPILED_VARIANTS = {"ours_compiled": (True, "foreach"), "ours_compiled_fp32_weights": (False, "foreach"),
-                     "ours_compiled_per_tensor_step": (True, "per_tensor")}  # fmt: skip
+# The compiled loop's variants timed: (bf16 copies of the matmul weights, the AdamW step's form, graphs owning
+# their gradients); the first is ptft's.
+COMPILED_VARIANTS = {"ours_compiled": (True, "foreach", True), "ours_compiled_fp32_weights": (False, "foreach", True),
+                     "ours_compiled_per_tensor_step": (True, "per_tensor", True),
+                     "ours_compiled_kept_grads": (True, "foreach", False)}  # fmt: skip
 
 
 @contextlib.contextmanager
-def compiled_variant(copies: bool, form: str):
-    """The compiled loop with bf16 copies (ptft.finetune.bf16_weights) or without, and the step in ``form``
-    (ptft.finetune.compiled.STEP_FORM)."""
-    was = bf16_weights.ENABLED, compiled_step.STEP_FORM
-    bf16_weights.ENABLED, compiled_step.STEP_FORM = copies, form
+def compiled_variant(copies: bool, form: str, own_grads: bool):
+    """The compiled loop with bf16 copies (ptft.finetune.bf16_weights) or without, the step in ``form``
+    (ptft.finetune.compiled.STEP_FORM), and graphs that own their gradients or add into kept ones
+    (ptft.finetune.graphs.OWN_GRADS)."""
+    was = bf16_weights.ENABLED, compiled_step.STEP_FORM, graphs.OWN_GRADS
+    bf16_weights.ENABLED, compiled_step.STEP_FORM, graphs.OWN_GRADS = copies, form, own_grads
     try:
         yield
     finally:
-        bf16_weights.ENABLED, compiled_step.STEP_FORM = was
+        bf16_weights.ENABLED, compiled_step.STEP_FORM, graphs.OWN_GRADS = was
 
 
 def timed(fn) -> float:

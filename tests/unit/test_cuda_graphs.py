@@ -109,8 +109,9 @@ def trained(model, data, cfg, tok, monkeypatch) -> tuple[list[float], list[graph
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
-def test_graph_replayed_training_matches_eager_training_on_a_gpu(tiny_model_dir, monkeypatch):
-    """bf16 on a GPU: the same losses step by step as the eager loop (bf16 rounding apart), every step
+@pytest.mark.parametrize("accum", [1, 2])  # graphs that own their gradients; graphs that add into kept ones
+def test_graph_replayed_training_matches_eager_training_on_a_gpu(tiny_model_dir, monkeypatch, accum):
+    """bf16 on a GPU: the same losses step by step as the eager loop (bf16 rounding apart), every micro-batch
     after a shape's first replayed, and the weights as close as bf16 training allows.
 
     OLMo's architecture, whose 1B model captured on an H200; the tiny LLaMA of the other tests copies
@@ -118,13 +119,14 @@ def test_graph_replayed_training_matches_eager_training_on_a_gpu(tiny_model_dir,
     tok = load_pretrained(tiny_model_dir)[1]
     model = tiny_olmo_on_gpu(tok)
     data = examples(model.config.vocab_size, 64, lo=20, hi=120)
-    cfg = {**CFG, "max_steps": 16}
+    cfg = {**CFG, "max_steps": 16 // accum, "grad_accum": accum}
     m0, m1 = copy.deepcopy(model), copy.deepcopy(model)
     eager, made0 = trained(m0, data, {**cfg, "cuda_graphs": False}, tok, monkeypatch)
     graphed, made1 = trained(m1, data, {**cfg, "cuda_graphs": True}, tok, monkeypatch)
     assert not made0 and len(made1) == 1
     g = made1[0]
     assert not g.off and g.captured >= 1 and g.replayed >= 1 and g.captured + g.replayed == 16
+    assert g.own_grads == (accum == 1) and all((grads is not None) == g.own_grads for *_, grads in g.graphs.values())
     assert_trains_alike(graphed, eager, m1, m0, model)
 
 

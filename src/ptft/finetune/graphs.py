@@ -13,12 +13,23 @@ one. A graph holds one shape, so a row is padded to a *bucket*:
   loss (``IGNORE``).
 
 The graph is the forward (LM head on the target positions only, as the eager fast path), the
-summed cross-entropy divided by the step's target count, and the backward, which adds into the
-parameters' gradients in place: gradients are therefore kept between steps and zeroed, not freed.
+summed cross-entropy divided by the step's target count, and the backward. Where the gradients go:
+
+- **One micro-batch a step** (``grad_accum: 1``): each graph owns its gradients. It is captured
+  with the gradients freed, so the backward writes fresh ones into the graph's memory, and a replay
+  rewrites them there; :meth:`Graphs.run` hands them to the parameters' ``.grad``, and the loop frees
+  them after the step as in eager training. Nothing is zeroed and nothing added into zeros: with
+  bf16 gradients, 8 bytes a parameter of memory traffic less a step (zeroing writes 2; adding reads
+  4 and writes 2). Each shape holds a set of gradients, so a shape is captured only while two more
+  sets fit in the free memory (beyond it the shape runs eagerly).
+- **Several**: the backward adds into the parameters' gradients in place, so they are kept between
+  steps and zeroed, not freed.
+
 A shape's first micro-batch runs eagerly (that is its real update, and it warms the kernels up),
 is then captured, and the capture is checked: replayed with a weight of 0 on the same inputs, it
-must give the eager run's summed loss (within bf16 rounding) and adds 0 to every gradient. A capture that fails
-or differs switches graphs off for the run, with a warning, and training goes on eagerly.
+must give the eager run's summed loss (within bf16 rounding), and its gradients are 0 (added into
+kept gradients, they add nothing). A capture that fails or differs switches graphs off for the run,
+with a warning, and training goes on eagerly.
 
 Only the plain completion loss (SFT methods) in bf16, packed, on one unsharded CUDA device runs
 this way; every other run is eager as before. Rows longer than :data:`MAX_TOKENS` run eagerly,
@@ -46,6 +57,8 @@ from ptft.finetune.packed_attention import NAME, VARLEN_ATTN, VARLEN_GQA
 log = logging.getLogger(__name__)
 
 TARGET_BUCKET = 16
+# bench_gpu switches this off to time graphs that add into kept gradients side by side.
+OWN_GRADS = True
 MAX_TOKENS = 1024
 MAX_GRAPHS = 48
 
@@ -151,9 +164,13 @@ def eligible(model, cfg: dict, batching: str, fast: bool, loss_ok: bool, device,
 class Graphs:
     """The captured shapes of one run, and :meth:`run`, which trains on a micro-batch through them."""
 
-    def __init__(self, model, params: list[torch.Tensor], pad_id: int, desc: str):
+    def __init__(self, model, params: list[torch.Tensor], pad_id: int, desc: str, own_grads: bool = False):
+        """``params``: the tensors whose ``.grad`` the backward writes. ``own_grads`` (one micro-batch a
+        step): each graph writes its gradients into memory of its own (the module's docstring)."""
         self.model, self.params, self.pad_id, self.desc = model, params, pad_id, desc
-        self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, Static, tuple]] = {}
+        self.own_grads = own_grads
+        # shape -> (graph, its inputs, (loss, summed loss), the gradients it writes: None where they are kept)
+        self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, Static, tuple, list | None]] = {}
         self.pool = torch.cuda.graph_pool_handle()
         self.off = False
         self.captured = self.replayed = 0
@@ -168,23 +185,39 @@ class Graphs:
             return None
         key, host = shaped
         if key in self.graphs:
-            graph, static, (loss, _) = self.graphs[key]
+            graph, static, (loss, _), grads = self.graphs[key]
             static.fill(host, n_target)
             graph.replay()
+            if grads is not None:
+                for p, g in zip(self.params, grads, strict=True):
+                    p.grad = g
             self.replayed += 1
             return loss.clone()
-        if len(self.graphs) >= MAX_GRAPHS:
+        if len(self.graphs) >= MAX_GRAPHS or (self.own_grads and not self._room()):
             return None
         t = time.perf_counter()
         loss = self._capture(key, host, n_target)
         self.capture_s += time.perf_counter() - t
         return loss
 
+    @property
+    def keeps_grads(self) -> bool:
+        """Whether the gradients are kept between steps (and must be zeroed, not freed)."""
+        return bool(self.graphs) and not self.own_grads
+
+    def _room(self) -> bool:
+        """Whether two more sets of gradients fit in the memory free on the device (one for the graph)."""
+        device = self.params[0].device
+        free = torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device)
+        free -= torch.cuda.memory_allocated(device)
+        return free > 2 * sum(p.numel() * p.element_size() for p in self.params)
+
     def _capture(self, key, host, n_target: int) -> torch.Tensor:
         device = self.params[0].device
-        # The graph adds into the gradients' memory: they must exist before it is captured.
         for p in self.params:
-            if p.grad is None:
+            if self.own_grads:  # the eager run's gradients are fresh ones, the step's own
+                p.grad = None
+            elif p.grad is None:  # the graph adds into the gradients' memory: they must exist before the capture
                 p.grad = torch.zeros_like(p)
         static = Static(key[0], key[1], key[2], device)
         static.fill(host, n_target)
@@ -193,25 +226,37 @@ class Graphs:
         with torch.cuda.stream(side):
             loss, total = forward_backward(self.model, static)  # the micro-batch's own update, eagerly
         torch.cuda.current_stream(device).wait_stream(side)
+        eager = [p.grad for p in self.params]
+        if self.own_grads:  # freed, so that the captured backward allocates the graph's own in its memory
+            for p in self.params:
+                p.grad = None
         graph = torch.cuda.CUDAGraph()
         try:
             with torch.cuda.graph(graph, pool=self.pool):
                 out = forward_backward(self.model, static)
-            static.n_target.fill_(math.inf)  # loss 0: the check's backward adds exact zeros
+            grads = [p.grad for p in self.params] if self.own_grads else None
+            static.n_target.fill_(math.inf)  # loss 0: the check's backward adds (or writes) exact zeros
             graph.replay()
             # Bitwise in practice; the tolerance is bf16's, for a kernel picked differently under capture.
             same = bool(torch.isclose(out[1], total, rtol=1e-3, atol=0))
         except RuntimeError as e:
+            self._restore(eager)
             self._switch_off(f"capturing a row of {key[0]} tokens failed ({e})")
             return loss
+        self._restore(eager)
         if not same:
             self._switch_off(f"replayed, the row's summed loss is {float(out[1])}, eagerly {float(total)}")
             return loss
-        self.graphs[key] = (graph, static, out)
+        self.graphs[key] = (graph, static, out, grads)
         self.captured += 1
         log.info("%s: CUDA graph captured for rows of %d tokens, %d targets (%d shapes)", self.desc, key[0], key[2],
                  len(self.graphs))  # fmt: skip
         return loss
+
+    def _restore(self, grads: list) -> None:
+        """The eager run's gradients back in ``.grad``: they are this micro-batch's."""
+        for p, g in zip(self.params, grads, strict=True):
+            p.grad = g
 
     def _switch_off(self, why: str) -> None:
         log.warning("%s: CUDA graphs off for this run, training goes on eagerly: %s", self.desc, why)

@@ -379,7 +379,7 @@ def train_loop(
         if lm and cfg.get("cuda_graphs", False) is not False:
             why = graphs.eligible(model, cfg, batching, fast, graphs.plain_completion(loss_fn), device, w.sharded)
             if why is None:
-                graphed = graphs.Graphs(model, holders, pad_id, desc)
+                graphed = graphs.Graphs(model, holders, pad_id, desc, own_grads=graphs.OWN_GRADS and accum == 1)
             elif cfg.get("cuda_graphs") is True:
                 raise ValueError(f"{desc}: finetune.cuda_graphs is true, but {why}; set it to auto or false")
 
@@ -439,9 +439,9 @@ def train_loop(
                 losses.append(loss.detach().float())
             if kept is not None:
                 kept.settle()
-            # Captured graphs add into the gradients' memory: it is zeroed, not freed. Until a shape is
-            # captured the backward adopts fresh gradients, which is one pass less than adding into zeros.
-            keep = graphed is not None and bool(graphed.graphs)
+            # Graphs that add into the gradients' memory need it zeroed, not freed (graphs.py). Otherwise the
+            # backward adopts fresh gradients, which is one pass less than adding into zeros.
+            keep = graphed is not None and graphed.keeps_grads
             read = torch.stack(losses)
             if stepper is not None:
                 # Queued before the host waits for the device: the step clips on the device, and updates
