@@ -200,7 +200,10 @@ def packed_check(base, device: str, vocab: int, seed: int) -> dict:
 
 
 def finetune_pair(base, profile: str, method: str, steps: int, warmup_steps: int, lr: float, seed: int, device: str,
-                  vocab: int, trainer: bool = True, compiled: bool = False) -> dict:  # fmt: skip
+                  vocab: int, trainer: bool = True, compiled: bool = False,
+                  variants: tuple[str, ...] = ()) -> dict:  # fmt: skip
+    """``variants``: the keys of COMPILED_VARIANTS timed where ``compiled`` (all by default; ptft's always)."""
+    variants = {k: COMPILED_VARIANTS[k] for k in dict.fromkeys(("ours_compiled", *(variants or COMPILED_VARIANTS)))}
     examples = PROFILES[profile](steps * BATCH, vocab, seed)
     valid = PROFILES[profile](64, vocab, seed + 1)
     tokens = sum(len(x) for x, _ in examples)
@@ -218,7 +221,7 @@ def finetune_pair(base, profile: str, method: str, steps: int, warmup_steps: int
     model = prepared(base, method, device, seed)
     run_ours(model, warm, warmup_steps, lr, seed, warm_batches, precision)
     if compiled:  # the compilation stays out of the timed run, as in a long one: each variant below
-        for variant in COMPILED_VARIANTS.values():
+        for variant in variants.values():
             with compiled_variant(*variant):
                 run_ours(model, warm, warmup_steps, lr, seed, warm_batches, precision,
                          {"cuda_graphs": "auto", "compile": "auto"})  # fmt: skip
@@ -277,11 +280,10 @@ def finetune_pair(base, profile: str, method: str, steps: int, warmup_steps: int
         result["graphs_step_loss_rel_diff"] = {"max": float(diff.max()), "mean": float(diff.mean())}
     if compiled:  # finetune.compile: the blocks compiled, graphs where they apply; the variants side by side
         comp = {}
-        for key, variant in COMPILED_VARIANTS.items():
+        for key, variant in variants.items():
             with compiled_variant(*variant):
                 comp[key] = ours("auto", "auto")
         comp_s, comp_losses = comp["ours_compiled"][0], comp["ours_compiled"][3]
-        fp32_run, per_tensor = comp["ours_compiled_fp32_weights"], comp["ours_compiled_per_tensor_step"]
         for key, (seconds, memory, loss, _, made) in comp.items():
             result[key] = side(seconds, memory, loss)
             if made is not None:
@@ -294,15 +296,16 @@ def finetune_pair(base, profile: str, method: str, steps: int, warmup_steps: int
         result["compiled_speedup"] = ours_s / comp_s
         diff = np.abs(np.array(comp_losses) - np.array(ours_losses)) / np.abs(np.array(ours_losses))
         result["compiled_step_loss_rel_diff"] = {"max": float(diff.max()), "mean": float(diff.mean())}
-        result["bf16_weights_speedup"] = fp32_run[0] / comp_s
-        diff = np.abs(np.array(comp_losses) - np.array(fp32_run[3])) / np.abs(np.array(fp32_run[3]))
-        result["bf16_weights_step_loss_rel_diff"] = {"max": float(diff.max()), "mean": float(diff.mean())}
-        result["per_tensor_step_speedup"] = comp_s / per_tensor[0]
-        result["per_tensor_step_losses_equal"] = per_tensor[3] == comp_losses
-        kept = comp["ours_compiled_kept_grads"]
-        result["own_grads_speedup"] = kept[0] / comp_s
-        diff = np.abs(np.array(comp_losses) - np.array(kept[3])) / np.abs(np.array(kept[3]))
-        result["own_grads_step_loss_rel_diff"] = {"max": float(diff.max()), "mean": float(diff.mean())}
+        # each variant against ptft's: (what the variant lacks)_speedup, and the step losses' distance
+        for key, name in (("ours_compiled_fp32_weights", "bf16_weights"), ("ours_compiled_kept_grads", "own_grads")):
+            if key in comp:
+                result[f"{name}_speedup"] = comp[key][0] / comp_s
+                diff = np.abs(np.array(comp_losses) - np.array(comp[key][3])) / np.abs(np.array(comp[key][3]))
+                result[f"{name}_step_loss_rel_diff"] = {"max": float(diff.max()), "mean": float(diff.mean())}
+        if "ours_compiled_per_tensor_step" in comp:
+            per_tensor = comp["ours_compiled_per_tensor_step"]
+            result["per_tensor_step_speedup"] = comp_s / per_tensor[0]
+            result["per_tensor_step_losses_equal"] = per_tensor[3] == comp_losses
     if trainer:
         result["transformers_trainer"] = side(hf_s, hf_mem, hf_loss)
         result["speedup"] = hf_s / ours_s
@@ -520,14 +523,21 @@ def summary_lines(result: dict) -> list[str]:
             c = r["ours_compiled"]
             lines.append(f"  compiled blocks: {c['tokens_per_s']:.0f} tok/s ({r['compiled_speedup']:.2f}x ours), step "
                          f"losses within {r['compiled_step_loss_rel_diff']['max']:.1e}")  # fmt: skip
-            f32 = r["ours_compiled_fp32_weights"]
-            lines.append(f"  compiled, fp32 weights under autocast: {f32['tokens_per_s']:.0f} tok/s (bf16 copies "
-                         f"{r['bf16_weights_speedup']:.2f}x that, step losses within "
-                         f"{r['bf16_weights_step_loss_rel_diff']['max']:.1e})")  # fmt: skip
-            pt = r["ours_compiled_per_tensor_step"]
-            lines.append(f"  compiled, AdamW step per tensor: {pt['tokens_per_s']:.0f} tok/s "
-                         f"({r['per_tensor_step_speedup']:.2f}x the foreach step; same step losses: "
-                         f"{r['per_tensor_step_losses_equal']})")  # fmt: skip
+            if "ours_compiled_fp32_weights" in r:
+                f32 = r["ours_compiled_fp32_weights"]
+                lines.append(f"  compiled, fp32 weights under autocast: {f32['tokens_per_s']:.0f} tok/s (bf16 copies "
+                             f"{r['bf16_weights_speedup']:.2f}x that, step losses within "
+                             f"{r['bf16_weights_step_loss_rel_diff']['max']:.1e})")  # fmt: skip
+            if "ours_compiled_per_tensor_step" in r:
+                pt = r["ours_compiled_per_tensor_step"]
+                lines.append(f"  compiled, AdamW step per tensor: {pt['tokens_per_s']:.0f} tok/s "
+                             f"({r['per_tensor_step_speedup']:.2f}x the foreach step; same step losses: "
+                             f"{r['per_tensor_step_losses_equal']})")  # fmt: skip
+            if "ours_compiled_kept_grads" in r:
+                k = r["ours_compiled_kept_grads"]
+                lines.append(f"  compiled, graphs adding into kept gradients: {k['tokens_per_s']:.0f} tok/s (owned "
+                             f"{r['own_grads_speedup']:.2f}x that, step losses within "
+                             f"{r['own_grads_step_loss_rel_diff']['max']:.1e})")  # fmt: skip
     for e in result.get("evaluate", []):
         for mode in ("today", "eager", "compiled"):
             paths = ", ".join(f"{k} {v['items_per_s']:.1f}" for k, v in e.get(mode, {}).items())
@@ -565,6 +575,11 @@ def main() -> None:
         help="finetune.cuda_graphs: the longest row replayed as a graph (ptft.finetune.graphs.MAX_TOKENS)",
     )
     p.add_argument(
+        "--compiled-variants",
+        default=",".join(COMPILED_VARIANTS),
+        help="with --finetune-compile: the compiled loop's variants timed (ours_compiled, ptft's, always)",
+    )
+    p.add_argument(
         "--finetune-compile",
         action="store_true",
         help="also run ours with finetune.compile: auto (compiled blocks, graphs where they apply), side by side",
@@ -597,7 +612,7 @@ def main() -> None:
         for method in a.methods.split(","):
             lr = a.lr * (100 if method == "lora" else 1)
             r = finetune_pair(base, profile, method, a.steps, a.warmup_steps, lr, a.seed, device, vocab, a.trainer,
-                              a.finetune_compile)  # fmt: skip
+                              a.finetune_compile, tuple(filter(None, a.compiled_variants.split(","))))  # fmt: skip
             result["finetune"].append(r)
             print("\n".join(summary_lines(result)[2:]), flush=True)
             if a.out:  # what is done so far survives a run cut short
