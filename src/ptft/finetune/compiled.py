@@ -16,8 +16,8 @@ eager model's.
 
 **The optimizer step** (:class:`AdamWStep`). After the backward, PyTorch's own path makes three
 passes over every parameter's memory: clipping scales the gradients, fused AdamW reads parameter,
-gradient and both moments and writes three of them back, and zeroing writes the gradients (with
-CUDA graphs they are zeroed, not freed). On an H200 that was 2.8 + 12 + 1.8 ms of a 38 ms
+gradient and both moments and writes three of them back, and zeroing writes the gradients (where
+CUDA graphs add into kept gradients they are zeroed, not freed). On an H200 that was 2.8 + 12 + 1.8 ms of a 38 ms
 MNLI-length OLMo-1B step. Here the clipping coefficient is applied inside the update and the
 zeroing after it, in one compiled function over all parameters, so inductor makes one pass: 32
 bytes a parameter instead of 44 (12.8 ms for OLMo-1B on an H100, at its copy bandwidth; see
