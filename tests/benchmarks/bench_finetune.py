@@ -98,10 +98,10 @@ def hf_tokenizer(vocab: int):
 
 def run_ours(
     model, examples, steps: int, lr: float, seed: int, replay: list[list[int]] | None, precision: str = "fp32",
-    extra: dict | None = None, losses: list | None = None,
+    extra: dict | None = None, losses: list | None = None, stats: dict | None = None,
 ) -> float:  # fmt: skip
     """Seconds of ``train_loop`` on ``model`` (already on its device); ``extra``: more finetune settings;
-    ``losses`` gets the loop's loss of every step."""
+    ``losses`` gets the loop's loss of every step; ``stats["loop_s"]`` the loop's own wall time (its setup left out)."""
     cfg = {"epochs": 1, "batch_size": BATCH, "grad_accum": 1, "warmup_ratio": WARMUP_RATIO, "weight_decay": 0.0,
            "max_steps": steps, "save_every": 10**9, "precision": precision,
            "batching": "packed" if replay else "grouped", "max_grad_norm": 1.0, **(extra or {})}  # fmt: skip
@@ -116,6 +116,8 @@ def run_ours(
         synchronize()
         if losses is not None:
             losses += [r["loss"] for r in result.progress.log]
+        if stats is not None:
+            stats["loop_s"] = result.progress.wall_time_s
         return time.perf_counter() - t
     finally:
         train.make_batches = make_batches

@@ -243,38 +243,47 @@ def finetune_pair(base, profile: str, method: str, steps: int, warmup_steps: int
         order = np.random.default_rng(seed).permutation(len(examples)).tolist()
         batches = [order[i : i + BATCH] for i in range(0, len(order), BATCH)]
 
-    def ours(cuda_graphs, compile=False) -> tuple[float, float | None, float, list[float], graphs.Graphs | None]:
+    def ours(cuda_graphs, compile=False) -> tuple[float, float | None, float, list[float], dict]:
+        """(seconds, peak GiB, validation loss, step losses, {loop_s, and the graphs' counts where any were made})."""
         model = prepared(base, method, device, seed)
-        made, real, losses = [], graphs.Graphs, []
+        made, real, losses, stats = [], graphs.Graphs, [], {}
         graphs.Graphs = lambda *a, **k: made.append(real(*a, **k)) or made[-1]
         try:
             seconds = run_ours(model, examples, steps, lr, seed, batches, precision,
-                               {"cuda_graphs": cuda_graphs, "compile": compile}, losses)  # fmt: skip
+                               {"cuda_graphs": cuda_graphs, "compile": compile}, losses, stats)  # fmt: skip
         finally:
             graphs.Graphs = real
+        if made:  # counts only: a Graphs object would keep its captures' memory
+            g = made[0]
+            stats["cuda_graphs"] = {"captured": g.captured, "replayed": g.replayed, "off": g.off,
+                                    "capture_s": g.capture_s, "tokens_per_s_without_captures":
+                                    tokens / (seconds - g.capture_s)}  # fmt: skip
+        made.clear()
         memory, loss = peak_memory_gib(), validation_loss(model, valid, "grouped", PAD, BATCH, False, device)
         del model
         release()
-        return seconds, memory, loss, losses, made[0] if made else None
+        return seconds, memory, loss, losses, stats
 
-    ours_s, ours_mem, ours_loss, ours_losses, graphed = ours("auto")
+    ours_s, ours_mem, ours_loss, ours_losses, ours_stats = ours("auto")
 
-    def side(seconds: float, memory: float | None, loss: float) -> dict:
+    def side(seconds: float, memory: float | None, loss: float, stats: dict | None = None) -> dict:
         flops = FLOPS_PER_TOKEN[method] * n_params * tokens / seconds
-        return {"seconds": seconds, "tokens_per_s": tokens / seconds, "model_tflops_per_s": flops / 1e12,
-                "mfu": flops / peak if peak else None, "peak_memory_gib": memory, "validation_loss": loss}  # fmt: skip
+        out = {"seconds": seconds, "tokens_per_s": tokens / seconds, "model_tflops_per_s": flops / 1e12,
+               "mfu": flops / peak if peak else None, "peak_memory_gib": memory, "validation_loss": loss}  # fmt: skip
+        if stats:
+            # The loop's own time, as a run's record counts it (train.RunRecord.tokens_per_s): without the
+            # setup before the first step (the optimizer's creation, train.check_shortcuts' fp32 forwards).
+            loop = stats["loop_s"]
+            loop_flops = FLOPS_PER_TOKEN[method] * n_params * tokens / loop
+            out |= {"loop_s": loop, "loop_tokens_per_s": tokens / loop, "loop_mfu": loop_flops / peak if peak else None}
+            if "cuda_graphs" in stats:
+                out["cuda_graphs"] = stats["cuda_graphs"]
+        return out
 
-    result["ours"] = side(ours_s, ours_mem, ours_loss)
-    if graphed is not None:  # finetune.cuda_graphs: ours as above, then eagerly, side by side
-        eager_s, eager_mem, eager_loss, eager_losses, _ = ours(False)
-        result["ours"]["cuda_graphs"] = {
-            "captured": graphed.captured,
-            "replayed": graphed.replayed,
-            "off": graphed.off,
-            "capture_s": graphed.capture_s,
-            "tokens_per_s_without_captures": tokens / (ours_s - graphed.capture_s),
-        }
-        result["ours_eager"] = side(eager_s, eager_mem, eager_loss)
+    result["ours"] = side(ours_s, ours_mem, ours_loss, ours_stats)
+    if "cuda_graphs" in ours_stats:  # finetune.cuda_graphs: ours as above, then eagerly, side by side
+        eager_s, eager_mem, eager_loss, eager_losses, eager_stats = ours(False)
+        result["ours_eager"] = side(eager_s, eager_mem, eager_loss, eager_stats)
         result["graphs_speedup"] = eager_s / ours_s
         diff = np.abs(np.array(ours_losses) - np.array(eager_losses)) / np.abs(np.array(eager_losses))
         result["graphs_step_loss_rel_diff"] = {"max": float(diff.max()), "mean": float(diff.mean())}
@@ -284,15 +293,8 @@ def finetune_pair(base, profile: str, method: str, steps: int, warmup_steps: int
             with compiled_variant(*variant):
                 comp[key] = ours("auto", "auto")
         comp_s, comp_losses = comp["ours_compiled"][0], comp["ours_compiled"][3]
-        for key, (seconds, memory, loss, _, made) in comp.items():
-            result[key] = side(seconds, memory, loss)
-            if made is not None:
-                result[key]["cuda_graphs"] = {
-                    "captured": made.captured,
-                    "off": made.off,
-                    "capture_s": made.capture_s,
-                    "tokens_per_s_without_captures": tokens / (seconds - made.capture_s),
-                }
+        for key, (seconds, memory, loss, _, stats) in comp.items():
+            result[key] = side(seconds, memory, loss, stats)
         result["compiled_speedup"] = ours_s / comp_s
         diff = np.abs(np.array(comp_losses) - np.array(ours_losses)) / np.abs(np.array(ours_losses))
         result["compiled_step_loss_rel_diff"] = {"max": float(diff.max()), "mean": float(diff.mean())}
@@ -302,10 +304,10 @@ def finetune_pair(base, profile: str, method: str, steps: int, warmup_steps: int
                 result[f"{name}_speedup"] = comp[key][0] / comp_s
                 diff = np.abs(np.array(comp_losses) - np.array(comp[key][3])) / np.abs(np.array(comp[key][3]))
                 result[f"{name}_step_loss_rel_diff"] = {"max": float(diff.max()), "mean": float(diff.mean())}
-        if "ours_compiled_per_tensor_step" in comp:
-            per_tensor = comp["ours_compiled_per_tensor_step"]
-            result["per_tensor_step_speedup"] = comp_s / per_tensor[0]
-            result["per_tensor_step_losses_equal"] = per_tensor[3] == comp_losses
+        if "ours_compiled_foreach_step" in comp:
+            foreach = comp["ours_compiled_foreach_step"]
+            result["per_tensor_step_speedup"] = foreach[0] / comp_s
+            result["per_tensor_step_losses_equal"] = foreach[3] == comp_losses
     if trainer:
         result["transformers_trainer"] = side(hf_s, hf_mem, hf_loss)
         result["speedup"] = hf_s / ours_s
@@ -314,9 +316,10 @@ def finetune_pair(base, profile: str, method: str, steps: int, warmup_steps: int
 
 # The compiled loop's variants timed: (bf16 copies of the matmul weights, the AdamW step's form, graphs owning
 # their gradients); the first is ptft's.
-COMPILED_VARIANTS = {"ours_compiled": (True, "foreach", True), "ours_compiled_fp32_weights": (False, "foreach", True),
-                     "ours_compiled_per_tensor_step": (True, "per_tensor", True),
-                     "ours_compiled_kept_grads": (True, "foreach", False)}  # fmt: skip
+COMPILED_VARIANTS = {"ours_compiled": (True, "per_tensor", True),
+                     "ours_compiled_fp32_weights": (False, "per_tensor", True),
+                     "ours_compiled_foreach_step": (True, "foreach", True),
+                     "ours_compiled_kept_grads": (True, "per_tensor", False)}  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -521,17 +524,18 @@ def summary_lines(result: dict) -> list[str]:
                          f"{r['graphs_step_loss_rel_diff']['max']:.1e}")  # fmt: skip
         if "ours_compiled" in r:
             c = r["ours_compiled"]
-            lines.append(f"  compiled blocks: {c['tokens_per_s']:.0f} tok/s ({r['compiled_speedup']:.2f}x ours), step "
-                         f"losses within {r['compiled_step_loss_rel_diff']['max']:.1e}")  # fmt: skip
+            lines.append(f"  compiled blocks: {c['tokens_per_s']:.0f} tok/s ({r['compiled_speedup']:.2f}x ours; the "
+                         f"loop alone {c['loop_tokens_per_s']:.0f}, MFU {pct(c['loop_mfu'])}), step losses within "
+                         f"{r['compiled_step_loss_rel_diff']['max']:.1e}")  # fmt: skip
             if "ours_compiled_fp32_weights" in r:
                 f32 = r["ours_compiled_fp32_weights"]
                 lines.append(f"  compiled, fp32 weights under autocast: {f32['tokens_per_s']:.0f} tok/s (bf16 copies "
                              f"{r['bf16_weights_speedup']:.2f}x that, step losses within "
                              f"{r['bf16_weights_step_loss_rel_diff']['max']:.1e})")  # fmt: skip
-            if "ours_compiled_per_tensor_step" in r:
-                pt = r["ours_compiled_per_tensor_step"]
-                lines.append(f"  compiled, AdamW step per tensor: {pt['tokens_per_s']:.0f} tok/s "
-                             f"({r['per_tensor_step_speedup']:.2f}x the foreach step; same step losses: "
+            if "ours_compiled_foreach_step" in r:
+                fe = r["ours_compiled_foreach_step"]
+                lines.append(f"  compiled, AdamW step in foreach ops: {fe['tokens_per_s']:.0f} tok/s (per tensor "
+                             f"{r['per_tensor_step_speedup']:.2f}x that; same step losses: "
                              f"{r['per_tensor_step_losses_equal']})")  # fmt: skip
             if "ours_compiled_kept_grads" in r:
                 k = r["ours_compiled_kept_grads"]

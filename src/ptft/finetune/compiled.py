@@ -27,7 +27,9 @@ own, so a state saved by either path resumes on the other. The clipping coeffici
 the device from the norm, as ``clip_grad_norm_`` computes it, so the step is queued without the
 host reading the norm first; a step whose loss or norm is not finite updates nothing (the loop
 raises :class:`ptft.finetune.train.Diverged` once it reads them). With bf16 copies of the matmul
-weights (:mod:`ptft.finetune.bf16_weights`) the step also writes the copies.
+weights (:mod:`ptft.finetune.bf16_weights`) the step also writes the copies. The function is written
+one tensor at a time (``STEP_FORM``), which inductor makes one kernel a tensor; written with foreach
+ops it wrote the copies in kernels of their own, 3 ms slower on an H100.
 
 ``auto`` compiles on a GPU; ``true`` compiles anywhere (a CPU gains little); runs that cannot
 (sharded, gradient checkpointing, a model without named blocks) train eagerly, or stop with
@@ -133,9 +135,10 @@ def _adamw(params, grads, exp_avgs, exp_avg_sqs, scalars, norm, finite, max_norm
 def _adamw_per_tensor(params, grads, exp_avgs, exp_avg_sqs, scalars, norm, finite, max_norm: float, beta1: float,
                       beta2: float, eps: float, wd: float, zero_grads: bool, copies):  # fmt: skip
     """:func:`_adamw`'s arithmetic, op for op, one tensor at a time: inductor makes one kernel of each
-    tensor's update, copy and zeroing. On an H100 the foreach form wrote the copies and zeroed their
-    gradients in kernels of their own after the update (15.5 ms a step for OLMo-1B against 12.8 without
-    copies; ``tests/benchmarks/bench_adamw_step.py``); this form is there to measure against it."""
+    tensor's update, copy and zeroing, where the foreach form writes the copies and zeroes their gradients
+    in kernels of their own after the update, which read the weights again. For OLMo-1B's step with bf16
+    copies, zeroing: 12.6 ms against 15.6 on an H100 (``tests/benchmarks/bench_adamw_step.py``), the
+    same weights, copies and moments bit for bit."""
     lr, step_size, bc2_sqrt, coef = _step_scalars(scalars, norm, finite, max_norm)
     for i, (p, g, m, v) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs, strict=True)):
         clipped = torch.where(finite, g.float() * coef, 0.0)
@@ -154,7 +157,7 @@ def _adamw_per_tensor(params, grads, exp_avgs, exp_avg_sqs, scalars, norm, finit
 
 # The compiled step's form; bench_gpu and bench_adamw_step time both.
 STEP_FORMS = {"foreach": _adamw, "per_tensor": _adamw_per_tensor}
-STEP_FORM = "foreach"
+STEP_FORM = "per_tensor"
 
 
 class AdamWStep:

@@ -253,6 +253,11 @@ class Graphs:
                  len(self.graphs))  # fmt: skip
         return loss
 
+    def release(self) -> None:
+        """Drop the captured graphs and the gradients they own (the run is over); the counts stay."""
+        self.graphs.clear()
+        self.pool = None
+
     def _restore(self, grads: list) -> None:
         """The eager run's gradients back in ``.grad``: they are this micro-batch's."""
         for p, g in zip(self.params, grads, strict=True):

@@ -380,6 +380,7 @@ def train_loop(
             why = graphs.eligible(model, cfg, batching, fast, graphs.plain_completion(loss_fn), device, w.sharded)
             if why is None:
                 graphed = graphs.Graphs(model, holders, pad_id, desc, own_grads=graphs.OWN_GRADS and accum == 1)
+                cleanup.callback(graphed.release)
             elif cfg.get("cuda_graphs") is True:
                 raise ValueError(f"{desc}: finetune.cuda_graphs is true, but {why}; set it to auto or false")
 
