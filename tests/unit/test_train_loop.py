@@ -108,3 +108,25 @@ def test_the_summary_records_the_run_and_scores_with_the_given_evaluation_settin
     with pytest.raises(ValueError, match="validation_score: expected the evaluation settings"):
         finetune(tiny_model_dir, tmp_path / "train.parquet", "toy_nli", {**cfg, "validation_score": True}, 1e-3, 0,
                  tmp_path / "ft2", tmp_path / "st2", "full", tmp_path / "train.parquet")  # fmt: skip
+
+
+def test_the_shortcut_check_runs_on_the_last_tokens_of_each_example(tiny_model_dir, monkeypatch):
+    """check_shortcuts: an example is cut to its last CHECK_TOKENS tokens, or kept whole where its only
+    target lies before them; the shortcuts hold on a model whose logits are lm_head(hidden states)."""
+    from ptft.finetune import train
+
+    model, tok = load_pretrained(tiny_model_dir)
+    n, cut = 300, train.CHECK_TOKENS
+    ids = torch.randint(3, model.config.vocab_size, (n,), generator=torch.Generator().manual_seed(0)).tolist()
+    late = (ids, [IGNORE] * (n - 3) + ids[-3:])  # its targets at the end: cut
+    early = (ids, [IGNORE, ids[1]] + [IGNORE] * (n - 2))  # its one target before the last 128 tokens: whole
+    widths, real = [], train.completion_loss
+    monkeypatch.setattr(
+        train, "completion_loss", lambda m, b, *a, **k: widths.append(b["input_ids"].shape[-1]) or real(m, b, *a, **k)
+    )
+    cpu = torch.device("cpu")
+    assert train.check_shortcuts(model, [late, late], "packed", tok.pad_token_id, cpu) == ("packed", True)
+    assert widths == [cut, cut, 2 * cut]  # padded, padded on targets only, one packed row
+    widths.clear()
+    assert train.check_shortcuts(model, [late, early], "packed", tok.pad_token_id, cpu) == ("packed", True)
+    assert widths == [n, n, cut + n]

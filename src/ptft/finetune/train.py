@@ -50,6 +50,7 @@ from ptft.finetune.batching import (
     collate,
     collate_padded,
     example_length,
+    has_target,
     make_batches,
     sequences,
     step_weight,
@@ -110,15 +111,25 @@ def clip_gradients(params: list[torch.Tensor], max_norm: float) -> float:
     return value
 
 
+# check_shortcuts runs on the last this many tokens of each sequence it checks: what it checks is the
+# model's, not the data's, and in fp32 on four XSum-length rows its forwards took 0.4 s of an OLMo-1B
+# job's setup on an H100.
+CHECK_TOKENS = 128
+
+
 @torch.no_grad()
 def check_shortcuts(model, examples, batching: str, pad_id: int, device, kept: KeptGrads | None = None):
-    """(batching, fast head) that reproduce the plain padded ``model(...).logits`` loss.
+    """(batching, fast head) that reproduce the plain padded ``model(...).logits`` loss, checked on the
+    last :data:`CHECK_TOKENS` tokens of the first examples (whole, where that cut leaves no target).
 
     ``kept`` is switched off (``kept.active = False``) if its path does not reproduce it either.
     """
     was_training = model.training
     model.eval()
-    sample = sequences(examples[:4])
+    sample = []
+    for ids, labels in sequences(examples[:4]):
+        cut = labels[-CHECK_TOKENS:]
+        sample.append((ids[-CHECK_TOKENS:], cut) if has_target(cut) else (ids, labels))
     padded = collate_padded(sample, pad_id, device)
     ref = completion_loss(model, padded, fast=False)
 
