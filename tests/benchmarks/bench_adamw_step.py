@@ -9,11 +9,13 @@ graphs) or not; the same arithmetic written per tensor (``compiled._adamw_per_te
 inductor compiles to one kernel a tensor; and ``torch.optim.AdamW(fused=True)`` on fp32 gradients. The
 per-tensor variant's first update is checked bit for bit against the foreach one.
 
-Measured on an H100 (OLMo-1B, 1.18 B parameters, 2026-12-05), ms: bf16 copies zeroed 15.50, not
-zeroed 14.30; fp32 gradients zeroed 12.76, not zeroed 10.98; torch's fused AdamW 12.20; a 4.7 GB
-copy ran at 3.03 TB/s. The fp32 steps run at that bandwidth (32 and 28 bytes a parameter); the
-copies' step moves 30 bytes a parameter but ran at 2.3 TB/s: in the profile, inductor writes the
-copies and zeroes their gradients in a kernel of their own per tensor, after the foreach kernels.
+Measured on an H100 (OLMo-1B, 1.18 B parameters, 2026-12-06, code 44611ae), ms: bf16 copies zeroed
+15.61, not zeroed 14.49, zeroed per tensor 12.63; fp32 gradients zeroed 12.87, not zeroed 11.15;
+torch's fused AdamW 12.62; a 4.7 GB copy ran at 3.03 TB/s. The fp32 steps run at about that
+bandwidth (32 and 28 bytes a parameter); the copies' foreach step moves 30 bytes a parameter but ran
+at 2.3 TB/s: in the profile, inductor writes the copies and zeroes their gradients in a kernel of
+their own per tensor, after the foreach kernels. Written per tensor (ptft's step since), it ran at
+2.8 TB/s. Raw: ``tests/benchmarks/measured/adamw_step_h100_olmo1b.json``.
 """
 
 from __future__ import annotations
@@ -65,11 +67,14 @@ def main() -> None:
               "torch": torch.__version__, "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
               "ms": {}}  # fmt: skip
     first = {}
-    for name, fn, bf16, zero in [("bf16 copies, zeroed", compiled._adamw, True, True),
-                                 ("bf16 copies, not zeroed", compiled._adamw, True, False),
-                                 ("bf16 copies, zeroed, per tensor", compiled._adamw_per_tensor, True, True),
-                                 ("fp32 gradients, zeroed", compiled._adamw, False, True),
-                                 ("fp32 gradients, not zeroed", compiled._adamw, False, False)]:  # fmt: skip
+    foreach, per_tensor = compiled._adamw, compiled._adamw_per_tensor
+    for name, fn, bf16, zero in [("bf16 copies, zeroed", foreach, True, True),
+                                 ("bf16 copies, not zeroed", foreach, True, False),
+                                 ("bf16 copies, zeroed, per tensor", per_tensor, True, True),
+                                 ("bf16 copies, not zeroed, per tensor", per_tensor, True, False),
+                                 ("fp32 gradients, zeroed", foreach, False, True),
+                                 ("fp32 gradients, not zeroed", foreach, False, False),
+                                 ("fp32 gradients, not zeroed, per tensor", per_tensor, False, False)]:  # fmt: skip
         torch._dynamo.reset()
         with torch.no_grad():
             torch._foreach_copy_(params, start)
