@@ -154,3 +154,23 @@ def assert_trains_alike(losses, ref_losses, model, ref_model, init_model):
     params = zip(model.named_parameters(), ref_model.parameters(), init_model.parameters(), strict=True)
     apart = {name: float((p - q).norm() / (q - p0).norm()) for (name, p), q, p0 in params}
     assert max(apart.values()) <= 0.1, {name: f"{r:.3f}" for name, r in apart.items() if r > 0.1}
+
+
+def test_graphs_owning_their_gradients_capture_a_shape_only_while_two_more_sets_fit(monkeypatch):
+    """Each graph that owns its gradients keeps a set: a new shape is captured only while two sets fit
+    in the GPU's free memory (else it runs eagerly); graphs adding into kept gradients need no room."""
+    params = [torch.zeros(1000)]  # 4,000 bytes a set
+    free = {"bytes": 7_999}
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: None)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free["bytes"], 10**12))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 1_000)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 1_000)
+    batch = collate([([5, 6, 7, 8], [IGNORE, IGNORE, 7, 8])], "packed", 0)
+    captured = []
+    for own, room, expect in [(True, 7_999, False), (True, 8_001, True), (False, 0, True)]:
+        free["bytes"] = room
+        g = graphs.Graphs(None, params, 0, "test", own_grads=own)
+        monkeypatch.setattr(g, "_capture", lambda *a: captured.append(a) or torch.tensor(1.0))
+        captured.clear()
+        assert (g.run(batch, 2) is not None) == expect and bool(captured) == expect
+        assert g.full == (own and not expect)

@@ -173,6 +173,7 @@ class Graphs:
         self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, Static, tuple, list | None]] = {}
         self.pool = torch.cuda.graph_pool_handle()
         self.off = False
+        self.full = False  # no room for another graph's gradients (logged once)
         self.captured = self.replayed = 0
         self.capture_s = 0.0  # the shapes' first micro-batches (run eagerly), their capture and check
 
@@ -210,7 +211,12 @@ class Graphs:
         device = self.params[0].device
         free = torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device)
         free -= torch.cuda.memory_allocated(device)
-        return free > 2 * sum(p.numel() * p.element_size() for p in self.params)
+        room = free > 2 * sum(p.numel() * p.element_size() for p in self.params)
+        if not room and not self.full:
+            self.full = True
+            log.info("%s: no room on the GPU for another graph's gradients; rows of the %d shapes captured replay, "
+                     "others run eagerly", self.desc, len(self.graphs))  # fmt: skip
+        return room
 
     def _capture(self, key, host, n_target: int) -> torch.Tensor:
         device = self.params[0].device
