@@ -299,7 +299,7 @@ def finetune_pair(base, profile: str, method: str, steps: int, warmup_steps: int
         diff = np.abs(np.array(comp_losses) - np.array(ours_losses)) / np.abs(np.array(ours_losses))
         result["compiled_step_loss_rel_diff"] = {"max": float(diff.max()), "mean": float(diff.mean())}
         # each variant against ptft's: (what the variant lacks)_speedup, and the step losses' distance
-        for key, name in (("ours_compiled_fp32_weights", "bf16_weights"), ("ours_compiled_kept_grads", "own_grads")):
+        for key, (name, *_) in LACKING.items():
             if key in comp:
                 result[f"{name}_speedup"] = comp[key][0] / comp_s
                 diff = np.abs(np.array(comp_losses) - np.array(comp[key][3])) / np.abs(np.array(comp[key][3]))
@@ -320,6 +320,11 @@ COMPILED_VARIANTS = {"ours_compiled": (True, "per_tensor", True),
                      "ours_compiled_fp32_weights": (False, "per_tensor", True),
                      "ours_compiled_foreach_step": (True, "foreach", True),
                      "ours_compiled_kept_grads": (True, "per_tensor", False)}  # fmt: skip
+
+
+# Variants that lack one of ptft's changes: (the change, the variant in words, ptft's in words).
+LACKING = {"ours_compiled_fp32_weights": ("bf16_weights", "fp32 weights under autocast", "bf16 copies"),
+           "ours_compiled_kept_grads": ("own_grads", "graphs adding into kept gradients", "owned")}  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -527,21 +532,16 @@ def summary_lines(result: dict) -> list[str]:
             lines.append(f"  compiled blocks: {c['tokens_per_s']:.0f} tok/s ({r['compiled_speedup']:.2f}x ours; the "
                          f"loop alone {c['loop_tokens_per_s']:.0f}, MFU {pct(c['loop_mfu'])}), step losses within "
                          f"{r['compiled_step_loss_rel_diff']['max']:.1e}")  # fmt: skip
-            if "ours_compiled_fp32_weights" in r:
-                f32 = r["ours_compiled_fp32_weights"]
-                lines.append(f"  compiled, fp32 weights under autocast: {f32['tokens_per_s']:.0f} tok/s (bf16 copies "
-                             f"{r['bf16_weights_speedup']:.2f}x that, step losses within "
-                             f"{r['bf16_weights_step_loss_rel_diff']['max']:.1e})")  # fmt: skip
+            for key, (name, without, what) in LACKING.items():
+                if key in r:
+                    lines.append(f"  compiled, {without}: {r[key]['tokens_per_s']:.0f} tok/s ({what} "
+                                 f"{r[f'{name}_speedup']:.2f}x that, step losses within "
+                                 f"{r[f'{name}_step_loss_rel_diff']['max']:.1e})")  # fmt: skip
             if "ours_compiled_foreach_step" in r:
                 fe = r["ours_compiled_foreach_step"]
                 lines.append(f"  compiled, AdamW step in foreach ops: {fe['tokens_per_s']:.0f} tok/s (per tensor "
                              f"{r['per_tensor_step_speedup']:.2f}x that; same step losses: "
                              f"{r['per_tensor_step_losses_equal']})")  # fmt: skip
-            if "ours_compiled_kept_grads" in r:
-                k = r["ours_compiled_kept_grads"]
-                lines.append(f"  compiled, graphs adding into kept gradients: {k['tokens_per_s']:.0f} tok/s (owned "
-                             f"{r['own_grads_speedup']:.2f}x that, step losses within "
-                             f"{r['own_grads_step_loss_rel_diff']['max']:.1e})")  # fmt: skip
     for e in result.get("evaluate", []):
         for mode in ("today", "eager", "compiled"):
             paths = ", ".join(f"{k} {v['items_per_s']:.1f}" for k, v in e.get(mode, {}).items())
