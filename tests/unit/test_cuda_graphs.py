@@ -158,17 +158,20 @@ def assert_trains_alike(losses, ref_losses, model, ref_model, init_model):
 
 def test_graphs_owning_their_gradients_capture_a_shape_only_while_two_more_sets_fit(monkeypatch):
     """Each graph that owns its gradients keeps a set: a new shape is captured only while two sets fit
-    in the GPU's free memory (else it runs eagerly); graphs adding into kept gradients need no room."""
+    in the GPU's free memory and the graphs' sets within a quarter of its memory (else it runs eagerly);
+    graphs adding into kept gradients need no room."""
     params = [torch.zeros(1000)]  # 4,000 bytes a set
-    free = {"bytes": 7_999}
+    memory = {"free": 0, "total": 0}
     monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: None)
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free["bytes"], 10**12))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (memory["free"], memory["total"]))
     monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 1_000)
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 1_000)
     batch = collate([([5, 6, 7, 8], [IGNORE, IGNORE, 7, 8])], "packed", 0)
     captured = []
-    for own, room, expect in [(True, 7_999, False), (True, 8_001, True), (False, 0, True)]:
-        free["bytes"] = room
+    for own, free, total, expect in [(True, 7_999, 10**9, False), (True, 8_001, 10**9, True),
+                                     (True, 8_001, 15_999, False), (True, 8_001, 16_000, True),
+                                     (False, 0, 0, True)]:  # fmt: skip
+        memory.update(free=free, total=total)
         g = graphs.Graphs(None, params, 0, "test", own_grads=own)
         monkeypatch.setattr(g, "_capture", lambda *a: captured.append(a) or torch.tensor(1.0))
         captured.clear()
