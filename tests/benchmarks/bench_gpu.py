@@ -285,8 +285,7 @@ def finetune_pair(base, profile: str, method: str, steps: int, warmup_steps: int
         eager_s, eager_mem, eager_loss, eager_losses, eager_stats = ours(False)
         result["ours_eager"] = side(eager_s, eager_mem, eager_loss, eager_stats)
         result["graphs_speedup"] = eager_s / ours_s
-        diff = np.abs(np.array(ours_losses) - np.array(eager_losses)) / np.abs(np.array(eager_losses))
-        result["graphs_step_loss_rel_diff"] = {"max": float(diff.max()), "mean": float(diff.mean())}
+        result["graphs_step_loss_rel_diff"] = rel_diff(ours_losses, eager_losses)
     if compiled:  # finetune.compile: the blocks compiled, graphs where they apply; the variants side by side
         comp = {}
         for key, variant in variants.items():
@@ -296,18 +295,22 @@ def finetune_pair(base, profile: str, method: str, steps: int, warmup_steps: int
         for key, (seconds, memory, loss, _, stats) in comp.items():
             result[key] = side(seconds, memory, loss, stats)
         result["compiled_speedup"] = ours_s / comp_s
-        diff = np.abs(np.array(comp_losses) - np.array(ours_losses)) / np.abs(np.array(ours_losses))
-        result["compiled_step_loss_rel_diff"] = {"max": float(diff.max()), "mean": float(diff.mean())}
+        result["compiled_step_loss_rel_diff"] = rel_diff(comp_losses, ours_losses)
         # each variant against ptft's: (what the variant lacks)_speedup, and the step losses' distance
         for key, (name, *_) in LACKING.items():
             if key in comp:
                 result[f"{name}_speedup"] = comp[key][0] / comp_s
-                diff = np.abs(np.array(comp_losses) - np.array(comp[key][3])) / np.abs(np.array(comp[key][3]))
-                result[f"{name}_step_loss_rel_diff"] = {"max": float(diff.max()), "mean": float(diff.mean())}
+                result[f"{name}_step_loss_rel_diff"] = rel_diff(comp_losses, comp[key][3])
     if trainer:
         result["transformers_trainer"] = side(hf_s, hf_mem, hf_loss)
         result["speedup"] = hf_s / ours_s
     return result
+
+
+def rel_diff(losses: list[float], ref: list[float]) -> dict:
+    """Step losses' relative distance from ``ref``'s: largest and mean."""
+    diff = np.abs(np.array(losses) - np.array(ref)) / np.abs(np.array(ref))
+    return {"max": float(diff.max()), "mean": float(diff.mean())}
 
 
 # The compiled loop's variants timed: (bf16 copies of the matmul weights, the AdamW step's form, graphs owning

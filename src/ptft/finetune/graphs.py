@@ -174,6 +174,7 @@ class Graphs:
         step): each graph writes its gradients into memory of its own (the module's docstring)."""
         self.model, self.params, self.pad_id, self.desc = model, params, pad_id, desc
         self.own_grads = own_grads
+        self.set_bytes = sum(p.numel() * p.element_size() for p in params)  # one set of gradients
         # shape -> (graph, its inputs, (loss, summed loss), the gradients it writes: None where they are kept)
         self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, Static, tuple, list | None]] = {}
         self.pool = torch.cuda.graph_pool_handle()
@@ -218,7 +219,7 @@ class Graphs:
         device = self.params[0].device
         free, total = torch.cuda.mem_get_info(device)
         free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-        need = sum(p.numel() * p.element_size() for p in self.params)
+        need = self.set_bytes
         room = free > 2 * need and (len(self.graphs) + 1) * need <= OWN_GRADS_SHARE * total
         if not room and not self.full:
             self.full = True
@@ -280,7 +281,6 @@ class Graphs:
     def _switch_off(self, why: str) -> None:
         log.warning("%s: CUDA graphs off for this run, training goes on eagerly: %s", self.desc, why)
         self.off = True
-        self.graphs.clear()
         # A failed capture leaves its pool's memory reserved: measured, the eager steps after it ran out.
-        self.pool = None
+        self.release()
         torch.cuda.empty_cache()
