@@ -59,6 +59,7 @@ def main() -> None:
                    help="ours with finetune.compile: auto (compiled blocks and AdamW step)")  # fmt: skip
     p.add_argument("--cuda-graphs", action="store_true",
                    help="ours with finetune.cuda_graphs: auto (the profile shows replays, not kernels)")  # fmt: skip
+    p.add_argument("--trace", help="also write ours' profile as a Chrome trace to this path (.json.gz)")
     a = p.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     vocab = SIZES[a.size]["vocab_size"]
@@ -83,6 +84,8 @@ def main() -> None:
     with profile(activities=activities) as prof:
         s = run_ours(model, examples, a.steps, 1e-6, 0, batches, precision, extra)
     show(prof, f"ours ({', '.join(k for k, v in extra.items() if v) or 'eager'}), {a.steps} steps in {s:.2f} s", a.rows)
+    if a.trace:
+        prof.export_chrome_trace(a.trace)
     if a.method == "full":
         model = prepared(base, a.method, device, 0)
         times = bare_loop(model, examples, a.steps, device)

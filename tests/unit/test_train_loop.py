@@ -60,10 +60,10 @@ def test_a_stop_signal_saves_and_raises_and_the_resumed_loop_ends_as_an_uninterr
     expected = {k: v.clone() for k, v in model.state_dict().items()}
 
     handler = signal.getsignal(signal.SIGUSR1)
-    model, _ = load_pretrained(tiny_model_dir)
+    halted, _ = load_pretrained(tiny_model_dir)
     torch.manual_seed(1)
     with pytest.raises(signals.Interrupted) as stopped:
-        train_loop(model, data, CFG, 1e-2, 0, tok.pad_token_id, path, state.Progress(method_stats={"x": 1.0}),
+        train_loop(halted, data, CFG, 1e-2, 0, tok.pad_token_id, path, state.Progress(method_stats={"x": 1.0}),
                    Prober(signal_at=3))  # fmt: skip
     assert stopped.value.signum == signal.SIGUSR1 and signal.getsignal(signal.SIGUSR1) is handler
     saved = torch.load(path, weights_only=False)
@@ -79,6 +79,12 @@ def test_a_stop_signal_saves_and_raises_and_the_resumed_loop_ends_as_an_uninterr
     strip = [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in plain.progress.log]
     assert [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in resumed.progress.log] == strip
     for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, expected[k], atol=1e-6, rtol=0, msg=k)
+
+    # Resumed in the stopping process, on the model it stopped (the gradients it held must not count)
+    again = train_loop(halted, data, CFG, 1e-2, 0, tok.pad_token_id, path, state.Progress(), Prober())
+    assert [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in again.progress.log] == strip
+    for k, v in halted.state_dict().items():
         torch.testing.assert_close(v, expected[k], atol=1e-6, rtol=0, msg=k)
 
 

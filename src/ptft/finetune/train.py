@@ -329,6 +329,8 @@ def train_loop(
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg["precision"] == "bf16")
     progress = state.Progress() if progress is None else progress
     trainable = [p for p in model.parameters() if p.requires_grad]
+    for p in trainable:  # a model trained before in this process (a loop that stopped) starts with no gradient
+        p.grad = None
     opt = optim.make_optimizer(trainable, cfg, lr, device)
     w = sharded.world()
     # CUDA's caching allocator already reuses gradient memory; on CPU, see grad_buffers.
