@@ -329,7 +329,9 @@ def train_loop(
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg["precision"] == "bf16")
     progress = state.Progress() if progress is None else progress
     trainable = [p for p in model.parameters() if p.requires_grad]
-    for p in trainable:  # a model trained before in this process (a loop that stopped) starts with no gradient
+    # A loop that ran on this model before (one stopped by a signal, resumed in the same process) left
+    # KeptGrads' buffers in .grad stale: last step's values, to a new KeptGrads a gradient to add to.
+    for p in trainable:
         p.grad = None
     opt = optim.make_optimizer(trainable, cfg, lr, device)
     w = sharded.world()
