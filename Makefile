@@ -6,6 +6,11 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
+# Torch's OpenMP threads spin for a while before sleeping. Where processes share cores (CI runs the
+# SLURM tests beside the others; the sharded tests run two processes on two cores) each then burns the
+# others' time: two 2-thread toy trainings side by side took 57 s each against 7 s alone. A short spin
+# keeps a lone process's speed (7.1 s) and shares cores fairly (12 s each side by side).
+export GOMP_SPINCOUNT ?= 1000
 SNAKEMAKE_ARGS ?=
 # The study to run: config.yaml (the toy study) or a file of workflow/studies/.
 STUDY ?= config.yaml
