@@ -330,7 +330,7 @@ def train_loop(
     progress = state.Progress() if progress is None else progress
     trainable = [p for p in model.parameters() if p.requires_grad]
     # A loop that ran on this model before (one stopped by a signal, resumed in the same process) left
-    # KeptGrads' buffers in .grad stale: last step's values, to a new KeptGrads a gradient to add to.
+    # KeptGrads' buffers in .grad, stale: a new KeptGrads would add its gradients to the last step's.
     for p in trainable:
         p.grad = None
     opt = optim.make_optimizer(trainable, cfg, lr, device)
