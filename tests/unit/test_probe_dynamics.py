@@ -111,3 +111,44 @@ def test_a_probe_set_must_name_each_row_once(setup):
         Prober(tok, probe_set(), 5, argmax_of="gold")
     with pytest.raises(ValueError, match="computed by the prober"):
         Prober(tok, probe_set().assign(response_type="argmax").iloc[:1], 5, argmax_of="argmax")
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_shared_prompts_score_as_padded_rows_do(setup, lora):
+    """Each prompt run once for its responses, on its KV cache: the padded rows' sums, token counts and
+    argmax sums, also for rows cut to the window, one-token responses and a row without a prompt token."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    from ptft.finetune.probes import encode_probes, response_logps, shared_prompt_logps
+
+    tok, model = setup
+    model = copy.deepcopy(model).eval()
+    if lora:
+        model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    long = " ".join(RESPONSES["chosen"] * 3)
+    extra = [(0, "one_token", "."), (2, "long", long), (3, "long", long), (4, "no_prompt", "the cup")]
+    prompts = {**dict(enumerate(PROMPTS)), 3: "human : " + " ".join(RESPONSES["rejected"] * 4) + "\nassistant :", 4: ""}
+    added = pd.DataFrame([{"example": e, "prompt": prompts[e], "response_type": t, "response": r} for e, t, r in extra])
+    rows = pd.concat([probe_set(), added], ignore_index=True)
+    encoded = encode_probes(tok, rows, max_length=40, eos=True)
+    assert max(len(ids) for ids, _ in encoded) == 40  # rows cut to the window
+    assert min(len(ids) - sum(lab != -100 for lab in labels) for ids, labels in encoded) == 0  # no prompt token
+    assert min(sum(lab != -100 for lab in labels) for _, labels in encoded) == 2  # "." and EOS
+
+    calls = []  # (rows, whether the call starts from no cache: a prompt forward) of the LM's forward calls
+    inner = model.get_base_model() if lora else model
+    hook = inner.register_forward_pre_hook(
+        lambda m, args, kwargs: calls.append((len(kwargs["input_ids"]), kwargs.get("past_key_values") is None)),
+        with_kwargs=True,
+    )
+    padded = response_logps(model, encoded, 5, "cpu", argmax=True)
+    shared = shared_prompt_logps(model, encoded, 8, argmax=True)  # two or three prompts a batch
+    hook.remove()
+    assert [n for _, n, _ in shared] == [n for _, n, _ in padded]
+    for (lp, _, best), (ref_lp, _, ref_best) in zip(shared, padded, strict=True):
+        assert lp == pytest.approx(ref_lp, abs=1e-4) and best == pytest.approx(ref_best, abs=1e-4)
+    # Each distinct prompt ran once (the row without a prompt token went the padded way).
+    prompts = {tuple(ids[: labels.count(-100)]) for ids, labels in encoded}
+    assert sum(rows for rows, first in calls if first) == len(prompts - {()}) < len(encoded) - 1

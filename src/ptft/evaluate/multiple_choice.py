@@ -123,8 +123,9 @@ def _batch_loglikelihoods(model, windows: list[list[int]], conts: list[list[int]
     return _summed_logprobs(logits, [s - offset for s in starts], conts).cpu().numpy()
 
 
-def _summed_logprobs(logits: torch.Tensor, starts: list[int], targets: list[list[int]]) -> torch.Tensor:
-    """Per row r, the float64 sum over j of ``log_softmax(logits[r, starts[r] + j])[targets[r][j]]``."""
+def _summed_logprobs(logits: torch.Tensor, starts: list[int], targets: list[list[int]], best: bool = False):
+    """Per row r, the float64 sum over j of ``log_softmax(logits[r, starts[r] + j])[targets[r][j]]``; with
+    ``best``, (those sums, the sums of the same positions' largest log-probabilities)."""
     lens = torch.tensor([len(t) for t in targets])
     rows = torch.repeat_interleave(torch.arange(len(targets)), lens)
     first = torch.cumsum(lens, 0) - lens  # flat index of each row's first target
@@ -132,9 +133,13 @@ def _summed_logprobs(logits: torch.Tensor, starts: list[int], targets: list[list
     positions = torch.repeat_interleave(torch.tensor(starts, dtype=torch.long), lens) + within
     flat = torch.tensor(list(chain.from_iterable(targets)), dtype=torch.long, device=logits.device)
     picked = logits[rows.to(logits.device), positions.to(logits.device)].float()
-    token_lp = torch.log_softmax(picked, dim=-1).gather(-1, flat[:, None])[:, 0]
+    logps = torch.log_softmax(picked, dim=-1)
+    rows = rows.to(logits.device)
     sums = torch.zeros(len(targets), dtype=torch.float64, device=logits.device)
-    return sums.index_add_(0, rows.to(logits.device), token_lp.double())
+    sums.index_add_(0, rows, logps.gather(-1, flat[:, None])[:, 0].double())
+    if not best:
+        return sums
+    return sums, torch.zeros_like(sums).index_add_(0, rows, logps.max(-1).values.double())
 
 
 def continuation_loglikelihoods(
@@ -205,9 +210,11 @@ def _select_cache_rows(cache, rows: torch.Tensor):
     return picked
 
 
-def _shared_context_loglikelihoods(model, items: list[tuple[list[int], list[list[int]]]], pad_id: int, keep_ok: bool):
+def shared_context_loglikelihoods(model, items: list[tuple[list[int], list[list[int]]]], pad_id: int, keep_ok: bool,
+                                  best: bool = False):  # fmt: skip
     """Of items (context tokens, continuation token lists), each continuation's summed log-likelihood,
-    item after item (float64, on the model's device).
+    item after item (float64, on the model's device); with ``best``, also each continuation's summed
+    largest log-probability at its positions (the argmax response's, teacher-forced).
 
     The context runs once, left-padded (positions count real tokens only); the first token of
     every continuation is scored from its last position. The other continuation tokens run
@@ -223,6 +230,7 @@ def _shared_context_loglikelihoods(model, items: list[tuple[list[int], list[list
     item_of_row = torch.tensor([i for i, (_, item_conts) in enumerate(items) for _ in item_conts], device=device)
     first = torch.tensor([cont[0] for cont in conts], device=device)
     row_lp = first_lp[item_of_row, first].double()
+    row_best = first_lp.max(-1).values[item_of_row].double()
 
     # One-token choices are done; the others need their remaining tokens scored on the cache.
     rows = [r for r, cont in enumerate(conts) if len(cont) > 1]
@@ -240,9 +248,14 @@ def _shared_context_loglikelihoods(model, items: list[tuple[list[int], list[list
             past_key_values=_select_cache_rows(out.past_key_values, owner),
             use_cache=True,
         ).logits
-        tails = _summed_logprobs(logits, [0] * len(picked), [conts[r][1:] for r in picked])
-        row_lp[torch.tensor(picked, device=device)] += tails
-    return row_lp
+        tails = _summed_logprobs(logits, [0] * len(picked), [conts[r][1:] for r in picked], best)
+        at = torch.tensor(picked, device=device)
+        if best:
+            row_lp[at] += tails[0]
+            row_best[at] += tails[1]
+        else:
+            row_lp[at] += tails
+    return (row_lp, row_best) if best else row_lp
 
 
 # Attention implementations that take a 4D mask as given; the packed rows need one.
@@ -254,7 +267,7 @@ PACKED_DEVICES = ("cuda",)
 
 
 def _packed_loglikelihoods(model, items: list[tuple[list[int], list[list[int]]]], pad_id: int, keep_ok: bool):
-    """:func:`_shared_context_loglikelihoods` in one forward: an item's choices packed after its context.
+    """:func:`shared_context_loglikelihoods` in one forward: an item's choices packed after its context.
 
     A row is ``[padding][context][choice 1 less its last token]...[choice k ...][padding]``, the
     contexts ending in one column. A 4D mask lets each choice's tokens see the context and that
@@ -352,7 +365,7 @@ def score_multiple_choice(
     out: list[np.ndarray] = [np.zeros(len(item)) for item in choices]
     packed = (getattr(model.config, "_attn_implementation", None) in PACKED_ATTENTION
               and model.device.type in PACKED_DEVICES)  # fmt: skip
-    shared = partial(_packed_loglikelihoods if packed else _shared_context_loglikelihoods, model)
+    shared = partial(_packed_loglikelihoods if packed else shared_context_loglikelihoods, model)
     fitting = [i for i, ok in enumerate(fits) if ok]
     done, sums = [], []  # read back once at the end: the GPU runs a batch while the next one is built
     with progress(len(fitting), "multiple choice") as bar:

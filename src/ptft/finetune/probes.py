@@ -35,6 +35,7 @@ import torch
 from ptft.data.prompts import completion, join_prompt_completion, render_prompt
 from ptft.finetune.batching import IGNORE, collate_padded
 from ptft.finetune.loss import target_logits
+from ptft.finetune.methods import unwrap
 from ptft.probes import ARGMAX, PROBE_SET_COLUMNS
 
 PROBE_COLUMNS = ("step", "example", "response_type", "logp", "n_tokens")
@@ -132,6 +133,63 @@ def response_logps(model, encoded, batch_size: int, device, argmax: bool = False
     return out
 
 
+# Response rows a batch of the probe forward, padded or after their shared prompts: the batch's
+# logits and KV cache copies grow with it (for Pythia-410M, about 50 MB of fp32 cache a row of a
+# 256-token prompt, and 200 kB of logits a scored token).
+ROWS_PER_BATCH = 64
+
+
+@torch.no_grad()
+def shared_prompt_logps(model, encoded, max_rows: int, argmax: bool = False) -> list[tuple]:
+    """:func:`response_logps`, each distinct prompt run once for all its responses.
+
+    A probe set asks for every response type after the same prompt (12 of them in the paper's),
+    so rows that share their prompt tokens run the prompt once and their responses on its KV
+    cache (:func:`ptft.evaluate.multiple_choice.shared_context_loglikelihoods`): longest prompts
+    first, as many a batch as keep its responses within ``max_rows`` (one prompt at least). The
+    toy study's 96 prompts with their 1,152 responses took 0.57 of the padded rows' time on a CPU
+    (docs/learning-dynamics.md).
+    """
+    from ptft.evaluate.forward import keeps_logits
+    from ptft.evaluate.multiple_choice import shared_context_loglikelihoods
+
+    groups: dict[tuple, list[int]] = {}  # prompt tokens -> the rows after them
+    alone = []  # rows without a prompt token or a response token: padded rows score them as before
+    for i, (ids, labels) in enumerate(encoded):
+        n = next((k for k, label in enumerate(labels) if label != IGNORE), len(labels))
+        (groups.setdefault(tuple(ids[:n]), []) if 0 < n < len(ids) else alone).append(i)
+    out: list[tuple] = [()] * len(encoded)
+    device = next(model.parameters()).device
+    plain = response_logps(model, [encoded[i] for i in alone], max_rows, device, argmax)
+    for i, row in zip(alone, plain, strict=True):
+        out[i] = row
+    items = sorted(groups.items(), key=lambda kv: -len(kv[0]))
+    inner = unwrap(model)  # a LoRA model's own forward, which can keep the prompt's last logits only
+    pad_id = 0  # padding is masked, and left-padded prompts' positions count real tokens only
+    for chunk in prompt_batches(items, max_rows):
+        batch = [(list(prompt), [encoded[i][0][len(prompt) :] for i in rows]) for prompt, rows in chunk]
+        sums, best = shared_context_loglikelihoods(inner, batch, pad_id, keeps_logits(inner), best=True)
+        rows = [i for _, item_rows in chunk for i in item_rows]
+        responses = [r for _, item_responses in batch for r in item_responses]
+        for i, r, lp, b in zip(rows, responses, sums.tolist(), best.tolist(), strict=True):
+            out[i] = (lp, len(r), b) if argmax else (lp, len(r))
+    return out
+
+
+def prompt_batches(items: list[tuple], max_rows: int):
+    """Consecutive runs of (prompt, rows) items whose rows add up to at most ``max_rows`` (an item with
+    more rows makes a batch of its own)."""
+    batch, rows = [], 0
+    for item in items:
+        if batch and rows + len(item[1]) > max_rows:
+            yield batch
+            batch, rows = [], 0
+        batch.append(item)
+        rows += len(item[1])
+    if batch:
+        yield batch
+
+
 def probe_rows(step: int, probes: pd.DataFrame, logps: list[tuple[float, int]]) -> list[dict]:
     return [
         {"step": step, "example": int(e), "response_type": t, "logp": lp, "n_tokens": n}
@@ -145,13 +203,15 @@ class Prober:
     ``eos``: score the tokenizer's EOS after every response too. ``argmax_of``: a response type
     (e.g. ``chosen``) whose every row also gives a row of type ``argmax`` (:data:`ARGMAX`): the
     summed log-probability of the most likely token at each of that row's target positions,
-    with the same ``n_tokens``.
+    with the same ``n_tokens``. ``shared_prompts``: score with :func:`shared_prompt_logps`, for a causal LM
+    that trains eagerly on one device; padded rows otherwise (a sharded model's forward is its own, and
+    the KV cache of the shared path is not measured through compiled blocks).
     """
 
     def __init__(self, tokenizer, probe_set: pd.DataFrame, every: int, max_length: int | None = None, *,
-                 eos: bool = False, argmax_of: str | None = None):  # fmt: skip
+                 eos: bool = False, argmax_of: str | None = None, shared_prompts: bool = True):  # fmt: skip
         check_probe_set(probe_set, argmax_of)
-        self.probe_set, self.every, self.argmax_of = probe_set, every, argmax_of
+        self.probe_set, self.every, self.argmax_of, self.shared = probe_set, every, argmax_of, shared_prompts
         self.encoded = encode_probes(tokenizer, probe_set, max_length, eos=eos)
 
     def due(self, step: int, total_steps: int) -> bool:
@@ -162,7 +222,10 @@ class Prober:
         model.eval()
         device = next(model.parameters()).device
         argmax = self.argmax_of is not None
-        logps = response_logps(model, self.encoded, 64, device, argmax)
+        if self.shared:
+            logps = shared_prompt_logps(model, self.encoded, ROWS_PER_BATCH, argmax)
+        else:
+            logps = response_logps(model, self.encoded, ROWS_PER_BATCH, device, argmax)
         model.train()
         rows = probe_rows(step, self.probe_set, [x[:2] for x in logps])
         if argmax:

@@ -619,8 +619,9 @@ def finetune(
             if p.get("path")
             else probes.builtin_probe_set(task, records, fmt, p["examples"], seed)
         )
+        shared = lm and not w.sharded and not compiled.wanted(cfg, torch.device(device))
         prober = probes.Prober(tokenizer, probe_set, p["every"], window, eos=p.get("eos", False),
-                               argmax_of=p.get("argmax_of"))  # fmt: skip
+                               argmax_of=p.get("argmax_of"), shared_prompts=shared)  # fmt: skip
 
     def validate(model, batching: str, fast: bool, score: bool = True) -> dict:
         """The validation loss, and score with ``score`` and ``validation_score``, of ``model`` as it is now."""
