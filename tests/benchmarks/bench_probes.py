@@ -1,0 +1,114 @@
+"""Learning-dynamics probes scored two ways side by side in one process (not run in CI):
+
+    .venv/bin/python tests/benchmarks/bench_probes.py --size tiny --prompts 8
+    python tests/benchmarks/bench_probes.py --size pythia-410m --prompts 128 --out probes.json   # on a GPU
+
+``padded``: every probe row (prompt and response) in length-sorted right-padded batches
+(:func:`ptft.finetune.probes.response_logps`); ``shared``: each distinct prompt run once and its
+responses scored on its KV cache (:func:`ptft.finetune.probes.shared_prompt_logps`), as the prober
+does. A random model of the named shape (fp32, as the Pythia-410M study trains) and random token
+ids shaped like that study's probe set: prompts of 100–256 tokens (its prompts are cut to 256),
+12 responses each of 20–200 tokens, EOS scored. Each way is timed on its second pass, the two
+alternating ``--repeat`` times; the best time of each is reported, with the ratio and the largest
+difference of the summed log-probabilities and of the argmax sums.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+
+import torch
+from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+from ptft.finetune.batching import IGNORE
+from ptft.finetune.probes import ROWS_PER_BATCH, response_logps, shared_prompt_logps
+
+SIZES = {
+    "pythia-410m": dict(
+        hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096, vocab_size=50304
+    ),  # fmt: skip
+    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, vocab_size=512),
+}
+RESPONSE_TYPES = 12
+
+
+def probe_rows(n_prompts: int, vocab: int, eos: int, seed: int) -> list[tuple[list[int], list[int]]]:
+    """(input_ids, labels) of n_prompts prompts, each followed by RESPONSE_TYPES responses ending in EOS."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n_prompts):
+        prompt = [rng.randrange(1, vocab) for _ in range(rng.randint(100, 256))]
+        for _ in range(RESPONSE_TYPES):
+            response = [rng.randrange(1, vocab) for _ in range(rng.randint(20, 200))] + [eos]
+            rows.append((prompt + response, [IGNORE] * len(prompt) + response))
+    return rows
+
+
+def timed(fn, device: torch.device) -> tuple[float, list]:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    out = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start, out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--size", choices=sorted(SIZES), default="pythia-410m")
+    ap.add_argument("--prompts", type=int, default=128)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--out")
+    args = ap.parse_args()
+
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    config = GPTNeoXConfig(**SIZES[args.size], max_position_embeddings=2048, eos_token_id=0)
+    model = GPTNeoXForCausalLM(config).to(device).eval()
+    rows = probe_rows(args.prompts, config.vocab_size, 0, seed=0)
+    ways = {
+        "padded": lambda: response_logps(model, rows, ROWS_PER_BATCH, device, argmax=True),
+        "shared": lambda: shared_prompt_logps(model, rows, ROWS_PER_BATCH, argmax=True),
+    }
+    best, out, peak = {}, {}, {}
+    for fn in ways.values():  # the first pass of each: allocator and kernel warm-up
+        fn()
+    for _ in range(args.repeat):
+        for way, fn in ways.items():
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            seconds, out[way] = timed(fn, device)
+            best[way] = min(best.get(way, seconds), seconds)
+            if device.type == "cuda":
+                peak[way] = torch.cuda.max_memory_allocated() / 2**30
+    diff = max(abs(a[0] - b[0]) for a, b in zip(out["padded"], out["shared"], strict=True))
+    diff_argmax = max(abs(a[2] - b[2]) for a, b in zip(out["padded"], out["shared"], strict=True))
+    result = {
+        "command": "python tests/benchmarks/bench_probes.py " + " ".join(sys.argv[1:]),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "size": args.size,
+        "prompts": args.prompts,
+        "rows": len(rows),
+        "tokens": sum(len(ids) for ids, _ in rows),
+        "seconds": best,
+        "rows_per_s": {way: len(rows) / s for way, s in best.items()},
+        "shared_over_padded_time": best["shared"] / best["padded"],
+        "max_abs_diff_logp": diff,
+        "max_abs_diff_argmax": diff_argmax,
+        "peak_gib": peak or None,
+    }
+    print(json.dumps(result, indent=1))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
