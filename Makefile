@@ -19,9 +19,6 @@ STUDY ?= config.yaml
 study: $(VENV)/.installed
 	snakemake --configfile $(STUDY) $(SNAKEMAKE_ARGS)
 
-# pytest runs in two processes, a test file to each (its module fixtures, such as a toy
-# study run once for the file, stay in one process): one process kept 1.4 of 2 cores busy, and two
-# took 0.78 of its time (523 s against 671 s on a 2-core machine).
 test: $(VENV)/.installed
 	ruff check src tests
 	ruff format --check src tests
@@ -35,7 +32,7 @@ test: $(VENV)/.installed
 	snakemake --lint --configfile workflow/studies/lpft-roberta-base.yaml
 	snakemake --lint --configfile workflow/studies/toy-mechanistic.yaml
 	snakemake --lint --configfile workflow/studies/mechanistic-pcfg.yaml
-	pytest -q --durations=10 -n 2 --dist loadfile -m "not slurm and not study"
+	pytest -q --durations=10 -m "not slurm and not study"
 
 # SLURM and munge from Debian's packages when missing and we are root (CI is); the tests skip,
 # saying why, where they cannot be installed or started.
