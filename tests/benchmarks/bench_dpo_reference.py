@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import random
 import time
 
 import torch
+from report import emit
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from ptft.checkpoints.tokenizer import train_tokenizer
@@ -83,10 +83,7 @@ def main() -> None:
         "seconds": best, "frozen_over_cached": best["frozen"] / best["cached"],
         "max_loss_difference": max(abs(x - y) for x, y in zip(losses["cached"], losses["frozen"], strict=True)),
     }  # fmt: skip
-    print(json.dumps(out, indent=2))
-    if a.out:
-        with open(a.out, "w") as f:
-            json.dump(out, f, indent=2)
+    emit(out, a.out)
 
 
 if __name__ == "__main__":

@@ -16,12 +16,12 @@ difference of the summed log-probabilities and of the argmax sums.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 import time
 
 import torch
+from report import emit
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
 from ptft.finetune.batching import IGNORE
@@ -104,10 +104,7 @@ def main() -> None:
         "max_abs_diff_argmax": diff_argmax,
         "peak_gib": peak or None,
     }
-    print(json.dumps(result, indent=1))
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=1)
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -150,5 +150,5 @@ def test_shared_prompts_score_as_padded_rows_do(setup, lora):
     for (lp, _, best), (ref_lp, _, ref_best) in zip(shared, padded, strict=True):
         assert lp == pytest.approx(ref_lp, abs=1e-4) and best == pytest.approx(ref_best, abs=1e-4)
     # Each distinct prompt ran once (the row without a prompt token went the padded way).
-    prompts = {tuple(ids[: labels.count(-100)]) for ids, labels in encoded}
-    assert sum(rows for rows, first in calls if first) == len(prompts - {()}) < len(encoded) - 1
+    distinct = {tuple(ids[: labels.count(-100)]) for ids, labels in encoded}
+    assert sum(rows for rows, first in calls if first) == len(distinct - {()}) < len(encoded) - 1

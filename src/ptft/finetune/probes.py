@@ -165,10 +165,11 @@ def shared_prompt_logps(model, encoded, max_rows: int, argmax: bool = False) -> 
         out[i] = row
     items = sorted(groups.items(), key=lambda kv: -len(kv[0]))
     inner = unwrap(model)  # a LoRA model's own forward, which can keep the prompt's last logits only
+    keep_ok = keeps_logits(inner)
     pad_id = 0  # padding is masked, and left-padded prompts' positions count real tokens only
     for chunk in prompt_batches(items, max_rows):
         batch = [(list(prompt), [encoded[i][0][len(prompt) :] for i in rows]) for prompt, rows in chunk]
-        sums, best = shared_context_loglikelihoods(inner, batch, pad_id, keeps_logits(inner), best=True)
+        sums, best = shared_context_loglikelihoods(inner, batch, pad_id, keep_ok, best=True)
         rows = [i for _, item_rows in chunk for i in item_rows]
         responses = [r for _, item_responses in batch for r in item_responses]
         for i, r, lp, b in zip(rows, responses, sums.tolist(), best.tolist(), strict=True):
