@@ -93,7 +93,6 @@ def test_dpo_loss_rewards_and_gradients_equal_trl(tiny, tmp_path, fast):
     loss = dpo.loss(policy, ours, fast) / ours["n_pairs"]  # the loop's normalisation: per pair
     loss.backward()
     assert float(loss) == pytest.approx(trl_loss, rel=1e-4)
-    assert abs(float(loss) - math.log(2)) > 1e-2  # the policy is away from its reference: the check has teeth
     for name, p in policy.named_parameters():
         scale = float(trl_grads[name].abs().max())
         torch.testing.assert_close(p.grad, trl_grads[name], rtol=1e-3, atol=1e-3 * scale, msg=name)
@@ -102,6 +101,10 @@ def test_dpo_loss_rewards_and_gradients_equal_trl(tiny, tmp_path, fast):
     with torch.no_grad():
         logps = sequence_logps(policy, ours, fast)
     _, chosen_rewards, rejected_rewards = dpo_terms(logps[:3], logps[3:], ref[:, 0], ref[:, 1], BETA)
+    # The check has teeth where the policy is away from its reference: each sequence's reward, not the
+    # loss, whose distance from log 2 is the mean reward margin and so can be near 0 by chance (0.0015
+    # in one run whose tiny model came out otherwise). Here |reward| is 0.04-0.23, mean 0.14.
+    assert float(torch.cat([chosen_rewards, rejected_rewards]).abs().mean()) > 0.03
     assert float(chosen_rewards.mean()) == pytest.approx(metrics["rewards/chosen"], rel=1e-3)
     assert float(rejected_rewards.mean()) == pytest.approx(metrics["rewards/rejected"], rel=1e-3)
     assert float(logps[:3].mean()) == pytest.approx(metrics["logps/chosen"], rel=1e-5)
