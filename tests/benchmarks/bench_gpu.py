@@ -489,6 +489,9 @@ def eval_throughput(base, device: str, n: int, vocab: int, seed: int, batch_size
                 s = timed(lambda kind=kind, shared=shared, got=got: got.extend(fixed(kind, shared)))
                 rows["shared_prefix" if shared else "whole"] = {"seconds": s, "items_per_s": n / s,
                                                                "first_pass_s": warm_s, "predictions": got}  # fmt: skip
+                if save:  # each half kept as it ends: the prefix's first pass compiles for minutes
+                    done = {k: {f: x for f, x in r.items() if f != "predictions"} for k, r in rows.items()}
+                    save(stripped({**out, "fixed_shots": {**out.get("fixed_shots", {}), kind: done}}))
                 release()
             whole, cached = rows["whole"].pop("predictions"), rows["shared_prefix"].pop("predictions")
             rows["same_as_whole"] = sum(a == b for a, b in zip(whole, cached, strict=True))
