@@ -1,18 +1,16 @@
-"""Learning-dynamics probes scored three ways side by side in one process (not run in CI):
+"""Learning-dynamics probes scored two ways side by side in one process (not run in CI):
 
     .venv/bin/python tests/benchmarks/bench_probes.py --size tiny --prompts 8
     python tests/benchmarks/bench_probes.py --size pythia-410m --prompts 128 --out probes.json   # on a GPU
 
 ``padded``: every probe row (prompt and response) in length-sorted right-padded batches
-(:func:`ptft.finetune.probes.response_logps`); then each distinct prompt run once
-(:func:`ptft.finetune.probes.shared_prompt_logps`), as the prober does: ``cached``, its responses
-scored on its KV cache (the prober's way on a CPU), and ``packed``, its responses packed after it
-in one row under a mask (the prober's way on a GPU). A random model of the named shape (fp32, as
-the Pythia-410M study trains) and random token ids shaped like that study's probe set: prompts of
-100–256 tokens (its prompts are cut to 256), 12 responses each of 20–200 tokens, EOS scored. Each
-way is timed on its second pass, the three alternating ``--repeat`` times; the best time of each
-is reported, with its ratio to ``padded``'s and the largest difference of the summed
-log-probabilities and of the argmax sums from ``padded``'s.
+(:func:`ptft.finetune.probes.response_logps`); ``shared``: each distinct prompt run once and its
+responses scored on its KV cache (:func:`ptft.finetune.probes.shared_prompt_logps`), as the prober
+does. A random model of the named shape (fp32, as the Pythia-410M study trains) and random token
+ids shaped like that study's probe set: prompts of 100–256 tokens (its prompts are cut to 256),
+12 responses each of 20–200 tokens, EOS scored. Each way is timed on its second pass, the two
+alternating ``--repeat`` times; the best time of each is reported, with the ratio and the largest
+difference of the summed log-probabilities and of the argmax sums.
 """
 
 from __future__ import annotations
@@ -21,13 +19,11 @@ import argparse
 import random
 import sys
 import time
-from unittest import mock
 
 import torch
 from report import emit
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-from ptft.evaluate import multiple_choice
 from ptft.finetune.batching import IGNORE
 from ptft.finetune.probes import ROWS_PER_BATCH, response_logps, shared_prompt_logps
 
@@ -76,15 +72,9 @@ def main() -> None:
     config = GPTNeoXConfig(**SIZES[args.size], max_position_embeddings=2048, eos_token_id=0)
     model = GPTNeoXForCausalLM(config).to(device).eval()
     rows = probe_rows(args.prompts, config.vocab_size, 0, seed=0)
-
-    def shared(packed_on: tuple[str, ...]):
-        with mock.patch.object(multiple_choice, "PACKED_DEVICES", packed_on):
-            return shared_prompt_logps(model, rows, ROWS_PER_BATCH, argmax=True)
-
     ways = {
         "padded": lambda: response_logps(model, rows, ROWS_PER_BATCH, device, argmax=True),
-        "cached": lambda: shared(()),
-        "packed": lambda: shared((device.type,)),
+        "shared": lambda: shared_prompt_logps(model, rows, ROWS_PER_BATCH, argmax=True),
     }
     best, out, peak = {}, {}, {}
     for fn in ways.values():  # the first pass of each: allocator and kernel warm-up
@@ -97,11 +87,8 @@ def main() -> None:
             best[way] = min(best.get(way, seconds), seconds)
             if device.type == "cuda":
                 peak[way] = torch.cuda.max_memory_allocated() / 2**30
-    diff, diff_argmax = {}, {}
-    for way in ("cached", "packed"):
-        pairs = list(zip(out["padded"], out[way], strict=True))
-        diff[way] = max(abs(a[0] - b[0]) for a, b in pairs)
-        diff_argmax[way] = max(abs(a[2] - b[2]) for a, b in pairs)
+    diff = max(abs(a[0] - b[0]) for a, b in zip(out["padded"], out["shared"], strict=True))
+    diff_argmax = max(abs(a[2] - b[2]) for a, b in zip(out["padded"], out["shared"], strict=True))
     result = {
         "command": "python tests/benchmarks/bench_probes.py " + " ".join(sys.argv[1:]),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -112,7 +99,7 @@ def main() -> None:
         "tokens": sum(len(ids) for ids, _ in rows),
         "seconds": best,
         "rows_per_s": {way: len(rows) / s for way, s in best.items()},
-        "time_over_padded": {way: best[way] / best["padded"] for way in ("cached", "packed")},
+        "shared_over_padded_time": best["shared"] / best["padded"],
         "max_abs_diff_logp": diff,
         "max_abs_diff_argmax": diff_argmax,
         "peak_gib": peak or None,

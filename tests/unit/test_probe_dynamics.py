@@ -113,20 +113,16 @@ def test_a_probe_set_must_name_each_row_once(setup):
         Prober(tok, probe_set().assign(response_type="argmax").iloc[:1], 5, argmax_of="argmax")
 
 
-@pytest.mark.parametrize("packed", [False, True], ids=["cached", "packed"])
 @pytest.mark.parametrize("lora", [False, True])
-def test_shared_prompts_score_as_padded_rows_do(setup, lora, packed, monkeypatch):
-    """Each prompt run once for its responses, on its KV cache (as on a CPU) or with them packed after it
-    (as on a GPU): the padded rows' sums, token counts and argmax sums, also for rows cut to the window,
-    one-token responses and a row without a prompt token."""
+def test_shared_prompts_score_as_padded_rows_do(setup, lora):
+    """Each prompt run once for its responses, on its KV cache: the padded rows' sums, token counts and
+    argmax sums, also for rows cut to the window, one-token responses and a row without a prompt token."""
     import copy
 
     from peft import LoraConfig, get_peft_model
 
     from ptft.finetune.probes import encode_probes, response_logps, shared_prompt_logps
 
-    if packed:
-        monkeypatch.setattr("ptft.evaluate.multiple_choice.PACKED_DEVICES", ("cuda", "cpu"))
     tok, model = setup
     model = copy.deepcopy(model).eval()
     if lora:
@@ -156,4 +152,3 @@ def test_shared_prompts_score_as_padded_rows_do(setup, lora, packed, monkeypatch
     # Each distinct prompt ran once (the row without a prompt token went the padded way).
     distinct = {tuple(ids[: labels.count(-100)]) for ids, labels in encoded}
     assert sum(rows for rows, first in calls if first) == len(distinct - {()}) < len(encoded) - 1
-    assert all(first for _, first in calls) == packed  # packed: responses in the prompt's row, no cache

@@ -34,7 +34,7 @@ Log-likelihood (``_loglikelihood_tokens``)
     ``n_ctx`` (first present), else the tokenizer's ``model_max_length`` unless unset, else 2048.
     How it is computed differs from lm-eval: an item's context runs once, and its choices are
     packed after it in the same row under a mask that lets each choice see the context and itself
-    only (:func:`packed_loglikelihoods`, on a GPU; on a CPU, or with an attention implementation
+    only (:func:`_packed_loglikelihoods`, on a GPU; on a CPU, or with an attention implementation
     that takes no 4D mask, the choices continue from the context's KV cache instead); a request-by-request path,
     right-padded, serves items that the window truncates. Both give lm-eval's values up to float32
     rounding. Unlike lm-eval, the log-softmax is taken in float32 even for bf16/fp16 models, so
@@ -266,14 +266,7 @@ PACKED_ATTENTION = ("sdpa", "eager", causal_attention.NAME)
 PACKED_DEVICES = ("cuda",)
 
 
-def packs(model) -> bool:
-    """Whether ``model``'s choices run packed after their context (:func:`packed_loglikelihoods`)."""
-    attention = getattr(model.config, "_attn_implementation", None)
-    return attention in PACKED_ATTENTION and model.device.type in PACKED_DEVICES
-
-
-def packed_loglikelihoods(model, items: list[tuple[list[int], list[list[int]]]], pad_id: int, keep_ok: bool,
-                          best: bool = False, compiled: bool = True):  # fmt: skip
+def _packed_loglikelihoods(model, items: list[tuple[list[int], list[list[int]]]], pad_id: int, keep_ok: bool):
     """:func:`shared_context_loglikelihoods` in one forward: an item's choices packed after its context.
 
     A row is ``[padding][context][choice 1 less its last token]...[choice k ...][padding]``, the
@@ -284,7 +277,6 @@ def packed_loglikelihoods(model, items: list[tuple[list[int], list[list[int]]]],
     forward call per group of choice lengths. The forward is the compiled one where evaluation
     compiles (:mod:`ptft.evaluate.forward`), and nothing here waits for the GPU: the inputs are
     copied from pinned memory (:func:`ptft.evaluate.batching.to_device`) and the sums stay on it.
-    ``compiled=False`` calls the model itself (a model in training, probed: compiling it would change it).
     """
     device = model.device
     width_ctx = max(len(ctx) for ctx, _ in items)
@@ -326,14 +318,9 @@ def packed_loglikelihoods(model, items: list[tuple[list[int], list[list[int]]]],
     dtype = next(model.parameters()).dtype
     mask = torch.zeros(visible.shape, dtype=dtype, device=device).masked_fill_(~visible, torch.finfo(dtype).min)
     kwargs = {"logits_to_keep": width - first} if keep_ok else {}
-    run = forward(model) if compiled else model
-    logits = run(input_ids=ids, attention_mask=mask[:, None], position_ids=pos, **kwargs).logits
-    logps = torch.log_softmax(logits[rows, flat_cols].float(), dim=-1)
-    sums = torch.zeros(len(targets), dtype=torch.float64, device=device)
-    sums.index_add_(0, owner, logps.gather(-1, flat_targets[:, None])[:, 0].double())
-    if not best:
-        return sums
-    return sums, torch.zeros_like(sums).index_add_(0, owner, logps.max(-1).values.double())
+    logits = forward(model)(input_ids=ids, attention_mask=mask[:, None], position_ids=pos, **kwargs).logits
+    token_lp = torch.log_softmax(logits[rows, flat_cols].float(), dim=-1).gather(-1, flat_targets[:, None])[:, 0]
+    return torch.zeros(len(targets), dtype=torch.float64, device=device).index_add_(0, owner, token_lp.double())
 
 
 @torch.no_grad()
@@ -376,7 +363,9 @@ def score_multiple_choice(
     keep_ok = keeps_logits(model)
 
     out: list[np.ndarray] = [np.zeros(len(item)) for item in choices]
-    shared = partial(packed_loglikelihoods if packs(model) else shared_context_loglikelihoods, model)
+    packed = (getattr(model.config, "_attn_implementation", None) in PACKED_ATTENTION
+              and model.device.type in PACKED_DEVICES)  # fmt: skip
+    shared = partial(_packed_loglikelihoods if packed else shared_context_loglikelihoods, model)
     fitting = [i for i, ok in enumerate(fits) if ok]
     done, sums = [], []  # read back once at the end: the GPU runs a batch while the next one is built
     with progress(len(fitting), "multiple choice") as bar:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import random
-from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -145,16 +144,14 @@ def shared_prompt_logps(model, encoded, max_rows: int, argmax: bool = False) -> 
     """:func:`response_logps`, each distinct prompt run once for all its responses.
 
     A probe set asks for every response type after the same prompt (12 of them in the paper's),
-    so rows that share their prompt tokens run the prompt once and their responses after it, as
-    multiple choice runs an item's choices: on a GPU packed after the prompt in one row
-    (:func:`ptft.evaluate.multiple_choice.packed_loglikelihoods`, the model itself, not compiled),
-    else on the prompt's KV cache (:func:`~ptft.evaluate.multiple_choice.shared_context_loglikelihoods`).
-    Longest prompts first, as many a batch as keep its responses within ``max_rows`` (one prompt at
-    least). The toy study's 96 prompts with their 1,152 responses took 0.57 of the padded rows' time
-    on a CPU (docs/learning-dynamics.md).
+    so rows that share their prompt tokens run the prompt once and their responses on its KV
+    cache (:func:`ptft.evaluate.multiple_choice.shared_context_loglikelihoods`): longest prompts
+    first, as many a batch as keep its responses within ``max_rows`` (one prompt at least). The
+    toy study's 96 prompts with their 1,152 responses took 0.57 of the padded rows' time on a CPU
+    (docs/learning-dynamics.md).
     """
     from ptft.evaluate.forward import keeps_logits
-    from ptft.evaluate.multiple_choice import packed_loglikelihoods, packs, shared_context_loglikelihoods
+    from ptft.evaluate.multiple_choice import shared_context_loglikelihoods
 
     groups: dict[tuple, list[int]] = {}  # prompt tokens -> the rows after them
     alone = []  # rows without a prompt token or a response token: padded rows score them as before
@@ -169,14 +166,10 @@ def shared_prompt_logps(model, encoded, max_rows: int, argmax: bool = False) -> 
     items = sorted(groups.items(), key=lambda kv: -len(kv[0]))
     inner = unwrap(model)  # a LoRA model's own forward, which can keep the prompt's last logits only
     keep_ok = keeps_logits(inner)
-    if packs(inner):
-        scores = partial(packed_loglikelihoods, inner, best=True, compiled=False)
-    else:
-        scores = partial(shared_context_loglikelihoods, inner, best=True)
     pad_id = 0  # padding is masked, and left-padded prompts' positions count real tokens only
     for chunk in prompt_batches(items, max_rows):
         batch = [(list(prompt), [encoded[i][0][len(prompt) :] for i in rows]) for prompt, rows in chunk]
-        sums, best = scores(batch, pad_id, keep_ok)
+        sums, best = shared_context_loglikelihoods(inner, batch, pad_id, keep_ok, best=True)
         rows = [i for _, item_rows in chunk for i in item_rows]
         responses = [r for _, item_responses in batch for r in item_responses]
         for i, r, lp, b in zip(rows, responses, sums.tolist(), best.tolist(), strict=True):
