@@ -8,9 +8,10 @@
 responses scored on its KV cache (:func:`ptft.finetune.probes.shared_prompt_logps`), as the prober
 does. A random model of the named shape (fp32, as the Pythia-410M study trains) and random token
 ids shaped like that study's probe set: prompts of 100–256 tokens (its prompts are cut to 256),
-12 responses each of 20–200 tokens, EOS scored. Each way is timed on its second pass, the two
-alternating ``--repeat`` times; the best time of each is reported, with the ratio and the largest
-difference of the summed log-probabilities and of the argmax sums.
+12 responses each of 20–200 tokens, EOS scored. Each way is timed on its second pass, the ways
+alternating ``--repeat`` times; the best time of each is reported, with its ratio to ``padded``'s and
+the largest difference of its summed log-probabilities and argmax sums from ``padded``'s.
+``--shared-rows 64,256`` times the shared way at each number of responses a batch.
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ import argparse
 import random
 import sys
 import time
+from functools import partial
 
 import torch
 from report import emit
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
 from ptft.finetune.batching import IGNORE
-from ptft.finetune.probes import ROWS_PER_BATCH, response_logps, shared_prompt_logps
+from ptft.finetune.probes import ROWS_PER_BATCH, SHARED_ROWS_PER_BATCH, response_logps, shared_prompt_logps
 
 SIZES = {
     "pythia-410m": dict(
@@ -64,6 +66,8 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=128)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--shared-rows", default=str(SHARED_ROWS_PER_BATCH),
+                    help="responses a batch of the shared way; several (64,256) time one shared way each")  # fmt: skip
     ap.add_argument("--out")
     args = ap.parse_args()
 
@@ -72,10 +76,10 @@ def main() -> None:
     config = GPTNeoXConfig(**SIZES[args.size], max_position_embeddings=2048, eos_token_id=0)
     model = GPTNeoXForCausalLM(config).to(device).eval()
     rows = probe_rows(args.prompts, config.vocab_size, 0, seed=0)
-    ways = {
-        "padded": lambda: response_logps(model, rows, ROWS_PER_BATCH, device, argmax=True),
-        "shared": lambda: shared_prompt_logps(model, rows, ROWS_PER_BATCH, argmax=True),
-    }
+    sizes = [int(n) for n in args.shared_rows.split(",")]
+    ways = {"padded": lambda: response_logps(model, rows, ROWS_PER_BATCH, device, argmax=True)}
+    for n in sizes:
+        ways["shared" if len(sizes) == 1 else f"shared{n}"] = partial(shared_prompt_logps, model, rows, n, argmax=True)
     best, out, peak = {}, {}, {}
     for fn in ways.values():  # the first pass of each: allocator and kernel warm-up
         fn()
@@ -87,8 +91,12 @@ def main() -> None:
             best[way] = min(best.get(way, seconds), seconds)
             if device.type == "cuda":
                 peak[way] = torch.cuda.max_memory_allocated() / 2**30
-    diff = max(abs(a[0] - b[0]) for a, b in zip(out["padded"], out["shared"], strict=True))
-    diff_argmax = max(abs(a[2] - b[2]) for a, b in zip(out["padded"], out["shared"], strict=True))
+    shared = [way for way in ways if way != "padded"]
+    diff, diff_argmax = {}, {}
+    for way in shared:
+        pairs = list(zip(out["padded"], out[way], strict=True))
+        diff[way] = max(abs(a[0] - b[0]) for a, b in pairs)
+        diff_argmax[way] = max(abs(a[2] - b[2]) for a, b in pairs)
     result = {
         "command": "python tests/benchmarks/bench_probes.py " + " ".join(sys.argv[1:]),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -99,7 +107,9 @@ def main() -> None:
         "tokens": sum(len(ids) for ids, _ in rows),
         "seconds": best,
         "rows_per_s": {way: len(rows) / s for way, s in best.items()},
-        "shared_over_padded_time": best["shared"] / best["padded"],
+        "padded_rows_per_batch": ROWS_PER_BATCH,
+        "shared_rows_per_batch": sizes,
+        "time_over_padded": {way: best[way] / best["padded"] for way in shared},
         "max_abs_diff_logp": diff,
         "max_abs_diff_argmax": diff_argmax,
         "peak_gib": peak or None,

@@ -137,6 +137,11 @@ def response_logps(model, encoded, batch_size: int, device, argmax: bool = False
 # logits and KV cache copies grow with it (for Pythia-410M, about 50 MB of fp32 cache a row of a
 # 256-token prompt, and 200 kB of logits a scored token).
 ROWS_PER_BATCH = 64
+# After shared prompts the rows are responses only, short, so more of them make a batch: in fp32 the
+# probe is bound by its matmuls, and 64 short rows fill an H100 poorly. At Pythia-410M's shape on one
+# H100, 256 rows took 0.84 of 64's time at 6.9 GiB peak (4.0 at 64; the padded rows' 8.0); 512, 0.81
+# at 9.7 GiB. On a CPU thread, 0.93 (docs/learning-dynamics.md).
+SHARED_ROWS_PER_BATCH = 256
 
 
 @torch.no_grad()
@@ -224,7 +229,7 @@ class Prober:
         device = next(model.parameters()).device
         argmax = self.argmax_of is not None
         if self.shared:
-            logps = shared_prompt_logps(model, self.encoded, ROWS_PER_BATCH, argmax)
+            logps = shared_prompt_logps(model, self.encoded, SHARED_ROWS_PER_BATCH, argmax)
         else:
             logps = response_logps(model, self.encoded, ROWS_PER_BATCH, device, argmax)
         model.train()
