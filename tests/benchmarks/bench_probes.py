@@ -1,4 +1,4 @@
-"""Learning-dynamics probes scored two ways side by side in one process (not run in CI):
+"""Learning-dynamics probes scored two ways (or more) side by side in one process (not run in CI):
 
     .venv/bin/python tests/benchmarks/bench_probes.py --size tiny --prompts 8
     python tests/benchmarks/bench_probes.py --size pythia-410m --prompts 128 --out probes.json   # on a GPU

@@ -140,7 +140,7 @@ ROWS_PER_BATCH = 64
 # After shared prompts the rows are responses only, short, so more of them make a batch: in fp32 the
 # probe is bound by its matmuls, and 64 short rows fill an H100 poorly. At Pythia-410M's shape on one
 # H100, 256 rows took 0.84 of 64's time at 6.9 GiB peak (4.0 at 64; the padded rows' 8.0); 512, 0.81
-# at 9.7 GiB. On a CPU thread, 0.93 (docs/learning-dynamics.md).
+# at 9.7 GiB. On a CPU thread, 0.88 (docs/learning-dynamics.md).
 SHARED_ROWS_PER_BATCH = 256
 
 
