@@ -349,13 +349,8 @@ def timed(fn) -> float:
 
 
 def stripped(out: dict) -> dict:
-    """Evaluation results without the predictions kept to compare the paths."""
-
-    def rows(v):
-        return {k: ({f: x for f, x in r.items() if f != "predictions"} if isinstance(r, dict) else r)
-                for k, r in v.items()}  # fmt: skip
-
-    return {k: rows(v) if isinstance(v, dict) else v for k, v in out.items()}
+    """Evaluation results without the predictions kept to compare the paths, at any depth."""
+    return {k: stripped(v) if isinstance(v, dict) else v for k, v in out.items() if k != "predictions"}
 
 
 def allocator_counts(device: str) -> dict[str, int]:
@@ -490,8 +485,7 @@ def eval_throughput(base, device: str, n: int, vocab: int, seed: int, batch_size
                 rows["shared_prefix" if shared else "whole"] = {"seconds": s, "items_per_s": n / s,
                                                                "first_pass_s": warm_s, "predictions": got}  # fmt: skip
                 if save:  # each half kept as it ends: the prefix's first pass compiles for minutes
-                    done = {k: {f: x for f, x in r.items() if f != "predictions"} for k, r in rows.items()}
-                    save(stripped({**out, "fixed_shots": {**out.get("fixed_shots", {}), kind: done}}))
+                    save(stripped({**out, "fixed_shots": {**out.get("fixed_shots", {}), kind: rows}}))
                 release()
             whole, cached = rows["whole"].pop("predictions"), rows["shared_prefix"].pop("predictions")
             rows["same_as_whole"] = sum(a == b for a, b in zip(whole, cached, strict=True))
